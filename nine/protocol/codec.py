@@ -1,0 +1,468 @@
+"""Sans-IO 9P codec: bytes in, message objects out, and back.
+
+The encoders and decoders are generated once, at import, from the table in spec.py:
+consecutive fixed-size fields are merged into a single struct call, so the hot path
+costs about what hand-written struct code costs.  Nothing here does I/O.
+
+Every malformed input raises ProtocolError and nothing else.
+"""
+
+import struct
+from collections import namedtuple
+
+from . import spec
+from .const import V9P2000, V9P2000U, V9P2000L, DIALECTS, HEADER
+
+
+class ProtocolError(ValueError):
+    """A frame or message that does not follow the protocol."""
+
+
+Qid = namedtuple("Qid", "type version path")
+Qid.__new__.__defaults__ = (0, 0, 0)
+
+_FIXED = {"u8": ("B", 1), "u16": ("H", 2), "u32": ("I", 4), "u64": ("Q", 8), "qid": ("BIQ", 13)}
+_DEFAULTS = {"u8": 0, "u16": 0, "u32": 0, "u64": 0, "?u32": 0, "s": "", "qid": Qid(0, 0, 0),
+             "wnames": (), "qids": (), "data": b"", "stat": None}
+_IS_DOTU = {V9P2000: False, V9P2000U: True, V9P2000L: True}
+
+
+class Message:
+    """Base of all message classes.  Every message has a tag."""
+    __slots__ = ("tag",)
+    mtype = None
+    fields = ()
+
+    def __eq__(self, other):
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__) and \
+            self.tag == other.tag
+
+    def __repr__(self):
+        parts = ", ".join("%s=%r" % (f, _short(getattr(self, f))) for f in self.__slots__)
+        return "%s(tag=%r, %s)" % (type(self).__name__, self.tag, parts)
+
+
+def _short(v):
+    if isinstance(v, (bytes, bytearray, memoryview)) and len(v) > 32:
+        return bytes(v[:32]) + b"..."
+    return v
+
+
+class Stat:
+    """The 9P2000 stat structure, with the 9P2000.u fields (ignored in plain 9P2000)."""
+    __slots__ = tuple(n for n, _ in spec.STAT_FIELDS + spec.STAT_DOTU)
+
+    def __init__(self, type=0, dev=0, qid=Qid(0, 0, 0), mode=0, atime=0, mtime=0, length=0,
+                 name="", uid="", gid="", muid="", extension="", n_uid=0xFFFFFFFF,
+                 n_gid=0xFFFFFFFF, n_muid=0xFFFFFFFF):
+        self.type = type
+        self.dev = dev
+        self.qid = qid
+        self.mode = mode
+        self.atime = atime
+        self.mtime = mtime
+        self.length = length
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.muid = muid
+        self.extension = extension
+        self.n_uid = n_uid
+        self.n_gid = n_gid
+        self.n_muid = n_muid
+
+    def __eq__(self, other):
+        if not isinstance(other, Stat):
+            return NotImplemented
+        return all(getattr(self, f) == getattr(other, f) for f in self.__slots__)
+
+    def __repr__(self):
+        return "Stat(%s)" % ", ".join("%s=%r" % (f, getattr(self, f)) for f in self.__slots__)
+
+    @classmethod
+    def dont_touch(cls):
+        """A wstat entry that changes nothing (all-ones integers, empty strings)."""
+        return cls(type=0xFFFF, dev=0xFFFFFFFF, qid=Qid(0xFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF),
+                   mode=0xFFFFFFFF, atime=0xFFFFFFFF, mtime=0xFFFFFFFF,
+                   length=0xFFFFFFFFFFFFFFFF, n_uid=0xFFFFFFFF, n_gid=0xFFFFFFFF,
+                   n_muid=0xFFFFFFFF)
+
+
+# ---------------------------------------------------------------------------
+# code generation
+
+def _gen_decoder(fields, fname, EXTRA=()):
+    """Source of `def fname(buf, o, end, tag)` returning a list of field values."""
+    lines = ["def %s(buf, end, tag):" % fname, "    m = _new(CLS); m.tag = tag; o = 7"]
+    run = []  # pending fixed fields
+
+    def flush():
+        if not run:
+            return
+        fmt = "<" + "".join(_FIXED[k][0] for _, k in run)
+        size = sum(_FIXED[k][1] for _, k in run)
+        lines.append("    if o + %d > end: raise ProtocolError('message too short')" % size)
+        lines.append("    t = _unpack_from(%r, buf, o); o += %d" % (fmt, size))
+        i = 0
+        for _, k in run:
+            if k == "qid":
+                lines.append("    m.%s = Qid(t[%d], t[%d], t[%d])" % (_, i, i + 1, i + 2))
+                i += 3
+            else:
+                lines.append("    m.%s = t[%d]" % (_, i))
+                i += 1
+        run.clear()
+
+    for name, kind in fields:
+        if kind in _FIXED:
+            run.append((name, kind))
+            continue
+        flush()
+        if kind == "s":
+            lines.append("    m.%s, o = _dec_str(buf, o, end)" % name)
+        elif kind == "data":
+            lines.append("    if o + 4 > end: raise ProtocolError('message too short')")
+            lines.append("    n, = _unpack_from('<I', buf, o); o += 4")
+            lines.append("    if o + n > end: raise ProtocolError('count %d overruns the frame' % n)")
+            lines.append("    m.%s = buf[o:o + n]; o += n" % name)
+        elif kind == "wnames":
+            lines.append("    if o + 2 > end: raise ProtocolError('message too short')")
+            lines.append("    n, = _unpack_from('<H', buf, o); o += 2")
+            lines.append("    ws = []")
+            lines.append("    for _ in range(n):")
+            lines.append("        v, o = _dec_str(buf, o, end); ws.append(v)")
+            lines.append("    m.%s = ws" % name)
+        elif kind == "qids":
+            lines.append("    if o + 2 > end: raise ProtocolError('message too short')")
+            lines.append("    n, = _unpack_from('<H', buf, o); o += 2")
+            lines.append("    if o + 13 * n > end: raise ProtocolError('qid count overruns the frame')")
+            lines.append("    qs = []")
+            lines.append("    for _ in range(n):")
+            lines.append("        t = _unpack_from('<BIQ', buf, o); o += 13; qs.append(Qid(*t))")
+            lines.append("    m.%s = qs" % name)
+        elif kind == "stat":
+            lines.append("    if o + 2 > end: raise ProtocolError('message too short')")
+            lines.append("    n, = _unpack_from('<H', buf, o); o += 2")
+            lines.append("    if o + n > end: raise ProtocolError('stat overruns the frame')")
+            lines.append("    st, o2 = _dec_stat(buf, o, o + n, DOTU)")
+            lines.append("    o += n; m.%s = st" % name)
+        elif kind == "?u32":
+            lines.append("    if o + 4 <= end:")
+            lines.append("        m.%s = _unpack_from('<I', buf, o)[0]; o += 4" % name)
+            lines.append("    else: m.%s = 0" % name)
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+    flush()
+    lines.append("    if o != end: raise ProtocolError('%d trailing bytes' % (end - o))")
+    for extra in EXTRA:
+        lines.append("    m.%s = %r" % extra)
+    lines.append("    return m")
+    return "\n".join(lines)
+
+
+def _gen_encoder(fields, fname, type_num):
+    """Source of `def fname(m)` returning the whole frame."""
+    lines = ["def %s(m):" % fname, "    parts = [None]"]
+    run = []
+
+    def flush():
+        if not run:
+            return
+        fmt = "<" + "".join(_FIXED[k][0] for _, k in run)
+        args = []
+        for name, k in run:
+            if k == "qid":
+                args += ["m.%s[0]" % name, "m.%s[1]" % name, "m.%s[2]" % name]
+            else:
+                args.append("m.%s" % name)
+        lines.append("    parts.append(_pack(%r, %s))" % (fmt, ", ".join(args)))
+        run.clear()
+
+    for name, kind in fields:
+        if kind in _FIXED:
+            run.append((name, kind))
+            continue
+        flush()
+        if kind == "s":
+            lines.append("    parts.append(_enc_str(m.%s))" % name)
+        elif kind == "data":
+            lines.append("    d = m.%s" % name)
+            lines.append("    parts.append(_pack('<I', len(d))); parts.append(d)")
+        elif kind == "wnames":
+            lines.append("    parts.append(_pack('<H', len(m.%s)))" % name)
+            lines.append("    for w in m.%s: parts.append(_enc_str(w))" % name)
+        elif kind == "qids":
+            lines.append("    parts.append(_pack('<H', len(m.%s)))" % name)
+            lines.append("    for q in m.%s: parts.append(_pack('<BIQ', q[0], q[1], q[2]))" % name)
+        elif kind == "stat":
+            lines.append("    sb = _enc_stat(m.%s, DOTU)" % name)
+            lines.append("    parts.append(_pack('<H', len(sb))); parts.append(sb)")
+        elif kind == "?u32":
+            lines.append("    parts.append(_pack('<I', m.%s))" % name)
+        else:  # pragma: no cover
+            raise AssertionError(kind)
+    flush()
+    lines.append("    parts[0] = b''")
+    lines.append("    body = b''.join(parts)")
+    lines.append("    return _pack('<IBH', len(body) + 7, %d, m.tag) + body" % type_num)
+    return "\n".join(lines)
+
+
+def _dec_str(buf, o, end):
+    if o + 2 > end:
+        raise ProtocolError("message too short")
+    n = buf[o] | (buf[o + 1] << 8)
+    o += 2
+    e = o + n
+    if e > end:
+        raise ProtocolError("string length %d overruns the frame" % n)
+    try:
+        return str(buf[o:e], "utf-8"), e
+    except UnicodeDecodeError as ex:
+        raise ProtocolError("string is not valid UTF-8: %s" % ex) from None
+
+
+def _enc_str(s):
+    b = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else bytes(s)
+    if len(b) > 0xFFFF:
+        raise ProtocolError("string too long (%d bytes)" % len(b))
+    return _pack("<H", len(b)) + b
+
+
+_STAT_FIXED = struct.Struct("<HHIBIQIIIQ")  # size type dev qid(3) mode atime mtime length
+
+
+def _dec_stat(buf, o, end, dotu):
+    """Decode one stat structure (with its own size[2]) at o; returns (Stat, next offset)."""
+    if o + 2 > end:
+        raise ProtocolError("stat too short")
+    size = buf[o] | (buf[o + 1] << 8)
+    send = o + 2 + size
+    if send > end:
+        raise ProtocolError("stat size %d overruns" % size)
+    if o + _STAT_FIXED.size > send:
+        raise ProtocolError("stat too short")
+    (_, typ, dev, qt, qv, qp, mode, atime, mtime, length) = _STAT_FIXED.unpack_from(buf, o)
+    p = o + _STAT_FIXED.size
+    name, p = _dec_str(buf, p, send)
+    uid, p = _dec_str(buf, p, send)
+    gid, p = _dec_str(buf, p, send)
+    muid, p = _dec_str(buf, p, send)
+    st = Stat(typ, dev, Qid(qt, qv, qp), mode, atime, mtime, length, name, uid, gid, muid)
+    if dotu:
+        st.extension, p = _dec_str(buf, p, send)
+        if p + 12 > send:
+            raise ProtocolError("9P2000.u stat too short")
+        st.n_uid, st.n_gid, st.n_muid = struct.unpack_from("<III", buf, p)
+        p += 12
+    if p != send:
+        raise ProtocolError("stat has %d trailing bytes" % (send - p))
+    return st, send
+
+
+def _enc_stat(st, dotu):
+    q = st.qid
+    body = [b"", _STAT_FIXED.pack(0, st.type, st.dev, q[0], q[1], q[2], st.mode, st.atime,
+                                  st.mtime, st.length)[2:],
+            _enc_str(st.name), _enc_str(st.uid), _enc_str(st.gid), _enc_str(st.muid)]
+    if dotu:
+        body.append(_enc_str(st.extension))
+        body.append(struct.pack("<III", st.n_uid, st.n_gid, st.n_muid))
+    b = b"".join(body)
+    if len(b) > 0xFFFF:
+        raise ProtocolError("stat too large")
+    return _pack("<H", len(b)) + b
+
+
+def pack_stat(st, dialect):
+    """One stat entry as it appears in a directory read (9P2000, .u)."""
+    return _enc_stat(st, _IS_DOTU[dialect])
+
+
+def unpack_stats(data, dialect):
+    """All stat entries of a 9P2000/.u directory read."""
+    out = []
+    o, end = 0, len(data)
+    dotu = _IS_DOTU[dialect]
+    try:
+        while o < end:
+            st, o = _dec_stat(data, o, end, dotu)
+            out.append(st)
+    except struct.error as ex:
+        raise ProtocolError(str(ex)) from None
+    return out
+
+
+_DIRENT_HEAD = struct.Struct("<BIQQBH")  # qid(3) offset type namelen
+
+
+def pack_dirent(qid, offset, dtype, name):
+    """One 9P2000.L directory entry (Rreaddir)."""
+    b = name.encode("utf-8", "surrogateescape")
+    return _DIRENT_HEAD.pack(qid[0], qid[1], qid[2], offset, dtype, len(b)) + b
+
+
+def unpack_dirents(data):
+    """Entries of an Rreaddir payload as (qid, offset, type, name) tuples."""
+    out = []
+    o, end = 0, len(data)
+    hs = _DIRENT_HEAD.size
+    while o < end:
+        if o + hs > end:
+            raise ProtocolError("dirent too short")
+        qt, qv, qp, off, dt, n = _DIRENT_HEAD.unpack_from(data, o)
+        o += hs
+        if o + n > end:
+            raise ProtocolError("dirent name overruns")
+        try:
+            name = str(data[o:o + n], "utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("dirent name is not valid UTF-8") from None
+        o += n
+        out.append((Qid(qt, qv, qp), off, dt, name))
+    return out
+
+
+_pack = struct.pack
+_unpack_from = struct.unpack_from
+
+# type number -> class; name -> class
+TYPES = {}
+BY_NAME = {}
+# dialect -> {type: decoder}, dialect -> {type: encoder}
+_DECODERS = {d: {} for d in DIALECTS}
+_ENCODERS = {d: {} for d in DIALECTS}
+
+
+def _make_class(num, name, fields):
+    slots = tuple(n for n, _ in fields)
+    defaults = {n: _DEFAULTS[k] for n, k in fields}
+    if name in ("Tauth", "Tattach"):
+        defaults["n_uname"] = 0xFFFFFFFF
+    args = ", ".join("%s=%r" % (n, defaults[n]) if not isinstance(defaults[n], Qid)
+                     else "%s=_Q0" % n for n in slots)
+    body = "".join("\n    self.%s = %s" % (n, n) for n in slots)
+    src = "def __init__(self, %s%stag=0):%s\n    self.tag = tag" % (
+        args, ", " if args else "", body)
+    ns = {"_Q0": Qid(0, 0, 0)}
+    exec(src, ns)
+    cls = type(name, (Message,), {"__slots__": slots, "mtype": num, "fields": tuple(fields),
+                                  "__init__": ns["__init__"], "__module__": __name__})
+    return cls
+
+
+def _build():
+    g = {"ProtocolError": ProtocolError, "Qid": Qid, "_unpack_from": _unpack_from,
+         "_pack": _pack, "_dec_str": _dec_str, "_enc_str": _enc_str,
+         "_dec_stat": _dec_stat, "_enc_stat": _enc_stat}
+    for num, name, fields in spec.MESSAGES:
+        full = fields + spec.DOTU.get(name, [])
+        cls = _make_class(num, name, full)
+        TYPES[num] = cls
+        BY_NAME[name] = cls
+        for dialect in DIALECTS:
+            dotu = _IS_DOTU[dialect]
+            if dialect == V9P2000L and name in spec.NOT_IN_L:
+                pass  # decoded in their .u form all the same
+            if dialect == V9P2000 and name in spec.ONLY_L:
+                continue
+            f = full if dotu else fields
+            ns = dict(g, DOTU=dotu, CLS=cls, _new=object.__new__)
+            tag = "%s_%s" % (name, dialect.replace(".", "_"))
+            extra = [(fn, 0xFFFFFFFF if fn == "n_uname" else _DEFAULTS[k])
+                     for fn, k in full[len(f):]]
+            exec(_gen_decoder(f, "dec_" + tag, extra), ns)
+            exec(_gen_encoder(f, "enc_" + tag, num), ns)
+            _DECODERS[dialect][num] = (cls, ns["dec_" + tag], tuple(n for n, _ in f))
+            _ENCODERS[dialect][num] = ns["enc_" + tag]
+
+
+_build()
+globals().update(BY_NAME)
+_HDR = struct.Struct("<IBH")
+
+
+def decode(frame, dialect=V9P2000L):
+    """Decode one whole frame (size[4] type[1] tag[2] body) into a message object."""
+    n = len(frame)
+    if n < HEADER:
+        raise ProtocolError("frame of %d bytes is shorter than the header" % n)
+    size, typ, tag = _HDR.unpack_from(frame, 0)
+    if size != n:
+        raise ProtocolError("frame size field %d does not match %d bytes" % (size, n))
+    try:
+        cls, dec, names = _DECODERS[dialect][typ]
+    except KeyError:
+        raise ProtocolError("unknown message type %d for %s" % (typ, dialect)) from None
+    try:
+        return dec(frame, n, tag)
+    except struct.error as ex:
+        raise ProtocolError(str(ex)) from None
+
+
+def encode(msg, dialect=V9P2000L):
+    """Encode a message object into one frame."""
+    try:
+        enc = _ENCODERS[dialect][msg.mtype]
+    except KeyError:
+        raise ProtocolError("%s does not exist in %s" % (type(msg).__name__, dialect)) from None
+    try:
+        return enc(msg)
+    except (struct.error, TypeError, AttributeError, UnicodeEncodeError) as ex:
+        raise ProtocolError("cannot encode %s: %s" % (type(msg).__name__, ex)) from None
+
+
+def peek_header(frame):
+    """(size, type, tag) of a frame, without decoding the body."""
+    if len(frame) < HEADER:
+        raise ProtocolError("frame shorter than the header")
+    return _HDR.unpack_from(frame, 0)
+
+
+# Hot-path helpers used by the server and client (same wire format as encode()).
+_RREAD_HDR = struct.Struct("<IBHI")
+
+
+def rread_header(tag, count):
+    """Header of an Rread carrying count bytes: send it followed by the data."""
+    return _RREAD_HDR.pack(11 + count, 117, tag, count)
+
+
+def rreaddir_header(tag, count):
+    return _RREAD_HDR.pack(11 + count, 41, tag, count)
+
+
+class Framer:
+    """Splits a byte stream into 9P frames.  feed() returns the complete frames so far."""
+
+    __slots__ = ("msize", "_buf")
+
+    def __init__(self, msize=8192):
+        self.msize = msize
+        self._buf = bytearray()
+
+    def feed(self, data):
+        buf = self._buf
+        buf += data
+        out = []
+        o = 0
+        n = len(buf)
+        while n - o >= 4:
+            size = buf[o] | (buf[o + 1] << 8) | (buf[o + 2] << 16) | (buf[o + 3] << 24)
+            if size < HEADER:
+                raise ProtocolError("frame size %d is smaller than the header" % size)
+            if size > self.msize:
+                raise ProtocolError("frame size %d exceeds msize %d" % (size, self.msize))
+            if n - o < size:
+                break
+            out.append(bytes(buf[o:o + size]))
+            o += size
+        if o:
+            del buf[:o]
+        return out
+
+    def pending(self):
+        """Bytes received that do not yet form a whole frame."""
+        return len(self._buf)
