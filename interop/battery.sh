@@ -157,7 +157,8 @@ more"
         [ "$n" = 1 ] || [ "$n" = 2 ] || fail "link count $n"
         echo "link count seen: $n"
     fi
-    rm b
+    ln a c
+    rm c
     expect_eq "after unlink of one name" "$(cat a)" "shared
 more"
 }

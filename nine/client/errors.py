@@ -172,8 +172,14 @@ def errno_from_ename(ename):
             e = ENAME_TO_ERRNO.get(s[i + len(sep):])
             if e is not None:
                 return e
-    for key in ("does not exist", "not found", "permission denied", "already exists",
-                "not a directory", "is a directory", "not empty"):
+    for key, e in _SUBSTRINGS:
         if key in s:
-            return ENAME_TO_ERRNO[key if key in ENAME_TO_ERRNO else "file " + key]
+            return e
     return _errno.EIO
+
+
+_SUBSTRINGS = (("does not exist", _errno.ENOENT), ("not found", _errno.ENOENT),
+               ("no such file", _errno.ENOENT), ("permission denied", _errno.EACCES),
+               ("already exists", _errno.EEXIST), ("not a directory", _errno.ENOTDIR),
+               ("is a directory", _errno.EISDIR), ("not empty", _errno.ENOTEMPTY),
+               ("read-only", _errno.EROFS), ("in use", _errno.EBUSY))

@@ -306,8 +306,12 @@ class Connection:
             while self._out:
                 out = self._out
                 self._out = []
-                buf = out[0] if len(out) == 1 else b"".join(out)
-                self.sock.sendall(buf)
+                if len(out) == 1:
+                    self.sock.sendall(out[0])
+                elif len(out) <= 64 and sum(map(len, out)) > 32768:
+                    self._sendv(out)    # large payloads: no copy into one buffer
+                else:
+                    self.sock.sendall(b"".join(out))
         except OSError:
             self._out = []
             self.closed = True
@@ -317,6 +321,22 @@ class Connection:
                 pass
         finally:
             self._writing = False
+
+    def _sendv(self, bufs):
+        bufs = [memoryview(b).cast("B") for b in bufs]
+        sock = self.sock
+        while bufs:
+            n = sock.sendmsg(bufs)
+            while n:
+                b = bufs[0]
+                if n >= len(b):
+                    n -= len(b)
+                    bufs.pop(0)
+                else:
+                    bufs[0] = b[n:]
+                    n = 0
+            while bufs and not len(bufs[0]):
+                bufs.pop(0)
 
     def send_error(self, tag, code, text=None):
         d = self.dialect

@@ -1,0 +1,170 @@
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import nine.protocol as P  # noqa: E402
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, proc=None, timeout=20):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("server exited with %s: %s" % (
+                proc.returncode, proc.stderr.read().decode() if proc.stderr else ""))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listening on port %d" % port)
+
+
+class NineProc:
+    """`python -m nine serve` in a subprocess."""
+
+    def __init__(self, args, port):
+        self.port = port
+        self.addr = "127.0.0.1:%d" % port
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen([sys.executable, "-m", "nine", "serve", "--listen",
+                                      self.addr, "-q"] + list(args),
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_port(port, self.proc)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def export_dir(tmp_path):
+    d = tmp_path / "export"
+    d.mkdir()
+    (d / "hello.txt").write_bytes(b"hello, world\n")
+    (d / "sub").mkdir()
+    (d / "sub" / "inner").write_bytes(b"inner\n")
+    return d
+
+
+@pytest.fixture
+def nine_server(export_dir):
+    s = NineProc(["--export", str(export_dir), "--ctl"], free_port())
+    s.export = export_dir
+    yield s
+    s.stop()
+
+
+class ThreadServer:
+    """A nine Server running in its own thread (with its own gevent hub), so a test can
+    define synthetic trees in Python and talk to it with plain blocking sockets."""
+
+    def __init__(self, exports, **kw):
+        self.exports = exports
+        self.kw = kw
+        self.port = None
+        self._ready = threading.Event()
+        self._stop = None
+        self.server = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+        self._ready.wait(10)
+        self.addr = "127.0.0.1:%d" % self.port
+
+    def _run(self):
+        import gevent
+        import gevent.event
+        from nine.server.core import Server
+        exports = self.exports() if callable(self.exports) else self.exports
+        self.server = Server(exports, **self.kw)
+        srv = self.server.listen("127.0.0.1:0")
+        self.port = srv.address[1]
+        self._stop = gevent.event.Event()
+        self._async = gevent.get_hub().loop.async_()
+        self._async.start(self._stop.set)
+        self._ready.set()
+        self._stop.wait()
+        self.server.stop()
+
+    def stop(self):
+        if self._async is not None:
+            self._async.send()
+        self.t.join(5)
+
+
+class RawConn:
+    """9P over a plain blocking socket, frame by frame, for protocol-level tests."""
+
+    def __init__(self, port, dialect=P.V9P2000L, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.dialect = dialect
+        self.buf = b""
+
+    def send(self, msg):
+        self.sock.sendall(P.encode(msg, self.dialect))
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def recv(self):
+        while True:
+            if len(self.buf) >= 4:
+                n = struct.unpack("<I", self.buf[:4])[0]
+                if len(self.buf) >= n:
+                    frame, self.buf = self.buf[:n], self.buf[n:]
+                    return P.decode(frame, self.dialect)
+            d = self.sock.recv(1 << 20)
+            if not d:
+                raise EOFError("connection closed")
+            self.buf += d
+
+    def rpc(self, msg):
+        self.send(msg)
+        return self.recv()
+
+    def version(self, msize=65536, version=None):
+        r = self.rpc(P.Tversion(msize=msize, version=version or self.dialect, tag=P.NOTAG))
+        return r
+
+    def attach(self, fid=0, aname="", uname="root", n_uname=0):
+        return self.rpc(P.Tattach(fid=fid, afid=P.NOFID, uname=uname, aname=aname,
+                                  n_uname=n_uname, tag=1))
+
+    def close(self):
+        self.sock.close()
+
+    def closed_by_peer(self, timeout=5):
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                d = self.sock.recv(65536)
+                if not d:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
