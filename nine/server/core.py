@@ -32,6 +32,12 @@ _RREAD = struct.Struct("<IBHI")
 _RLERROR = struct.Struct("<IBHI")
 _RCLUNK = struct.Struct("<IBH")
 _RWRITE = struct.Struct("<IBHI")
+_U32 = struct.Struct("<I").unpack_from
+RECVBUF = 256 * 1024
+# requests on a fid whose node has may_block = False are answered inline, without a greenlet
+_INLINE = frozenset(P.BY_NAME[n].mtype for n in (
+    "Tread", "Twrite", "Tgetattr", "Tclunk", "Twalk", "Tlopen", "Topen", "Treaddir", "Tstat",
+    "Tsetattr", "Treadlink", "Txattrwalk", "Tstatfs"))
 
 
 class Fid:
@@ -183,20 +189,50 @@ class Connection:
 
     # --- the connection loop ------------------------------------------------------
     def run(self):
+        """Read frames and dispatch them.  Small frames are copied out of one reusable
+        receive buffer; a large frame (a big Twrite) is received straight into a buffer
+        of its own and handed on as a memoryview, so its payload is never copied again."""
         sock = self.sock
-        framer = self.framer
+        buf = bytearray(RECVBUF)
+        mv = memoryview(buf)
+        start = end = 0
         try:
             while not self.closed:
-                data = sock.recv(max(65536, min(self.msize, 4 << 20)))
-                if not data:
+                if end == RECVBUF:
+                    if start:
+                        buf[:end - start] = mv[start:end]
+                        end -= start
+                        start = 0
+                n = sock.recv_into(mv[end:])
+                if not n:
                     break
-                try:
-                    frames = framer.feed(data)
-                except ProtocolError as ex:
-                    log.info("dropping connection %s: %s", self.address, ex)
+                end += n
+                while end - start >= 4:
+                    size = _U32(buf, start)[0]
+                    if size < 7 or size > self.msize:
+                        log.info("dropping connection %s: frame size %d (msize %d)",
+                                 self.address, size, self.msize)
+                        return
+                    if end - start >= size:
+                        frame = bytes(mv[start:start + size])
+                        start += size
+                        self.dispatch(frame)
+                        continue
+                    if size > RECVBUF // 4:
+                        big = bytearray(size)
+                        have = end - start
+                        big[:have] = mv[start:end]
+                        bmv = memoryview(big)
+                        while have < size:
+                            k = sock.recv_into(bmv[have:])
+                            if not k:
+                                return
+                            have += k
+                        start = end = 0
+                        self.dispatch(bmv)
                     break
-                for frame in frames:
-                    self.dispatch(frame)
+                if start == end:
+                    start = end = 0
         except OSError:
             pass
         finally:
@@ -251,9 +287,35 @@ class Connection:
             self.inflight[tag] = req
             req.greenlet = gevent.spawn(self.h_Tflush, req)
             return
+        if typ in _INLINE:
+            f = self.fids.get(msg.fid)
+            if f is not None and not f.node.may_block:
+                # the node promises not to block: answer at once, without a greenlet
+                self._run_inline(tag, msg, handler)
+                return
         req = Request(tag, msg)
         self.inflight[tag] = req
         req.greenlet = gevent.spawn(self._run, req, handler)
+
+    def _run_inline(self, tag, msg, handler):
+        try:
+            reply = handler(msg)
+        except OSError as ex:
+            self.send_error(tag, ex.errno or errno.EIO, ex.strerror or str(ex))
+            return
+        except ProtocolError as ex:
+            self.send_error(tag, errno.EINVAL, str(ex))
+            return
+        except Exception as ex:
+            log.exception("internal error in %s", type(msg).__name__)
+            self.send_error(tag, errno.EIO, "internal server error: %s" % ex)
+            return
+        if reply is not None:
+            if reply.__class__ is bytes or reply.__class__ is list:
+                self.send_raw(reply)
+            else:
+                reply.tag = tag
+                self.send_raw(P.encode(reply, self.dialect))
 
     def _run(self, req, handler):
         try:

@@ -130,6 +130,10 @@ class Node:
     name = "/"
     #: iounit to advertise in Ropen/Rlopen (0 = msize - 24)
     iounit = 0
+    #: False promises that walk/open/read/write/getattr/setattr/readdir/readlink/clunk/
+    #: statfs/xattr reads on this node never wait (no network, no blocking callback), so
+    #: the core may answer them without a greenlet of their own
+    may_block = True
 
     # --- name space -------------------------------------------------------
     def walk(self, ctx, names):

@@ -54,10 +54,10 @@ def _exports(server):
 
 def ctl_tree(server=None):
     return Dir("", [
-        File("null", pread=_null_pread, write=_null_write, mode=0o666),
-        File("zero", pread=_zero_pread, write=_null_write, mode=0o666),
-        File("null100", pread=_null_pread, write=_null_write, mode=0o666),
-        File("zero100", pread=_zero100_pread, size=100 << 20, mode=0o444),
+        File("null", pread=_null_pread, write=_null_write, mode=0o666, blocking=False),
+        File("zero", pread=_zero_pread, write=_null_write, mode=0o666, blocking=False),
+        File("null100", pread=_null_pread, write=_null_write, mode=0o666, blocking=False),
+        File("zero100", pread=_zero100_pread, size=100 << 20, mode=0o444, blocking=False),
         File("date", read=_date),
         File("version", read=lambda ctx: "nine-%s\n" % nine.__version__),
         File("connections", read=_connections(server)),

@@ -61,7 +61,7 @@ class Entry:
 
 class File(Entry):
     def __init__(self, name, read=None, write=None, pread=None, mode=None, size=0,
-                 open=None, clunk=None, uid=0, gid=0, iounit=0):
+                 open=None, clunk=None, uid=0, gid=0, iounit=0, blocking=None):
         if mode is None:
             mode = (0o444 if (read or pread) else 0) | (0o222 if write else 0)
         super().__init__(name, mode, uid, gid)
@@ -72,6 +72,8 @@ class File(Entry):
         self.on_open = open
         self.on_clunk = clunk
         self.iounit = iounit
+        # a stream (pread) may wait for data; a snapshot or a write callback should not
+        self.blocking = bool(pread) if blocking is None else blocking
 
 
 class Dir(Entry):
@@ -112,7 +114,8 @@ def _allowed(entry, ctx, want):
 
 
 class SynthNode(Node):
-    __slots__ = ("entry", "path", "snapshot", "state", "opened", "name", "qid", "iounit")
+    __slots__ = ("entry", "path", "snapshot", "state", "opened", "name", "qid", "iounit",
+                 "may_block")
 
     def __init__(self, entry, path):
         self.entry = entry
@@ -123,6 +126,7 @@ class SynthNode(Node):
         self.state = None
         self.opened = False
         self.iounit = getattr(entry, "iounit", 0)
+        self.may_block = getattr(entry, "blocking", False)
 
     def clone(self, ctx):
         return SynthNode(self.entry, self.path)
