@@ -105,11 +105,20 @@ def _fmt_mode(mode):
     return S.filemode(mode)
 
 
+def _owner(st):
+    from .server.users import USERS
+    u = st.uid if st.uid else (USERS.uname(st.st_uid) if st.st_uid is not None else "?")
+    g = st.gid if st.gid else (USERS.gname(st.st_gid) if st.st_gid is not None else "?")
+    return u, g
+
+
 def _fmt_long(st, name):
     import time
-    t = time.strftime("%b %d %H:%M", time.localtime(st.mtime))
-    return "%s %3d %-8s %-8s %10d %s %s" % (_fmt_mode(st.mode), st.nlink, st.uid_name or st.uid,
-                                            st.gid_name or st.gid, st.size, t, name)
+    t = time.strftime("%b %d %H:%M", time.localtime(st.st_mtime or 0))
+    u, g = _owner(st)
+    nlink = st.st_nlink if st.st_nlink is not None else 1
+    return "%s %3d %-8s %-8s %10d %s %s" % (_fmt_mode(st.st_mode), nlink, u, g, st.st_size or 0,
+                                            t, name)
 
 
 def cmd_ls(args):
@@ -119,7 +128,7 @@ def cmd_ls(args):
         try:
             st = c.stat(path)
             import stat as S
-            if S.S_ISDIR(st.mode) and not args.d:
+            if S.S_ISDIR(st.st_mode) and not args.d:
                 ents = sorted(c.listdir(path))
                 for name in ents:
                     if name in (".", ".."):
@@ -166,7 +175,7 @@ def cmd_write(args):
     c = _client(args)
     inp = sys.stdin.buffer
     try:
-        with c.open(args.path, "a" if args.append else "w") as f:
+        with c.open(args.path, "a" if args.append else "w", perm=0o644) as f:
             while True:
                 data = inp.read1(1 << 20) if hasattr(inp, "read1") else inp.read(1 << 20)
                 if not data:
@@ -185,16 +194,86 @@ def cmd_stat(args):
         st = c.stat(args.path)
     except OSError as ex:
         _die("%s: %s" % (args.path, _errtext(ex)))
-    print("name %s" % st.name)
-    print("mode %s %o" % (_fmt_mode(st.mode), st.mode))
-    print("size %d" % st.size)
-    print("uid %s" % (st.uid_name or st.uid))
-    print("gid %s" % (st.gid_name or st.gid))
-    print("nlink %s" % st.nlink)
-    print("mtime %d" % st.mtime)
+    u, g = _owner(st)
+    print("name %s" % (st.name or args.path.rstrip("/").rsplit("/", 1)[-1] or "/"))
+    print("mode %s %o" % (_fmt_mode(st.st_mode), st.st_mode))
+    print("size %d" % (st.st_size or 0))
+    print("uid %s" % u)
+    print("gid %s" % g)
+    if st.st_nlink is not None:
+        print("nlink %d" % st.st_nlink)
+    print("mtime %d" % int(st.st_mtime or 0))
     print("qid %s %d %d" % ({0x80: "dir", 0x02: "symlink"}.get(st.qid.type, "file"),
                             st.qid.version, st.qid.path))
     c.close()
+    return 0
+
+
+DEMO_FILES = {
+    "README": "This is nine's demo tree, served over 9P.\n",
+    "hello.txt": "hello, world\n",
+    "etc/motd": "All the world's a file.\n",
+    "data/numbers": "".join("%d\n" % i for i in range(1, 11)),
+}
+
+
+def cmd_demo(args):
+    """Serve a small built-in tree plus the ctl tree, show it through the client, and
+    keep serving until interrupted (--once: exit after the tour)."""
+    import gevent
+    import tempfile
+    root = args.dir or tempfile.mkdtemp(prefix="nine-demo-")
+    for rel, text in DEMO_FILES.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(text)
+    sargs = make_parser().parse_args(["serve", "--export", root, "--ctl", "-q"])
+    server = build_server(sargs)
+    try:
+        srv = server.listen(args.listen)
+    except (OSError, ValueError) as ex:
+        _die("cannot listen on %s: %s (try --listen 127.0.0.1:0)" % (args.listen, ex))
+    addr = _fmt_listen(srv, args.listen)
+    print("nine %s serving %s and the ctl tree on %s\n" % (__version__, root, addr))
+
+    def tour():
+        from .client import Client
+        for cmd, fn in (("nine ls -l -a %s /" % addr, lambda c: [
+                            print(_fmt_long(c.stat(n), n)) for n in sorted(c.listdir("/"))]),
+                        ("nine read -a %s /hello.txt" % addr, lambda c: sys.stdout.write(
+                            c.read_file("/hello.txt").decode())),
+                        ("nine read -a %s -A ctl /version" % addr, None)):
+            print("$ " + cmd)
+            if fn is None:
+                c = Client(addr, aname="ctl")
+                sys.stdout.write(c.read_file("/version").decode())
+            else:
+                c = Client(addr)
+                fn(c)
+            c.close()
+            print()
+        print("Mount it from Linux (needs 9p in the kernel):")
+        host, _, port = addr.rpartition(":")
+        print("  mount -t 9p -o trans=tcp,port=%s,version=9p2000.L,aname=%s %s /mnt\n"
+              % (port, root, host))
+        sys.stdout.flush()
+
+    try:
+        gevent.spawn(tour).get()
+    except Exception as ex:
+        server.stop()
+        _die("demo failed: %s" % ex)
+    if args.once:
+        server.stop()
+        return 0
+    print("Serving until Ctrl-C.")
+    sys.stdout.flush()
+    try:
+        gevent.wait()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -228,6 +307,12 @@ def make_parser():
     s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="serve a small built-in tree and show it")
+    d.add_argument("--listen", "-l", default=DEFAULT_ADDR, help="default %s" % DEFAULT_ADDR)
+    d.add_argument("--dir", help="directory for the demo tree (default: a new temp dir)")
+    d.add_argument("--once", action="store_true", help="exit after showing the tree")
+    d.set_defaults(func=cmd_demo)
 
     for name, fn, hlp in [("ls", cmd_ls, "list a directory"),
                           ("read", cmd_read, "copy a file to stdout"),

@@ -1,0 +1,107 @@
+"""The `nine` command, run as a user would: real processes, real sockets."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import NineProc, free_port, ROOT
+
+ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def nine(*args, input=None):
+    return subprocess.run([sys.executable, "-m", "nine"] + list(args), input=input,
+                          capture_output=True, env=ENV, timeout=60)
+
+
+@pytest.mark.parametrize("dialect", ["9P2000", "9P2000.u", "9P2000.L"])
+def test_client_verbs(nine_server, dialect):
+    a = nine_server.addr
+    p = nine("ls", "-V", dialect, "-a", a, "/")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().split() == ["hello.txt", "sub"]
+    p = nine("ls", "-l", "-V", dialect, "-a", a, "/sub")
+    assert p.returncode == 0 and p.stdout.decode().startswith("-rw") and \
+        p.stdout.decode().rstrip().endswith(" inner")
+    p = nine("read", "-V", dialect, "-a", "tcp!127.0.0.1!%d" % nine_server.port, "/hello.txt")
+    assert p.stdout == b"hello, world\n"
+    data = os.urandom(300000)
+    p = nine("write", "-V", dialect, "-a", a, "/w-%s" % dialect, input=data)
+    assert p.returncode == 0, p.stderr
+    assert (nine_server.export / ("w-%s" % dialect)).read_bytes() == data
+    p = nine("write", "--append", "-V", dialect, "-a", a, "/w-%s" % dialect, input=b"more")
+    assert (nine_server.export / ("w-%s" % dialect)).read_bytes() == data + b"more"
+    p = nine("stat", "-V", dialect, "-a", a, "/hello.txt")
+    out = p.stdout.decode()
+    assert "size 13" in out and "name hello.txt" in out and "mode -rw" in out
+
+
+def test_errors_are_one_line_and_nonzero(nine_server):
+    a = nine_server.addr
+    p = nine("read", "-a", a, "/missing")
+    assert p.returncode != 0
+    assert p.stderr.decode() == "nine: /missing: No such file or directory\n"
+    p = nine("ls", "-a", "127.0.0.1:%d" % free_port(), "/")
+    assert p.returncode != 0 and p.stderr.decode().count("\n") == 1
+    assert "Connection refused" in p.stderr.decode()
+    p = nine("ls", "-a", "bad!addr", "/")
+    assert p.returncode != 0 and p.stderr.decode().startswith("nine: ")
+    p = nine("write", "-a", a, "/sub", input=b"x")
+    assert p.returncode != 0 and p.stderr.decode().count("\n") == 1
+
+
+def test_ctl_aname_and_unix_socket(tmp_path, export_dir):
+    sock = str(tmp_path / "n.sock")
+    env = ENV
+    proc = subprocess.Popen([sys.executable, "-m", "nine", "serve", "--listen", "unix!" + sock,
+                             "--export", "data=%s" % export_dir, "--ctl", "-q"], env=env)
+    try:
+        for _ in range(200):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        p = nine("ls", "-a", "unix!" + sock, "-A", "ctl", "/")
+        assert {"null", "zero", "date", "version"} <= set(p.stdout.decode().split()), p.stderr
+        p = nine("read", "-a", "unix!" + sock, "-A", "data", "/hello.txt")
+        assert p.stdout == b"hello, world\n"
+        # a named export does not answer other anames
+        p = nine("read", "-a", "unix!" + sock, "-A", "other", "/hello.txt")
+        assert p.returncode != 0
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_read_only_export(export_dir):
+    s = NineProc(["--export", str(export_dir), "--read-only"], free_port())
+    try:
+        p = nine("write", "-a", s.addr, "/new", input=b"x")
+        assert p.returncode != 0 and "Read-only file system" in p.stderr.decode()
+        assert not (export_dir / "new").exists()
+        p = nine("read", "-a", s.addr, "/hello.txt")
+        assert p.stdout == b"hello, world\n"
+    finally:
+        s.stop()
+
+
+def test_serve_bad_options(tmp_path):
+    p = nine("serve", "--export", str(tmp_path / "nope"), "--listen", "127.0.0.1:0")
+    assert p.returncode != 0 and "not a directory" in p.stderr.decode()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    port = s.getsockname()[1]
+    p = nine("serve", "--export", str(tmp_path), "--listen", "127.0.0.1:%d" % port)
+    assert p.returncode != 0 and "cannot listen" in p.stderr.decode()
+    s.close()
+
+
+def test_demo_once():
+    p = nine("demo", "--once", "--listen", "127.0.0.1:0")
+    out = p.stdout.decode()
+    assert p.returncode == 0, p.stderr
+    assert "hello, world" in out and "nine-" in out and "mount -t 9p" in out
