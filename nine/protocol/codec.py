@@ -93,10 +93,59 @@ class Stat:
 # ---------------------------------------------------------------------------
 # code generation
 
-def _gen_decoder(fields, fname, EXTRA=()):
-    """Source of `def fname(buf, o, end, tag)` returning a list of field values."""
-    lines = ["def %s(buf, end, tag):" % fname, "    m = _new(CLS); m.tag = tag; o = 7"]
+def _split_lead(fields):
+    """(leading fixed-size fields, the rest)."""
+    i = 0
+    while i < len(fields) and fields[i][1] in _FIXED:
+        i += 1
+    return fields[:i], fields[i:]
+
+
+# The count that starts each variable-size kind: it is read and written together with
+# the header and the leading fixed-size fields when that kind comes first.
+_COUNT = {"s": ("H", 2), "data": ("I", 4), "wnames": ("H", 2), "qids": ("H", 2),
+          "stat": ("H", 2)}
+
+
+def _gen_decoder(fields, fname, ns, EXTRA=()):
+    """Source of `def fname(buf, end)`: the message in the whole frame buf of end bytes.
+
+    The caller has checked the type byte.  One struct call reads size, type, tag, the
+    leading fixed-size fields and the count of the first variable-size field."""
+    structs = []
+
+    def unpacker(fmt):
+        name = "_U%d" % len(structs)
+        structs.append(name)
+        ns[name] = struct.Struct(fmt).unpack_from
+        return name
+
+    lead, rest = _split_lead(fields)
+    hfmt = "<IBH" + "".join(_FIXED[k][0] for _, k in lead)
+    hsize = 7 + sum(_FIXED[k][1] for _, k in lead)
+    targets = ["size", "_t", "m.tag"]  # unpacked straight into the new message
+    assign = []
+    for name, kind in lead:
+        if kind == "qid":
+            targets += ["%s_0" % name, "%s_1" % name, "%s_2" % name]
+            assign.append("m.%s = Qid(%s_0, %s_1, %s_2)" % (name, name, name, name))
+        else:
+            targets.append("m." + name)
+    first = rest[0][1] if rest else None
+    if first in _COUNT:
+        hfmt += _COUNT[first][0]
+        hsize += _COUNT[first][1]
+        targets.append("n")
+    lines = ["def %s(buf, end):" % fname,
+             "    if end < %d: raise ProtocolError(_short(buf, end))" % hsize,
+             "    m = _new(CLS)",
+             "    %s = %s(buf, 0)" % (", ".join(targets), unpacker(hfmt)),
+             "    if size != end: raise ProtocolError("
+             "'frame size field %d does not match %d bytes' % (size, end))"]
+    lines += ["    " + a for a in assign]
+    lines.append("    o = %d" % hsize)
     run = []  # pending fixed fields
+    at_end = False  # o == end is already known
 
     def flush():
         if not run:
@@ -104,109 +153,202 @@ def _gen_decoder(fields, fname, EXTRA=()):
         fmt = "<" + "".join(_FIXED[k][0] for _, k in run)
         size = sum(_FIXED[k][1] for _, k in run)
         lines.append("    if o + %d > end: raise ProtocolError('message too short')" % size)
-        lines.append("    t = _unpack_from(%r, buf, o); o += %d" % (fmt, size))
+        lines.append("    t = %s(buf, o); o += %d" % (unpacker(fmt), size))
         i = 0
-        for _, k in run:
+        for name, k in run:
             if k == "qid":
-                lines.append("    m.%s = Qid(t[%d], t[%d], t[%d])" % (_, i, i + 1, i + 2))
+                lines.append("    m.%s = Qid(t[%d], t[%d], t[%d])" % (name, i, i + 1, i + 2))
                 i += 3
             else:
-                lines.append("    m.%s = t[%d]" % (_, i))
+                lines.append("    m.%s = t[%d]" % (name, i))
                 i += 1
         run.clear()
 
-    for name, kind in fields:
+    def count(idx, fmt, width):
+        """Read the count n at o (already read with the header for the first variable field)."""
+        if idx == 0:
+            return
+        lines.append("    if o + %d > end: raise ProtocolError('message too short')" % width)
+        lines.append("    n, = %s(buf, o); o += %d" % (unpacker("<" + fmt), width))
+
+    for idx, (name, kind) in enumerate(rest):
         if kind in _FIXED:
             run.append((name, kind))
             continue
         flush()
         if kind == "s":
-            lines.append("    m.%s, o = _dec_str(buf, o, end)" % name)
+            if idx == 0:
+                lines.append("    e = o + n")
+                lines.append("    if e > end: "
+                             "raise ProtocolError('string length %d overruns the frame' % n)")
+                lines.append("    m.%s = str(buf[o:e], 'utf-8'); o = e" % name)
+            else:
+                lines.append("    m.%s, o = _dec_str(buf, o, end)" % name)
         elif kind == "data":
-            lines.append("    if o + 4 > end: raise ProtocolError('message too short')")
-            lines.append("    n, = _unpack_from('<I', buf, o); o += 4")
-            lines.append("    if o + n > end: raise ProtocolError('count %d overruns the frame' % n)")
-            lines.append("    m.%s = buf[o:o + n]; o += n" % name)
+            count(idx, "I", 4)
+            if idx == len(rest) - 1:  # data ends the frame (Rread, Twrite, Rreaddir)
+                lines.append("    if o + n != end: raise ProtocolError("
+                             "'count %d overruns the frame' % n if o + n > end else "
+                             "'%d trailing bytes' % (end - o - n))")
+                lines.append("    m.%s = buf[o:end]" % name)
+                at_end = True
+            else:
+                lines.append("    if o + n > end: "
+                             "raise ProtocolError('count %d overruns the frame' % n)")
+                lines.append("    m.%s = buf[o:o + n]; o += n" % name)
         elif kind == "wnames":
-            lines.append("    if o + 2 > end: raise ProtocolError('message too short')")
-            lines.append("    n, = _unpack_from('<H', buf, o); o += 2")
+            count(idx, "H", 2)
             lines.append("    ws = []")
             lines.append("    for _ in range(n):")
-            lines.append("        v, o = _dec_str(buf, o, end); ws.append(v)")
+            lines.append("        if o + 2 > end: raise ProtocolError('message too short')")
+            lines.append("        k = buf[o] | (buf[o + 1] << 8); o += 2; e = o + k")
+            lines.append("        if e > end: "
+                         "raise ProtocolError('string length %d overruns the frame' % k)")
+            lines.append("        ws.append(str(buf[o:e], 'utf-8')); o = e")
             lines.append("    m.%s = ws" % name)
         elif kind == "qids":
-            lines.append("    if o + 2 > end: raise ProtocolError('message too short')")
-            lines.append("    n, = _unpack_from('<H', buf, o); o += 2")
-            lines.append("    if o + 13 * n > end: raise ProtocolError('qid count overruns the frame')")
-            lines.append("    qs = []")
-            lines.append("    for _ in range(n):")
-            lines.append("        t = _unpack_from('<BIQ', buf, o); o += 13; qs.append(Qid(*t))")
-            lines.append("    m.%s = qs" % name)
+            count(idx, "H", 2)
+            lines.append("    if o + 13 * n > end: "
+                         "raise ProtocolError('qid count overruns the frame')")
+            lines.append("    m.%s = [Qid._make(%s(buf, o + 13 * k)) for k in range(n)]"
+                         % (name, unpacker("<BIQ")))
+            lines.append("    o += 13 * n")
         elif kind == "stat":
-            lines.append("    if o + 2 > end: raise ProtocolError('message too short')")
-            lines.append("    n, = _unpack_from('<H', buf, o); o += 2")
-            lines.append("    if o + n > end: raise ProtocolError('stat overruns the frame')")
-            lines.append("    st, o2 = _dec_stat(buf, o, o + n, DOTU)")
-            lines.append("    o += n; m.%s = st" % name)
+            count(idx, "H", 2)
+            lines.append("    e = o + n")
+            lines.append("    if e > end: raise ProtocolError('stat overruns the frame')")
+            lines.append("    st, o = _dec_stat(buf, o, e, DOTU)")
+            lines.append("    if o != e: raise ProtocolError('stat[n] has bytes after the stat')")
+            lines.append("    m.%s = st" % name)
         elif kind == "?u32":
             lines.append("    if o + 4 <= end:")
-            lines.append("        m.%s = _unpack_from('<I', buf, o)[0]; o += 4" % name)
+            lines.append("        m.%s = %s(buf, o)[0]; o += 4" % (name, unpacker("<I")))
             lines.append("    else: m.%s = 0" % name)
         else:  # pragma: no cover
             raise AssertionError(kind)
     flush()
-    lines.append("    if o != end: raise ProtocolError('%d trailing bytes' % (end - o))")
+    if not at_end:
+        lines.append("    if o != end: raise ProtocolError('%d trailing bytes' % (end - o))")
     for extra in EXTRA:
         lines.append("    m.%s = %r" % extra)
     lines.append("    return m")
     return "\n".join(lines)
 
 
-def _gen_encoder(fields, fname, type_num):
-    """Source of `def fname(m)` returning the whole frame."""
-    lines = ["def %s(m):" % fname, "    parts = [None]"]
-    run = []
+def _short(buf, end):
+    """Why a frame of end bytes is too short for its message."""
+    size = _HDR.unpack_from(buf, 0)[0]
+    if size != end:
+        return "frame size field %d does not match %d bytes" % (size, end)
+    return "message too short"
 
-    def flush():
-        if not run:
-            return
-        fmt = "<" + "".join(_FIXED[k][0] for _, k in run)
+
+def _gen_encoder(fields, fname, type_num, ns):
+    """Source of `def fname(m)` returning the whole frame.
+
+    One struct call writes size, type, tag, the leading fixed-size fields and the count
+    of the first variable-size field; the variable-size parts are appended to it."""
+    structs = []
+
+    def packer(fmt):
+        name = "_P%d" % len(structs)
+        structs.append(name)
+        ns[name] = struct.Struct(fmt).pack
+        return name
+
+    def args_of(run):
         args = []
         for name, k in run:
             if k == "qid":
                 args += ["m.%s[0]" % name, "m.%s[1]" % name, "m.%s[2]" % name]
             else:
                 args.append("m.%s" % name)
-        lines.append("    parts.append(_pack(%r, %s))" % (fmt, ", ".join(args)))
-        run.clear()
+        return args
 
-    for name, kind in fields:
+    def string(expr, indent):
+        """Lines that set b to the UTF-8 of the string expr."""
+        sp = " " * indent
+        return [sp + "s = %s" % expr,
+                sp + "b = s.encode('utf-8', 'surrogateescape') if s.__class__ is str "
+                     "else _str_bytes(s)",
+                sp + "if len(b) > 65535: "
+                     "raise ProtocolError('string too long (%d bytes)' % len(b))"]
+
+    # the encoder always writes Tfsync's datasync
+    fields = [(n, "u32" if k == "?u32" else k) for n, k in fields]
+    lead, rest = _split_lead(fields)
+    hfmt = "<IBH" + "".join(_FIXED[k][0] for _, k in lead)
+    hsize = 7 + sum(_FIXED[k][1] for _, k in lead)
+    hargs = args_of(lead)
+    lines = ["def %s(m):" % fname]
+    if not rest:
+        lines.append("    return %s(%d, %d, m.tag%s)" % (
+            packer(hfmt), hsize, type_num, "".join(", " + a for a in hargs)))
+        return "\n".join(lines)
+
+    name, kind = rest[0]
+    hfmt += _COUNT[kind][0]
+    hsize += _COUNT[kind][1]
+    body = None  # the single bytes object after the header, if there is only one
+    if kind == "s":
+        lines += string("m.%s" % name, 4)
+        lines.append("    n0 = len(b)")
+        body = "b"
+    elif kind == "data":
+        lines.append("    b = m.%s; n0 = len(b)" % name)
+        body = "b"
+    elif kind == "stat":
+        lines.append("    b = _enc_stat(m.%s, DOTU); n0 = len(b)" % name)
+        body = "b"
+    elif kind == "wnames":
+        lines.append("    v = m.%s; n0 = len(v); parts = []; ap = parts.append" % name)
+        lines.append("    for w in v:")
+        lines += string("w", 8)
+        lines.append("        ap(_PH(len(b))); ap(b)")
+    elif kind == "qids":
+        lines.append("    v = m.%s; n0 = len(v)" % name)
+        lines.append("    parts = [_PQ(q[0], q[1], q[2]) for q in v]; ap = parts.append")
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    hargs.append("n0")
+    if rest[1:] and body is not None:
+        lines.append("    parts = [b]; ap = parts.append")
+        body = None
+    run = []
+
+    def flush():
+        if run:
+            lines.append("    ap(%s(%s))" % (packer("<" + "".join(_FIXED[k][0] for _, k in run)),
+                                             ", ".join(args_of(run))))
+            run.clear()
+
+    for name, kind in rest[1:]:
         if kind in _FIXED:
             run.append((name, kind))
             continue
         flush()
         if kind == "s":
-            lines.append("    parts.append(_enc_str(m.%s))" % name)
+            lines += string("m.%s" % name, 4)
+            lines.append("    ap(_PH(len(b))); ap(b)")
         elif kind == "data":
-            lines.append("    d = m.%s" % name)
-            lines.append("    parts.append(_pack('<I', len(d))); parts.append(d)")
+            lines.append("    d = m.%s; ap(_PI(len(d))); ap(d)" % name)
         elif kind == "wnames":
-            lines.append("    parts.append(_pack('<H', len(m.%s)))" % name)
-            lines.append("    for w in m.%s: parts.append(_enc_str(w))" % name)
+            lines.append("    v = m.%s; ap(_PH(len(v)))" % name)
+            lines.append("    for w in v:")
+            lines += string("w", 8)
+            lines.append("        ap(_PH(len(b))); ap(b)")
         elif kind == "qids":
-            lines.append("    parts.append(_pack('<H', len(m.%s)))" % name)
-            lines.append("    for q in m.%s: parts.append(_pack('<BIQ', q[0], q[1], q[2]))" % name)
+            lines.append("    v = m.%s; ap(_PH(len(v)))" % name)
+            lines.append("    for q in v: ap(_PQ(q[0], q[1], q[2]))")
         elif kind == "stat":
-            lines.append("    sb = _enc_stat(m.%s, DOTU)" % name)
-            lines.append("    parts.append(_pack('<H', len(sb))); parts.append(sb)")
-        elif kind == "?u32":
-            lines.append("    parts.append(_pack('<I', m.%s))" % name)
+            lines.append("    b = _enc_stat(m.%s, DOTU); ap(_PH(len(b))); ap(b)" % name)
         else:  # pragma: no cover
             raise AssertionError(kind)
     flush()
-    lines.append("    parts[0] = b''")
-    lines.append("    body = b''.join(parts)")
-    lines.append("    return _pack('<IBH', len(body) + 7, %d, m.tag) + body" % type_num)
+    if body is None:
+        lines.append("    b = b''.join(parts)")
+    lines.append("    return %s(%d + %s, %d, m.tag, %s) + b" % (
+        packer(hfmt), hsize, "len(b)" if body is None else "n0", type_num, ", ".join(hargs)))
     return "\n".join(lines)
 
 
@@ -224,8 +366,12 @@ def _dec_str(buf, o, end):
         raise ProtocolError("string is not valid UTF-8: %s" % ex) from None
 
 
+def _str_bytes(s):
+    return s.encode("utf-8", "surrogateescape") if isinstance(s, str) else bytes(memoryview(s))
+
+
 def _enc_str(s):
-    b = s.encode("utf-8", "surrogateescape") if isinstance(s, str) else bytes(s)
+    b = _str_bytes(s)
     if len(b) > 0xFFFF:
         raise ProtocolError("string too long (%d bytes)" % len(b))
     return _pack("<H", len(b)) + b
@@ -333,6 +479,7 @@ TYPES = {}
 BY_NAME = {}
 # dialect -> {type: decoder}, dialect -> {type: encoder}
 _DECODERS = {d: {} for d in DIALECTS}
+_DEC = {d: {} for d in DIALECTS}  # dialect -> {type: decoder function}
 _ENCODERS = {d: {} for d in DIALECTS}
 
 
@@ -356,7 +503,9 @@ def _make_class(num, name, fields):
 def _build():
     g = {"ProtocolError": ProtocolError, "Qid": Qid, "_unpack_from": _unpack_from,
          "_pack": _pack, "_dec_str": _dec_str, "_enc_str": _enc_str,
-         "_dec_stat": _dec_stat, "_enc_stat": _enc_stat}
+         "_dec_stat": _dec_stat, "_enc_stat": _enc_stat, "_short": _short,
+         "_str_bytes": _str_bytes, "_PH": struct.Struct("<H").pack,
+         "_PI": struct.Struct("<I").pack, "_PQ": struct.Struct("<BIQ").pack}
     for num, name, fields in spec.MESSAGES:
         full = fields + spec.DOTU.get(name, [])
         cls = _make_class(num, name, full)
@@ -373,9 +522,10 @@ def _build():
             tag = "%s_%s" % (name, dialect.replace(".", "_"))
             extra = [(fn, 0xFFFFFFFF if fn == "n_uname" else _DEFAULTS[k])
                      for fn, k in full[len(f):]]
-            exec(_gen_decoder(f, "dec_" + tag, extra), ns)
-            exec(_gen_encoder(f, "enc_" + tag, num), ns)
+            exec(_gen_decoder(f, "dec_" + tag, ns, extra), ns)
+            exec(_gen_encoder(f, "enc_" + tag, num, ns), ns)
             _DECODERS[dialect][num] = (cls, ns["dec_" + tag], tuple(n for n, _ in f))
+            _DEC[dialect][num] = ns["dec_" + tag]
             _ENCODERS[dialect][num] = ns["enc_" + tag]
 
 
@@ -389,17 +539,16 @@ def decode(frame, dialect=V9P2000L):
     n = len(frame)
     if n < HEADER:
         raise ProtocolError("frame of %d bytes is shorter than the header" % n)
-    size, typ, tag = _HDR.unpack_from(frame, 0)
-    if size != n:
-        raise ProtocolError("frame size field %d does not match %d bytes" % (size, n))
     try:
-        cls, dec, names = _DECODERS[dialect][typ]
+        dec = _DEC[dialect][frame[4]]
     except KeyError:
-        raise ProtocolError("unknown message type %d for %s" % (typ, dialect)) from None
+        raise ProtocolError("unknown message type %d for %s" % (frame[4], dialect)) from None
     try:
-        return dec(frame, n, tag)
+        return dec(frame, n)  # checks the size field too
     except struct.error as ex:
         raise ProtocolError(str(ex)) from None
+    except UnicodeDecodeError as ex:
+        raise ProtocolError("string is not valid UTF-8: %s" % ex) from None
 
 
 def encode(msg, dialect=V9P2000L):
@@ -410,7 +559,7 @@ def encode(msg, dialect=V9P2000L):
         raise ProtocolError("%s does not exist in %s" % (type(msg).__name__, dialect)) from None
     try:
         return enc(msg)
-    except (struct.error, TypeError, AttributeError, UnicodeEncodeError) as ex:
+    except (struct.error, TypeError, AttributeError, LookupError, UnicodeEncodeError) as ex:
         raise ProtocolError("cannot encode %s: %s" % (type(msg).__name__, ex)) from None
 
 
