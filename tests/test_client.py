@@ -68,6 +68,14 @@ class Diod:
         self.proc.wait()
 
 
+def _settle(conn, timeout=5):
+    """Wait until no request is in flight (clunks are sent without waiting)."""
+    t0 = time.time()
+    while conn.inflight() and time.time() - t0 < timeout:
+        gevent.sleep(0.005)
+    return conn.inflight()
+
+
 def _export_dir():
     d = tempfile.mkdtemp(prefix="nine-client-")
     os.chmod(d, 0o777)  # diod -S squashes everyone to nobody
@@ -95,6 +103,13 @@ def cl(diod, request):
     c.local = sub
     yield c
     c.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_hang():
+    """No test may hang: a gevent.Timeout in the test's greenlet after 60 s."""
+    with gevent.Timeout(60):
+        yield
 
 
 # ---------------------------------------------------------------------------
@@ -253,7 +268,7 @@ def test_big_file_pipelined(cl):
         f.seek(1000)
         assert f.read(1024 * 1024) == data[1000:1000 + 1024 * 1024]
         assert f.pread(100, len(data) - 50) == data[-50:]
-    assert cl.conn.inflight() == 0
+    assert _settle(cl.conn) == 0
 
 
 @needs_diod
@@ -378,7 +393,7 @@ def test_fids_are_reused(cl):
         cl.stat("r")
     gevent.sleep(0.05)
     assert cl.conn._next_fid < 10
-    assert cl.conn.inflight() == 0
+    assert _settle(cl.conn) == 0
 
 
 @needs_diod
@@ -424,7 +439,7 @@ def test_many_concurrent_reads_one_connection(cl):
     gs = [gevent.spawn(cl.stat, "f%d" % (k % 20)) for k in range(200)]
     gevent.joinall(gs, raise_error=True, timeout=60)
     assert all(g.value.st_size == len(blobs["f%d" % (k % 20)]) for k, g in enumerate(gs))
-    assert conn.inflight() == 0
+    assert _settle(conn) == 0
 
 
 def _fifo(cl, name="fifo"):
@@ -481,7 +496,7 @@ def test_timeout_flushes(cl):
     t0 = time.time()
     while cl.conn.inflight() and time.time() - t0 < 5:
         gevent.sleep(0.01)
-    assert cl.conn.inflight() == 0
+    assert _settle(cl.conn) == 0
     f.clunk()
 
 
@@ -492,7 +507,7 @@ def test_walk_interrupted_releases_fid(cl):
         for _ in range(20):
             f = cl.walk("")
             f.clunk()
-    assert cl.conn.inflight() == 0
+    assert _settle(cl.conn) == 0
 
 
 @needs_diod
@@ -562,7 +577,8 @@ class Node:
 class FakePeer:
     """A scripted 9P2000/.u server over a socketpair, in a greenlet of this process."""
 
-    def __init__(self, dialect=V9P2000, msize=8192, answer_version=None, errno_in_rerror=False):
+    def __init__(self, dialect=V9P2000, msize=8192, answer_version=None, errno_in_rerror=False,
+                 sock=None):
         self.dialect = dialect
         self.msize = msize
         self.answer_version = answer_version
@@ -573,10 +589,13 @@ class FakePeer:
         self.dirnext = {}
         self.held = {}  # tag -> request held unanswered ('block' files)
         self.hold_flush = None  # an Event: Rflush waits for it
+        self.answer_before_rflush = False
+        self.released = set()
         self.log = []
-        a, b = gevent.socket.socketpair()
-        self.client_sock = a
-        self.sock = b
+        if sock is None:
+            a, sock = gevent.socket.socketpair()
+            self.client_sock = a
+        self.sock = sock
         self.g = gevent.spawn(self._serve)
 
     def add(self, path, kind="file", data=b"", perm=0o644, target=""):
@@ -631,6 +650,9 @@ class FakePeer:
                 return self.error(t, "unknown fid", errno.EBADF)
             if m.newfid != m.fid and m.newfid in self.fids:
                 return self.error(t, "fid already in use", errno.EBADF)
+            if "hang" in m.wnames and id(m) not in self.released:
+                self.held[t] = m
+                return
             node = self.fids[m.fid][0]
             qids = []
             for n in m.wnames:
@@ -728,7 +750,10 @@ class FakePeer:
     def _flush(self, m):
         if self.hold_flush is not None:
             self.hold_flush.wait()
-        self.held.pop(m.oldtag, None)
+        old = self.held.pop(m.oldtag, None)
+        if old is not None and self.answer_before_rflush:
+            self.released.add(id(old))  # answer the original request first, then Rflush
+            self.handle(old)
         self.send(P.Rflush(tag=m.tag))
 
     def _parent(self, node, d=None):
@@ -922,7 +947,7 @@ def test_fake_timeout_and_late_reply(peer):
     with pytest.raises(NineTimeout):
         f.fid.read(0, 10, timeout=0.05)
     gevent.sleep(0.05)
-    assert c.conn.inflight() == 0  # Rflush came back at once
+    assert _settle(c.conn) == 0  # Rflush came back at once
     f.close()
     c.close()
 
@@ -963,5 +988,112 @@ def test_fake_protocol_garbage():
         with pytest.raises(NineProtocolError):
             f.stat()
         c.conn.close()
+    finally:
+        p.stop()
+
+
+def test_fake_peer_over_unix_socket(tmp_path):
+    path = str(tmp_path / "9p.sock")
+    lsock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(1)
+    peers = []
+
+    def accept():
+        s, _ = lsock.accept()
+        p = FakePeer(V9P2000U, sock=s)
+        p.add("f", data=b"over unix")
+        peers.append(p)
+
+    g = gevent.spawn(accept)
+    try:
+        c = Client("unix!" + path, version=V9P2000U, msize=8192)
+        assert c.read_file("f") == b"over unix"
+        c.close()
+    finally:
+        g.kill()
+        for p in peers:
+            p.stop()
+        lsock.close()
+
+
+@needs_diod
+def test_fid_level_api(cl):
+    """What the multiplexer uses: one message per call, raw qids and dirents."""
+    conn = cl.conn
+    d = cl.root.clone()
+    q, iou = d.lcreate("raw", L_O_RDWR | P.L_O_CREAT, 0o644)
+    assert q.type == P.QTFILE and d.opened
+    assert d.write(0, b"abcdef") == 6
+    assert d.read(2, 3) == b"cde"
+    r = d.getattr()
+    assert r.size == 6 and r.qid == q and stat.S_ISREG(r.mode)
+    d.fsync()
+    d.clunk()
+    assert d.fid is None
+    f, qids = cl.root.twalk(["raw"])
+    assert qids == [q] and f.qid == q
+    f.lopen(L_O_RDONLY)
+    assert f.read_all() == b"abcdef"
+    f.clunk()
+    dq = cl.root.mkdir("dir", 0o755)
+    assert dq.type & P.QTDIR
+    dd = cl.walk("dir")
+    sq = dd.symlink("s", "../raw")
+    assert sq.type & P.QTSYMLINK
+    dd.lopen(L_O_RDONLY | P.L_O_DIRECTORY)
+    ents = dd.readdir(0)
+    names = {n for q, o, t, n in ents}
+    assert {"s"} <= names
+    dd.clunk()
+    g = cl.walk("dir/s")
+    assert g.readlink() == "../raw"
+    g.remove()
+    root2 = cl.root.clone()
+    try:
+        root2.unlinkat("dir", P.AT_REMOVEDIR)
+    except NineError as e:  # diod 1.0.24 has no Tunlinkat
+        assert e.errno == errno.EOPNOTSUPP
+        cl.walk("dir").remove()
+    root2.clunk()
+    assert cl.listdir("") == ["raw"]
+    gevent.sleep(0.02)
+    assert _settle(conn) == 0
+
+
+@needs_diod
+def test_dropped_file_is_clunked(cl):
+    cl.write_file("d", b"x")
+    gevent.sleep(0.02)
+    n = cl.conn._next_fid
+    for _ in range(20):
+        f = cl.open("d")
+        f.read()
+        del f
+    gevent.sleep(0.05)
+    assert cl.conn._next_fid <= n + 2
+    assert _settle(cl.conn) == 0
+
+
+@pytest.mark.parametrize("answer_first", [False, True])
+def test_fake_flushed_walk_releases_newfid(answer_first):
+    p = FakePeer(V9P2000U)
+    try:
+        p.add("hang", "dir")
+        p.answer_before_rflush = answer_first
+        c = _client(p)
+        conn = c.conn
+        g = gevent.spawn(c.walk, "hang")
+        gevent.sleep(0.05)
+        walk = [m for m in p.log if isinstance(m, P.Twalk)][-1]
+        g.kill(timeout=2)
+        assert _settle(conn) == 0
+        # the newfid of the abandoned walk is free again; if the walk had succeeded
+        # (answer_first), the client clunked it first
+        assert walk.newfid in conn._free_fids
+        clunks = [m for m in p.log if isinstance(m, P.Tclunk) and m.fid == walk.newfid]
+        assert len(clunks) == (1 if answer_first else 0)
+        assert walk.newfid not in p.fids
+        c.close()
     finally:
         p.stop()

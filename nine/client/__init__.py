@@ -1,7 +1,23 @@
-"""nine.client: a concurrent 9P client (9P2000, 9P2000.u, 9P2000.L) on gevent.
+"""nine.client: a concurrent 9P client (9P2000, 9P2000.u, 9P2000.L) on gevent, without
+monkey patching.
 
-Low level: Connection (tags, fids, multiplexed rpc, Tflush) and Fid (one message per
-method, raw qids).  High level: Client (paths, dialect-neutral stat/readdir) and File.
+Low level (what the multiplexer uses):
+  Connection(addr, msize, version, sock=, timeout=, strict_version=)  one connection;
+      rpc(msg, timeout) -> reply, submit(msg)/wait(msg, h)/cancel(msg, h) for pipelining,
+      post(msg, callback) fire-and-forget, alloc_fid()/free_fid(), close().
+      Many greenlets may call rpc() at once; a killed/timed-out caller's request is
+      flushed (Tflush); a dead connection fails every waiter at once.
+  attach(conn, uname, aname, n_uname) -> Fid
+  Fid: twalk/walk/clone, open/lopen, create/lcreate, read/write, pread/pwrite (pipelined),
+      read_all, readdir (raw dirents) / entries (DirEntry, any dialect), getattr/setattr,
+      stat/wstat, fstat (StatResult), statfs, readlink, symlink, mkdir, mknod, link, rename,
+      renameat, unlinkat, xattrwalk/xattrcreate, fsync, lock/getlock, clunk/clunk_nowait,
+      remove.
+High level:
+  Client(addr, uname, aname, version, msize): paths, dialect-neutral StatResult/DirEntry,
+      open() -> File (binary file object), read_file/write_file, mkdir, remove, rename, ...
+Errors: NineError(OSError) with errno; subclasses also derive from FileNotFoundError,
+  PermissionError, ... ; NineTimeout is a TimeoutError.
 """
 
 from .errors import (NineError, NineProtocolError, NineTimeout, nine_error,  # noqa: F401

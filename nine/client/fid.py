@@ -106,8 +106,8 @@ class Fid:
         return self
 
     def __exit__(self, *exc):
-        if self.fid is not None:
-            self.clunk()
+        # clunk without waiting: saves a round trip, the fid number comes back with Rclunk
+        self.clunk_nowait()
 
     def _iou(self):
         iou = self.iounit
