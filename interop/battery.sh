@@ -17,7 +17,9 @@ check_ls() {
     # host created a b c sub/
     ls -la
     expect_eq "names" "$(ls -A | tr '\n' ' ')" "a b c sub "
-    expect_eq "ls -la lines" "$(ls -la | grep -c .)" "7" # total . .. a b c sub
+    # (whether "." and ".." come from the server is up to the server)
+    expect_eq "ls -la entries" "$(ls -la | grep -cE ' (a|b|c|sub)$')" 4
+    expect_eq "ls -l sizes" "$(ls -l a b c | awk '{ print $5 }' | tr '\n' ' ')" "10 10 10 "
     expect_eq "ls -la sub/" "$(ls -A sub)" "inner"
 }
 
@@ -213,7 +215,14 @@ check_truncate() {
 }
 
 check_unlink_open() {
-    t9 unlinkopen u
+    if dialect_is 9p2000 && [ "$NINE_CACHE" = loose ]; then
+        # v9fs 9P2000 (access=any) with cache=loose: after Tremove consumed
+        # the dentry's fid, fstat(2) fails with ENOENT in the client, with no
+        # error from the server; read/write/ftruncate through the fd must work.
+        t9 unlinkopen u fstat-optional
+    else
+        t9 unlinkopen u
+    fi
     [ ! -e u ] || fail "u reappeared"
 }
 
@@ -284,12 +293,12 @@ dd_msize() {
     m=/m$1
     nine_mount $m "msize=$1"
     echo "mounted: $(grep " $m " /proc/mounts)"
-    dd if=/mnt/data/big.bin of=$m/dd_msize_$1/out bs=1M count=16 2>&1 | tail -n 1
+    dd if=/mnt/data/big.bin of=$m/dd_msize_$1/out bs=1M count=8 2>&1 | tail -n 1
     umount $m
     nine_mount $m "msize=$1"
     sum=$(dd if=$m/dd_msize_$1/out bs=4M 2>/dev/null | md5sum | cut -d' ' -f1)
     umount $m
-    expect_eq "md5 of 16 MiB via msize=$1" "$sum" "$(cat /mnt/data/big16.md5)"
+    expect_eq "md5 of 8 MiB via msize=$1" "$sum" "$(cat /mnt/data/big8.md5)"
 }
 check_dd_msize_8192() { dd_msize 8192; }
 check_dd_msize_65536() { dd_msize 65536; }

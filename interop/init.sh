@@ -31,14 +31,17 @@ nine_trace_start
 echo "@@MOUNTING $(cut -d' ' -f1 /proc/uptime) $NINE_OPTS"
 if nine_mount /mnt; then
     echo "@@MOUNT OK $(grep ' /mnt ' /proc/mounts)"
+    nine_snapshot mount
     cd /mnt
     sh -c ". /lib/nine.sh; . /run/script.sh"
     cd /
     nine_mark umount
     umount /mnt || { echo "@@WARN umount /mnt failed"; ls -l /proc/*/cwd /proc/*/fd 2>/dev/null | grep /mnt; }
+    nine_snapshot umount
 else
     echo "@@MOUNT FAIL"
     dmesg | tail -n 20 | sed 's/^/@@DMESG /'
+    nine_snapshot mount
 fi
 nine_trace_dump
 echo "@@DONE $(cut -d' ' -f1 /proc/uptime)"

@@ -40,7 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 #: modules the guest needs; their dependencies are added from .modinfo
-ROOT_MODULES = ["virtio_pci", "virtio_net", "9pnet_fd", "9p"]
+ROOT_MODULES = ["virtio_pci", "virtio_net", "9pnet_fd", "9pnet_virtio", "9p"]
 
 KERNEL_PACKAGE = os.environ.get("NINE_VM_KERNEL_PACKAGE", "linux-image-amd64")
 
@@ -157,10 +157,15 @@ def ensure_kernel() -> Path:
     downloading and unpacking the Debian package the first time."""
     root = cache_dir()
     kdir = root / "kernel"
-    if (kdir / "ok").exists():
+    want = " ".join(ROOT_MODULES) + "\n"
+
+    def ok():
+        return (kdir / "ok").exists() and (kdir / "roots").exists() and (kdir / "roots").read_text() == want
+
+    if ok():
         return kdir
     with _Lock(root / "kernel.lock"):
-        if (kdir / "ok").exists():
+        if ok():
             return kdir
         if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
             raise VMError("apt-get and dpkg-deb are needed to fetch the kernel package")
@@ -210,6 +215,7 @@ def ensure_kernel() -> Path:
             for name in ROOT_MODULES:
                 add(name)
             (new / "modules" / "order").write_text("".join(f"{n}.ko\n" for n in order))
+            (new / "roots").write_text(want)
             (new / "release").write_text(release + "\n")
             (new / "package").write_text(deb.name + "\n")
             (new / "ok").write_text("")
@@ -309,9 +315,12 @@ def ensure_initramfs() -> tuple[Path, Path]:
             part = Path(tmp) / "initramfs.cpio"
             part.write_bytes(c.finish())
             part.rename(out)
-        for old in cache_dir().glob("initramfs-*.cpio"):
-            if old != out:
-                old.unlink(missing_ok=True)
+        for old in cache_dir().glob("initramfs-*.cpio"):  # stale builds (other versions)
+            try:
+                if old != out and time.time() - old.stat().st_mtime > 86400:
+                    old.unlink()
+            except OSError:
+                pass
     return kdir / "kernel", out
 
 
@@ -335,12 +344,14 @@ class CheckResult:
 @dataclasses.dataclass
 class ErrorReply:
     check: str  # the check running when it happened ("mount", "umount" too)
-    request: str  # request type, e.g. "P9_TLCREATE"
+    request: str  # request type, e.g. "Tlcreate"
     errno: int  # positive errno
     count: int
 
     @property
     def errname(self) -> str:
+        if self.errno == errno_mod.EOPNOTSUPP:
+            return "EOPNOTSUPP"  # == ENOTSUP on Linux; the name 9P specs use
         return errno_mod.errorcode.get(self.errno, str(self.errno))
 
 
@@ -358,8 +369,8 @@ class GuestResult:
     #: requests sent, per check (key "mount"/"umount" for the mount itself)
     requests_by_check: dict[str, Counter] = dataclasses.field(default_factory=dict)
     errors: list[ErrorReply] = dataclasses.field(default_factory=list)
-    trace_entries: int = 0
-    trace_written: int = 0
+    #: the text trace of the 9p tracepoints (run_guest(raw_trace=True) only)
+    trace_lines: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -369,10 +380,6 @@ class GuestResult:
             total.update(c)
         return total
 
-    @property
-    def trace_lost(self) -> int:
-        return max(0, self.trace_written - self.trace_entries)
-
     def summary(self) -> str:
         passed = sum(c.passed for c in self.checks.values())
         return (f"{passed}/{len(self.checks)} checks passed, mounted={self.mounted}, done={self.done}, "
@@ -380,14 +387,37 @@ class GuestResult:
                 f"{self.wall_seconds:.1f}s")
 
 
-def _short_op(op: str) -> str:
-    """P9_TLCREATE -> Tlcreate (the spelling of the specs)."""
-    op = op.removeprefix("P9_")
-    return op[0] + op[1:].lower() if op else op
+#: 9P message numbers (Linux include/net/9p/9p.h)
+MESSAGE_NAMES = {
+    6: "Tlerror", 7: "Rlerror", 8: "Tstatfs", 9: "Rstatfs", 12: "Tlopen", 13: "Rlopen",
+    14: "Tlcreate", 15: "Rlcreate", 16: "Tsymlink", 17: "Rsymlink", 18: "Tmknod", 19: "Rmknod",
+    20: "Trename", 21: "Rrename", 22: "Treadlink", 23: "Rreadlink", 24: "Tgetattr", 25: "Rgetattr",
+    26: "Tsetattr", 27: "Rsetattr", 30: "Txattrwalk", 31: "Rxattrwalk", 32: "Txattrcreate",
+    33: "Rxattrcreate", 40: "Treaddir", 41: "Rreaddir", 50: "Tfsync", 51: "Rfsync", 52: "Tlock",
+    53: "Rlock", 54: "Tgetlock", 55: "Rgetlock", 70: "Tlink", 71: "Rlink", 72: "Tmkdir", 73: "Rmkdir",
+    74: "Trenameat", 75: "Rrenameat", 76: "Tunlinkat", 77: "Runlinkat", 100: "Tversion",
+    101: "Rversion", 102: "Tauth", 103: "Rauth", 104: "Tattach", 105: "Rattach", 106: "Terror",
+    107: "Rerror", 108: "Tflush", 109: "Rflush", 110: "Twalk", 111: "Rwalk", 112: "Topen",
+    113: "Ropen", 114: "Tcreate", 115: "Rcreate", 116: "Tread", 117: "Rread", 118: "Twrite",
+    119: "Rwrite", 120: "Tclunk", 121: "Rclunk", 122: "Tremove", 123: "Rremove", 124: "Tstat",
+    125: "Rstat", 126: "Twstat", 127: "Rwstat",
+}
+
+
+def _op(num: str) -> str:
+    return MESSAGE_NAMES.get(int(num), f"T{num}")
 
 
 def parse_console(console: str, res: GuestResult) -> GuestResult:
     outputs: dict[str, list[str]] = {}
+    # cumulative histogram snapshots, one per check, in order
+    snaps: list[tuple[str, Counter, Counter]] = []
+
+    def snap(name):
+        if not snaps or snaps[-1][0] != name:
+            snaps.append((name, Counter(), Counter()))
+        return snaps[-1]
+
     for line in console.splitlines():
         i = line.find("@@")
         if i < 0:
@@ -407,14 +437,21 @@ def parse_console(console: str, res: GuestResult) -> GuestResult:
             res.boot_seconds = float(args[0])
         elif tag == "DONE":
             res.done = True
-        elif tag == "REQ" and len(args) == 3:
-            res.requests_by_check.setdefault(args[0], Counter())[_short_op(args[1])] += int(args[2])
-        elif tag == "ERR" and len(args) == 4:
-            res.errors.append(ErrorReply(args[0], _short_op(args[1]), abs(int(args[2])), int(args[3])))
-        elif tag == "TRACESTAT" and len(args) == 2:
-            res.trace_entries, res.trace_written = int(args[0]), int(args[1])
+        elif tag == "HREQ" and len(args) == 3:
+            snap(args[0])[1][_op(args[1])] += int(args[2])
+        elif tag == "HERR" and len(args) == 4:
+            err = int(args[2])  # the histogram prints the int field as u32
+            snap(args[0])[2][(_op(args[1]), -(err - (1 << 32) if err >= 1 << 31 else err))] += int(args[3])
+        elif tag == "T":
+            res.trace_lines.append(" ".join(args))
         elif tag in ("WARN", "DMESG"):
             res.warnings.append(" ".join(args))
+    prev_req, prev_err = Counter(), Counter()
+    for name, req, err in snaps:
+        res.requests_by_check[name] = +(req - prev_req)
+        for (op, e), n in sorted((err - prev_err).items()):
+            res.errors.append(ErrorReply(name, op, e, n))
+        prev_req, prev_err = req, err
     return res
 
 
@@ -427,16 +464,24 @@ def _qemu() -> str:
 
 def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 600,
               lib: str = "", env: dict[str, str] | None = None, memory_mb: int = 768,
-              check_timeout: int = 120, log_path: Path | None = None) -> GuestResult:
+              check_timeout: int = 120, log_path: Path | None = None,
+              virtfs_export: Path | None = None, raw_trace: bool = False) -> GuestResult:
     """Boot the VM once: mount ``10.0.2.2`` port ``server_port`` with
     ``trans=tcp,port=PORT,<mount_opts>`` on /mnt, run ``script`` (busybox sh,
     cwd /mnt, with /lib/nine.sh sourced: ``run_check NAME`` runs the function
     ``check_NAME`` defined in ``lib``), then unmount and power off.
 
-    ``env`` becomes shell variables of the guest (e.g. NINE_DIALECT)."""
+    ``env`` becomes shell variables of the guest (e.g. NINE_DIALECT).
+
+    ``virtfs_export``: instead of the TCP server, mount QEMU's own 9P server
+    (virtio, 9P2000.u/.L, passthrough of that directory): a second reference
+    implementation to validate the battery's expectations with."""
     kernel, initramfs = ensure_initramfs()
     config = {"NINE_PORT": str(server_port), "NINE_OPTS": mount_opts,
+              "NINE_TRANS": "virtio" if virtfs_export else "tcp",
               "NINE_CHECK_TIMEOUT": str(check_timeout), **(env or {})}
+    if raw_trace:
+        config["NINE_TRACE_RAW"] = "1"
     for k in config:
         if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", k):
             raise ValueError(f"bad guest variable name {k!r}")
@@ -457,6 +502,8 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
             "-netdev", "user,id=n0",
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             "-kernel", str(kernel), "-initrd", str(initrd),
+            *(["-virtfs", f"local,path={virtfs_export},mount_tag=nine,security_model=passthrough,id=fs0"]
+              if virtfs_export else []),
             "-append", "console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init tsc=reliable "
                        "no_timer_check noreplace-smp",
         ]
@@ -486,5 +533,5 @@ if __name__ == "__main__":  # smoke test: python -m interop.vm PORT [OPTS]
     r = run_guest(port, opts, "run_check ls\n", lib="check_ls() { ls -la /mnt; }\n", timeout=120)
     print(r.console)
     print(r.summary())
-    print(dict(r.requests))
+    print(dict(r.requests_by_check))
     print(r.errors)

@@ -1035,13 +1035,7 @@ class Connection:
             f.node.setattr(ctx, sa)
         if st.name and st.name != f.node.name:
             self._check_name(st.name)
-            parent = f.node.walk(ctx, [".."])
-            if not parent:
-                raise error(errno.EINVAL, "cannot rename the root")
-            try:
-                f.node.rename(ctx, parent[0], st.name)
-            finally:
-                parent[0].close(ctx)
+            f.node.rename(ctx, None, st.name)  # wstat renames within the directory
         return P.Rwstat()
 
 

@@ -208,7 +208,8 @@ class Node:
         raise error(errno.EOPNOTSUPP)
 
     def rename(self, ctx, newdir, newname):
-        """Rename this node to newname in newdir (Trename, wstat name)."""
+        """Rename this node to newname in newdir (Trename), or within its own directory
+        when newdir is None (a wstat of the name)."""
         raise error(errno.EOPNOTSUPP)
 
     def unlinkat(self, ctx, name, flags):

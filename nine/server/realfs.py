@@ -1112,14 +1112,14 @@ class RealNode(Node):
         fs = self.fs
         newname, _ = _checkname(newname)
         fs._check_rw()
-        if not isinstance(newdir, RealNode) or newdir.fs is not fs:
+        if newdir is not None and (not isinstance(newdir, RealNode) or newdir.fs is not fs):
             raise error(errno.EXDEV)
         e = self.entry
         if e.parent is None:
             raise error(errno.EBUSY)
         if e.dead:
             raise error(errno.ENOENT)
-        fs._rename(e.parent, e.name, newdir.entry, newname)
+        fs._rename(e.parent, e.name, e.parent if newdir is None else newdir.entry, newname)
 
     @_as_user
     def unlinkat(self, ctx, name, flags):
