@@ -50,7 +50,24 @@ def build_server(args):
         else:
             exports[name] = fs.attach
     server = Server(exports, msize=args.msize, squash=squash)
-    if args.ctl or not exports:
+    synth = []
+    if getattr(args, "proc", False):
+        from .synth.proc import proc_tree
+        synth.append(("proc", proc_tree("proc")))
+    if getattr(args, "host", False):
+        from .synth.host import host_tree
+        synth.append(("host", host_tree()))
+    if getattr(args, "exec_", False):
+        from .synth.exec import exec_tree
+        synth.append(("exec", exec_tree()))
+    from .synth.files import Dir
+    for aname, tree in synth:
+        # each tree is its own aname (root = the tree), and all of them together under
+        # aname "nine" (nine/proc, nine/host, nine/exec)
+        server.exports[aname] = SynthFS(tree).attach
+    if synth:
+        server.exports["nine"] = SynthFS(Dir("", [t for _, t in synth])).attach
+    if args.ctl or not (exports or synth):
         server.exports["ctl"] = SynthFS(ctl_tree(server)).attach
     return server
 
@@ -302,6 +319,11 @@ def make_parser():
                    help="DIR (served to any aname) or NAME=DIR (served to aname NAME)")
     s.add_argument("--ctl", action="store_true", help="add the diod-compatible ctl tree "
                    "(aname ctl); on by default when nothing else is exported")
+    s.add_argument("--proc", action="store_true", help="Plan 9-style process control: "
+                   "aname proc (proc/PID/{ctl,mem,regs,note,wait,status,task/} + Linux files)")
+    s.add_argument("--host", action="store_true", help="host information: aname host")
+    s.add_argument("--exec", dest="exec_", action="store_true",
+                   help="Xcpu-style execution: aname exec (clone, N/{ctl,stdin,stdout,...})")
     s.add_argument("--read-only", action="store_true", help="refuse every change")
     s.add_argument("--squash", metavar="USER", help="act as USER for everyone")
     s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
