@@ -22,6 +22,7 @@ import importlib.util
 import os
 import struct
 import sys
+import time
 import timeit
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -98,8 +99,13 @@ def base_dec_twalk(frame):
 _RGETATTR = struct.Struct("<IBHQBIQIII" + "Q" * 15)
 
 
-def base_enc_rgetattr(tag, valid, qid, mode, uid, gid, *rest):
-    return _RGETATTR.pack(160, 25, tag, valid, qid[0], qid[1], qid[2], mode, uid, gid, *rest)
+def base_enc_rgetattr(tag, valid, qid, mode, uid, gid, nlink, rdev, size, blksize, blocks,
+                      atime_sec, atime_nsec, mtime_sec, mtime_nsec, ctime_sec, ctime_nsec,
+                      btime_sec, btime_nsec, gen, data_version):
+    return _RGETATTR.pack(160, 25, tag, valid, qid[0], qid[1], qid[2], mode, uid, gid, nlink,
+                          rdev, size, blksize, blocks, atime_sec, atime_nsec, mtime_sec,
+                          mtime_nsec, ctime_sec, ctime_nsec, btime_sec, btime_nsec, gen,
+                          data_version)
 
 
 def base_dec_rgetattr(frame):
@@ -165,22 +171,32 @@ def cases(codec):
     frame = enc(msg, DIALECT)
     q = GETATTR["qid"]
     assert base_enc_rgetattr(3, 0x7FF, q, 0o100644, 1000, 1000, *GETATTR_U64) == frame
+    assert GETATTR_U64 == [2, 0, 139, 4096, 8, 1700000000, 123456789, 1700000001, 223456789,
+                           1700000002, 323456789, 0, 0, 0, 0]
     assert base_dec_rgetattr(frame)[2] == q
     out.append(("Rgetattr", frame,
                 (lambda msg=msg: enc(msg, DIALECT),
                  lambda: enc(Rgetattr(tag=3, **GETATTR), DIALECT),
                  lambda frame=frame: dec(frame, DIALECT)),
-                (lambda: base_enc_rgetattr(3, 0x7FF, q, 0o100644, 1000, 1000, *GETATTR_U64),
+                (lambda: base_enc_rgetattr(3, 0x7FF, q, 0o100644, 1000, 1000, 2, 0, 139, 4096,
+                                           8, 1700000000, 123456789, 1700000001, 223456789,
+                                           1700000002, 323456789, 0, 0, 0, 0),
                  lambda frame=frame: base_dec_rgetattr(frame)),
                 dict(GETATTR, tag=3), "Rgetattr"))
     return out
 
 
-def best_us(fn, repeat, min_time):
-    t = timeit.Timer(fn)
-    number, _ = t.autorange()
-    number = max(1, int(number * min_time / 0.2))
-    return min(t.repeat(repeat=repeat, number=number)) / number * 1e6
+def best_us(fns, repeat, min_time):
+    """Best time per call of each function, in microseconds.  The functions are timed
+    in turns, repeat rounds, so that each sees the same machine load; process CPU time,
+    so that time spent descheduled on a busy machine does not count."""
+    timers = [timeit.Timer(fn, timer=time.process_time) for fn in fns]
+    numbers = [max(1, int(t.autorange()[0] * min_time / 0.2)) for t in timers]
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, (t, n) in enumerate(zip(timers, numbers)):
+            best[i] = min(best[i], t.timeit(n) / n * 1e6)
+    return best
 
 
 def load_codec(path):
@@ -200,7 +216,7 @@ def main():
     opts = ap.parse_args()
     codec = load_codec(opts.codec) if opts.codec else importlib.import_module(
         "nine.protocol.codec")
-    repeat, min_time = (3, 0.02) if opts.quick else (7, 0.05)
+    repeat, min_time = (5, 0.01) if opts.quick else (40, 0.01)
     print("python %s, %s, codec %s; best of %d repeats; microseconds per operation"
           % (sys.version.split()[0], DIALECT, opts.codec or "nine.protocol.codec", repeat))
     print("  encode = encode a prebuilt message, build+enc = construct the message object and"
@@ -224,12 +240,12 @@ def main():
              lambda: (c_enc(), c_dec()), lambda: (cc_enc(), cc_dec())),
         ]
         for op, n, b, c, cc in ops:
-            tn, tb = best_us(n, repeat, min_time), best_us(b, repeat, min_time)
+            tn, tb = best_us([n, b], repeat, min_time)
             ratios[label, op] = tn / tb
             if opts.no_construct:
                 tc = tcc = float("nan")
             else:
-                tc, tcc = best_us(c, repeat, min_time), best_us(cc, repeat, min_time)
+                tc, tcc = best_us([c, cc], max(3, repeat // 4), min_time)
             print("%-14s %-10s %8.3f %9.3f %6.2fx %10.2f %9.2f" % (label, op, tn, tb, tn / tb,
                                                                   tc, tcc))
     for op in ("encode", "build+enc", "decode", "round trip"):

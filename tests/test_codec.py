@@ -826,3 +826,10 @@ def test_stat_dont_touch():
     a = Stat.dont_touch()
     a.name = "new"
     assert Stat.dont_touch().name == "" and Stat.dont_touch() == st
+
+
+def test_repr_shortens_data():
+    r = repr(BY_NAME["Rread"](data=b"x" * 100, tag=3))
+    assert r.startswith("Rread(tag=3, data=b'xxx") and r.endswith("...')")
+    assert "Twalk(tag=1, fid=2, newfid=3, wnames=['a'])" == \
+        repr(BY_NAME["Twalk"](fid=2, newfid=3, wnames=["a"], tag=1))

@@ -137,7 +137,7 @@ def _gen_decoder(fields, fname, ns, EXTRA=()):
         hsize += _COUNT[first][1]
         targets.append("n")
     lines = ["def %s(buf, end):" % fname,
-             "    if end < %d: raise ProtocolError(_short(buf, end))" % hsize,
+             "    if end < %d: raise ProtocolError(_too_short(buf, end))" % hsize,
              "    m = _new(CLS)",
              "    %s = %s(buf, 0)" % (", ".join(targets), unpacker(hfmt)),
              "    if size != end: raise ProtocolError("
@@ -235,7 +235,7 @@ def _gen_decoder(fields, fname, ns, EXTRA=()):
     return "\n".join(lines)
 
 
-def _short(buf, end):
+def _too_short(buf, end):
     """Why a frame of end bytes is too short for its message."""
     size = _HDR.unpack_from(buf, 0)[0]
     if size != end:
@@ -503,7 +503,7 @@ def _make_class(num, name, fields):
 def _build():
     g = {"ProtocolError": ProtocolError, "Qid": Qid, "_unpack_from": _unpack_from,
          "_pack": _pack, "_dec_str": _dec_str, "_enc_str": _enc_str,
-         "_dec_stat": _dec_stat, "_enc_stat": _enc_stat, "_short": _short,
+         "_dec_stat": _dec_stat, "_enc_stat": _enc_stat, "_too_short": _too_short,
          "_str_bytes": _str_bytes, "_PH": struct.Struct("<H").pack,
          "_PI": struct.Struct("<I").pack, "_PQ": struct.Struct("<BIQ").pack}
     for num, name, fields in spec.MESSAGES:
