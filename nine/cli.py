@@ -62,6 +62,7 @@ def build_server(args):
         synth.append(("exec", exec_tree()))
     from .synth.files import Dir
     for aname, tree in synth:
+        tree.name = aname  # its name inside aname "nine"
         # each tree is its own aname (root = the tree), and all of them together under
         # aname "nine" (nine/proc, nine/host, nine/exec)
         server.exports[aname] = SynthFS(tree).attach
