@@ -67,7 +67,11 @@ def build_server(args):
         # aname "nine" (nine/proc, nine/host, nine/exec)
         server.exports[aname] = SynthFS(tree).attach
     if synth:
-        server.exports["nine"] = SynthFS(Dir("", [t for _, t in synth])).attach
+        from .synth.files import Mount
+        top = [t for _, t in synth]
+        if exports.get(None) is not None:
+            top.insert(0, Mount("files", exports[None]))  # the default export as files/
+        server.exports["nine"] = SynthFS(Dir("", top)).attach
     if args.ctl or not (exports or synth):
         server.exports["ctl"] = SynthFS(ctl_tree(server)).attach
     return server

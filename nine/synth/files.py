@@ -31,7 +31,10 @@ import time
 from ..protocol import Qid, QTDIR, QTFILE, L_O_ACCMODE, L_O_RDONLY, L_O_WRONLY, L_O_TRUNC
 from ..server.node import Node, Attr, Dirent, StatFS, error
 
-_qpaths = itertools.count(1)
+# synthetic qid paths live above bit 62, apart from real files' (device index << 48 | ino),
+# so a tree that holds both (aname "nine": files/ beside proc/) never shows two files with
+# one qid.path (the kernel takes inode = qid.path + 2)
+_qpaths = itertools.count((1 << 62) + 1)
 _START_NS = time.time_ns()
 
 
@@ -113,6 +116,17 @@ def _allowed(entry, ctx, want):
     return bits & want == want
 
 
+class Mount(Entry):
+    """Another backend's tree (an attach callable(ctx) -> Node) mounted as a directory
+    of a synthetic tree, e.g. Mount("files", RealFS(dir).attach)."""
+    mode = 0o755
+    is_dir = True
+
+    def __init__(self, name, attach):
+        super().__init__(name)
+        self.attach = attach
+
+
 class SynthNode(Node):
     __slots__ = ("entry", "path", "snapshot", "state", "opened", "name", "qid", "iounit",
                  "may_block")
@@ -152,6 +166,19 @@ class SynthNode(Node):
                     if not out:
                         raise error(errno.ENOENT)
                     break
+                if isinstance(child, Mount):
+                    # another backend's tree mounted here: it walks the rest of the names
+                    node = child.attach(ctx)
+                    i = len(out)
+                    rest = names[i + 1:]
+                    out.append(node)
+                    if rest:
+                        try:
+                            more = node.walk(ctx, rest)
+                        except OSError:
+                            more = []
+                        out.extend(more)  # the core closes the nodes walked through
+                    return out
                 path = path + (entry,)
                 entry = child
             out.append(SynthNode(entry, path))
