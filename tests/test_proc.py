@@ -276,6 +276,50 @@ def test_breakpoint_cycle(srv, counter):
     cl.close()
 
 
+def test_shell_style_breakpoint_and_sequential_wait_reads(srv, counter):
+    """`echo stop > ctl`, poke an int3, `echo start > ctl` each with its own open and
+    clunk (as a shell does): the planted breakpoint keeps the process attached, so the trap
+    is reported, not fatal.  A read that continues right after an event returns empty
+    (the Linux client's read loop then hands the line to `cat`), the next one blocks."""
+    pid, syms = counter.pid, counter.syms
+    cl = Client(srv.port)
+
+    def ctl(cmd):
+        f = cl.open("proc/%d/ctl" % pid, "w")
+        cl.write(f, cmd + "\n")
+        cl.clunk(f)
+
+    ctl("stop")
+    mem = cl.open("proc/%d/mem" % pid, "rw")
+    addr = syms["tick"]
+    orig = cl.read(mem, addr, 1)
+    cl.write(mem, b"\xcc", addr)
+    cl.clunk(mem)
+    ctl("start")
+    assert wait_for(lambda: proc_state(pid) == "t")     # stopped at the trap, alive
+    wait = cl.open("proc/%d/wait" % pid)
+    ev = cl.read(wait, 0)
+    assert ev == b"breakpoint %#x\n" % addr
+    t0 = time.time()
+    assert cl.read(wait, len(ev)) == b""                 # the pause after an event
+    assert time.time() - t0 < 1
+    mem = cl.open("proc/%d/mem" % pid, "rw")
+    cl.write(mem, orig, addr)
+    cl.clunk(mem)
+    f = cl.open("proc/%d/regs" % pid, "w")
+    cl.write(f, "rip %#x\n" % addr)
+    cl.clunk(f)
+    cl.clunk(wait)
+    ctl("detach")
+    assert wait_for(lambda: tracer_pid(pid) == 0)
+    assert wait_for(lambda: proc_state(pid) in ("R", "S"))
+    c1 = int.from_bytes(cl.read(cl.open("proc/%d/mem" % pid), syms["counter"], 8), "little")
+    time.sleep(0.1)
+    c2 = int.from_bytes(cl.read(cl.open("proc/%d/mem" % pid), syms["counter"], 8), "little")
+    assert c2 > c1
+    cl.close()
+
+
 def tracer_pid(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:

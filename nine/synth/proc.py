@@ -26,7 +26,9 @@ proc/ has one directory per process (threads are under proc/PID/task/).  proc/PI
           stopped); write `name value` lines to change only the named registers
   note    write a signal name or number to post it (also `interrupt`, `hangup`, `alarm`,
           `kill`, `term` as Plan 9-style notes)
-  wait    each read returns the next event line; blocks until there is one; EOF once the
+  wait    each read returns the next event line; blocks until there is one (a read that
+          continues right after an event, as the Linux client's read loop does, returns
+          empty when no event is queued, so `cat wait` prints events as they come); EOF once the
           process is gone and every event has been read:
             stopped SIGNUM     a signal stopped it (delivered on `start` unless a stop
                                signal; the job-control group-stop is reported the same way)
@@ -47,7 +49,8 @@ its own exit) also to task/TID/wait.
 Attachment: the first command, regs access or wait read seizes the process (every
 thread, PTRACE_SEIZE: nothing stops).  Opens of ctl/regs/note/wait (process or task)
 hold a reference; when the last is clunked the process is detached unless it is being
-held stopped (by `stop` or an event) or waits to hang: so `echo stop > ctl` followed by
+held stopped (by `stop` or an event), waits to hang, or has an int3 written through mem
+(until `detach`): so `echo stop > ctl` followed by
 `echo start > ctl` works from a shell.  All ptrace work happens in one OS thread, see
 nine.synth.ptrace_thread.
 
@@ -352,12 +355,13 @@ class _Handle:
 
 class _Open:
     """Per-open state of a control file."""
-    __slots__ = ("p", "buf", "fd")
+    __slots__ = ("p", "buf", "fd", "pause_at")
 
     def __init__(self, p):
         self.p = p
         self.buf = b""
         self.fd = None
+        self.pause_at = None
 
 
 def _control_files(h, uid, gid, with_mem):
@@ -435,8 +439,20 @@ def _control_files(h, uid, gid, with_mem):
     # wait
     def wait_pread(ctx, off, count, state):
         if not state.buf:
-            state.buf = _next_event(state.p, h.tid)
+            if state.pause_at == off:
+                # a sequential read right after an event: the Linux client (cache=none)
+                # keeps reading until a read comes back empty, so an empty read here ends
+                # the user's read() with the event, and `cat wait` prints events as they
+                # come; the next read blocks again
+                state.pause_at = None
+                line = _pop_event(state.p, h.tid)
+                if line is None:
+                    return b""
+                state.buf = line
+            else:
+                state.buf = _next_event(state.p, h.tid)
         out, state.buf = state.buf[:count], state.buf[count:]
+        state.pause_at = off + len(out) if out and not state.buf else None
         return out
 
     # status
@@ -483,6 +499,14 @@ def _mem_file(h, uid, gid):
 
     def mem_write(ctx, off, data, state):
         _check_owner(ctx, h)
+        if b"\xcc" in bytes(data):
+            # a breakpoint: keep the process attached after the last control file is
+            # clunked (`echo start > ctl` from a shell), so the trap is caught, not fatal
+            tr = PT.tracer()
+            with tr.lock:
+                p = tr.procs.get((h.pid, h.start))
+                if p is not None and p.attached:
+                    p.breakpoints = True
         if off >= 1 << 63:
             os.lseek(state.fd, off - (1 << 64), os.SEEK_SET)
             return os.write(state.fd, bytes(data))
@@ -606,6 +630,16 @@ _COMMANDS = {
 
 
 # --- wait --------------------------------------------------------------------------------
+
+def _pop_event(p, tid):
+    """The next queued event line (bytes), or None if none is queued (never blocks)."""
+    tr = PT.tracer()
+    with tr.lock:
+        q = p.events if tid is None else p.tevents.get(tid)
+        if q:
+            return (q.popleft() + "\n").encode()
+    return None
+
 
 def _next_event(p, tid):
     """The next event line (bytes) for the process (tid None) or one thread; b"" at the

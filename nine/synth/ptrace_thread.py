@@ -225,6 +225,7 @@ class Proc:
         self.detaching = False
         self.threads = {}           # tid -> Thread (traced, alive)
         self.held = False           # stopped by `stop` or by an event (all-stop)
+        self.breakpoints = False    # an int3 was written through mem while attached
         self.jobstop = False        # a job-control stop was seen: `start` sends SIGCONT
         self.hang = False
         self.owner = None           # owner (uid of /proc/PID) when attached
@@ -504,6 +505,7 @@ class Tracer:
         the detach in _handle).  The process runs on."""
         if not p.attached:
             return
+        p.breakpoints = False
         p.held = False
         p.hang = False
         p.detaching = True
@@ -548,8 +550,10 @@ class Tracer:
             if not p.detaching:
                 self.procs.pop((p.pid, p.start), None)
             return
-        if p.held or p.hang or any(t.hold for t in p.threads.values()):
-            return      # stays stopped (and attached) until someone starts or detaches it
+        if p.held or p.hang or p.breakpoints or any(t.hold for t in p.threads.values()):
+            # stays attached until someone starts or detaches it; with an int3 planted
+            # through mem, detaching would let the trap kill the process
+            return
         self._detach(p)
 
     # --- resuming and stopping (tracer thread) --------------------------------------
