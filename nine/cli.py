@@ -231,6 +231,111 @@ def cmd_stat(args):
     return 0
 
 
+def _parse_children(specs):
+    out = []
+    for spec in specs or []:
+        name, sep, addr = spec.partition("=")
+        if not sep or not name or not addr:
+            _die("bad --child %r (want NAME=ADDR)" % spec)
+        out.append((name, addr))
+    return out
+
+
+def _final_text(args):
+    if getattr(args, "final_text", None):
+        return args.final_text
+    if getattr(args, "final", None):
+        try:
+            with open(args.final) as f:
+                return f.read()
+        except OSError as ex:
+            _die("cannot read FiNAL file %s: %s" % (args.final, _errtext(ex)))
+    return None
+
+
+def _final_error(args, ex):
+    where = args.final or "FiNAL rules"
+    _die("%s: %s" % (where, ex), 2)
+
+
+def cmd_mux(args):
+    from .final import FinalError
+    from .mux.mux import Mux
+    children = _parse_children(args.child)
+    if not children:
+        _die("a mux needs at least one --child NAME=ADDR")
+    try:
+        mux = Mux(children, final_text=_final_text(args), child_aname=args.child_aname,
+                  msize=args.msize)
+    except FinalError as ex:
+        _final_error(args, ex)
+    except ValueError as ex:
+        _die(str(ex), 2)
+    return _serve_until_done(mux.server, args.listen or [DEFAULT_ADDR], args.quiet,
+                             "mux of %d children" % len(children))
+
+
+def _serve_until_done(server, addrs, quiet, what):
+    import gevent
+    for a in addrs:
+        try:
+            srv = server.listen(a)
+        except (OSError, ValueError) as ex:
+            _die("cannot listen on %s: %s" % (a, ex))
+        if not quiet:
+            sys.stderr.write("nine: serving %s on %s\n" % (what, _fmt_listen(srv, a)))
+    sys.stderr.flush()
+    try:
+        gevent.wait()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_tree(args):
+    from .final import FinalError
+    from .mux.tree import Topology, Tree
+    try:
+        if args.topology:
+            topo = Topology.load(args.topology)
+            if args.listen:
+                topo.listen = args.listen
+        else:
+            topo = Topology.local(args.leaves, fanout=args.fanout,
+                                  listen=args.listen or DEFAULT_ADDR,
+                                  leaf_export=args.leaf_export,
+                                  final_root=_final_text(args))
+    except (OSError, ValueError) as ex:
+        _die(str(ex), 2)
+    tree = Tree(topo, quiet=not args.verbose)
+    try:
+        try:
+            root = tree.start()
+        except FinalError as ex:
+            _final_error(args, ex)
+        except (OSError, RuntimeError, ValueError) as ex:
+            _die("cannot start the tree: %s" % ex)
+        try:
+            srv = root.server.listen(topo.listen)
+        except (OSError, ValueError) as ex:
+            _die("cannot listen on %s: %s" % (topo.listen, ex))
+        addr = _fmt_listen(srv, topo.listen)
+        print("nine tree: %d leaves, %d levels of muxes, root on %s" % (
+            len(topo.leaves), len(tree.levels), addr))
+        print(tree.describe())
+        if args.once:
+            return 0
+        sys.stdout.flush()
+        import gevent
+        try:
+            gevent.wait()
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        tree.stop()
+
+
 DEMO_FILES = {
     "README": "This is nine's demo tree, served over 9P.\n",
     "hello.txt": "hello, world\n",
@@ -334,6 +439,31 @@ def make_parser():
     s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
     s.add_argument("--quiet", "-q", action="store_true")
     s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("mux", help="merge children's trees into one (FiNAL rules)")
+    m.add_argument("--listen", "-l", action="append", help="default %s" % DEFAULT_ADDR)
+    m.add_argument("--child", "-c", action="append", metavar="NAME=ADDR",
+                   help="a child server (repeatable)")
+    m.add_argument("--child-aname", default="", help="aname to attach at every child "
+                   "(leaf servers: nine; muxes: empty)")
+    m.add_argument("--final", metavar="FILE", help="FiNAL rules (default: one directory "
+                   "per child)")
+    m.add_argument("--final-text", metavar="TEXT", help="FiNAL rules given inline")
+    m.add_argument("--msize", type=int, default=1024 * 1024 + 24)
+    m.add_argument("--quiet", "-q", action="store_true")
+    m.set_defaults(func=cmd_mux)
+
+    t = sub.add_parser("tree", help="start a tree of muxes over leaf servers (TBON)")
+    t.add_argument("--topology", "-t", metavar="FILE", help="topology file (see "
+                   "nine/mux/tree.py); without it, local leaves on loopback")
+    t.add_argument("--leaves", "-n", type=int, default=8, help="local leaves (default 8)")
+    t.add_argument("--fanout", "-f", type=int, default=4, help="children per mux (default 4)")
+    t.add_argument("--listen", "-l", help="the root's address (default %s)" % DEFAULT_ADDR)
+    t.add_argument("--leaf-export", metavar="DIR", help="leaf NAME exports DIR/NAME as files/")
+    t.add_argument("--final", metavar="FILE", help="FiNAL rules of the root")
+    t.add_argument("--final-text", metavar="TEXT", help="FiNAL rules of the root, inline")
+    t.add_argument("--once", action="store_true", help="start, print, stop (a check)")
+    t.set_defaults(func=cmd_tree)
 
     d = sub.add_parser("demo", help="serve a small built-in tree and show it")
     d.add_argument("--listen", "-l", default=DEFAULT_ADDR, help="default %s" % DEFAULT_ADDR)

@@ -1,0 +1,199 @@
+"""Start a whole tree of muxes (a TBON) from one topology file, or on loopback.
+
+Topology file (INI):
+
+    [tree]
+    listen = 127.0.0.1:5640        # the root mux
+    fanout = 4                     # children per mux; levels are added until the root
+                                   # has at most `fanout` children
+    leaf-args = --proc --host --exec
+    leaf-export = ./data           # optional: local leaf NAME exports ./data/NAME
+    final-root = root.final        # FiNAL rules of the root (default: union of levels)
+    final-mid = mid.final          # rules of inner muxes (default: directory per child)
+    final-leaf-mux = ...           # rules of the muxes right above the leaves (default:
+                                   # directory per server)
+
+    [leaves]
+    node1 = local                  # start a leaf server here, on a free loopback port
+    node2 = 10.1.0.2:5640          # a leaf server already running there
+
+The defaults give every mux a name space of one directory per leaf server, so the root
+shows `/node1/...` whatever the depth (inner muxes pass their children's directories up
+with `insert`).  Local leaves and muxes are child processes of `nine tree`; the root mux
+runs in the `nine tree` process itself.  Everything stops with it.
+"""
+
+import configparser
+import os
+import socket
+import subprocess
+import sys
+import time
+
+LEAF_ARGS = "--proc --host --exec"
+FINAL_LEAF_MUX = "simple *:/ at /\n"      # directory per leaf server
+FINAL_UP = "insert *:/ at /\n"           # pass the children's directories up, merged
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(addr, proc, timeout=30):
+    host, _, port = addr.rpartition(":")
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("process for %s exited with %s" % (addr, proc.returncode))
+        try:
+            socket.create_connection((host, int(port)), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("nothing listening on %s after %d s" % (addr, timeout))
+
+
+class Topology:
+    def __init__(self, leaves, listen="127.0.0.1:5640", fanout=4, leaf_args=LEAF_ARGS,
+                 leaf_export=None, final_root=None, final_mid=None, final_leaf_mux=None):
+        if fanout < 2:
+            raise ValueError("fanout must be at least 2")
+        if not leaves:
+            raise ValueError("a tree needs at least one leaf")
+        self.leaves = list(leaves)          # [(name, "local" | address)]
+        self.listen = listen
+        self.fanout = fanout
+        self.leaf_args = leaf_args
+        self.leaf_export = leaf_export
+        self.final_root = final_root
+        self.final_mid = final_mid
+        self.final_leaf_mux = final_leaf_mux
+
+    @classmethod
+    def load(cls, path):
+        cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
+        cp.optionxform = str
+        with open(path) as f:
+            cp.read_file(f)
+        t = cp["tree"] if cp.has_section("tree") else {}
+        base = os.path.dirname(os.path.abspath(path))
+
+        def text(key):
+            v = t.get(key)
+            if not v:
+                return None
+            p = v if os.path.isabs(v) else os.path.join(base, v)
+            with open(p) as f:
+                return f.read()
+        if not cp.has_section("leaves"):
+            raise ValueError("%s: no [leaves] section" % path)
+        leaves = [(k, v.strip()) for k, v in cp["leaves"].items()]
+        exp = t.get("leaf-export")
+        if exp and not os.path.isabs(exp):
+            exp = os.path.join(base, exp)
+        return cls(leaves, listen=t.get("listen", "127.0.0.1:5640"),
+                   fanout=int(t.get("fanout", 4)), leaf_args=t.get("leaf-args", LEAF_ARGS),
+                   leaf_export=exp, final_root=text("final-root"),
+                   final_mid=text("final-mid"), final_leaf_mux=text("final-leaf-mux"))
+
+    @classmethod
+    def local(cls, n, fanout=4, listen="127.0.0.1:5640", **kw):
+        width = len(str(n))
+        return cls([("node%0*d" % (width, i + 1), "local") for i in range(n)], listen=listen,
+                   fanout=fanout, **kw)
+
+
+class Tree:
+    """The running tree: `start()` brings up leaves and inner muxes and returns the root's
+    Mux (not yet listening); `stop()` ends every process."""
+
+    def __init__(self, topo, quiet=True, python=None):
+        self.topo = topo
+        self.procs = []
+        self.quiet = quiet
+        self.python = python or sys.executable
+        self.levels = []        # [[(name, addr), ...]] from the leaves up
+
+    def _spawn(self, args, addr):
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        p = subprocess.Popen([self.python, "-m", "nine"] + args, env=env,
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL if self.quiet else None)
+        self.procs.append((p, addr))
+        return p
+
+    def start(self):
+        from .mux import Mux
+        topo = self.topo
+        level = []
+        waits = []
+        for name, where in topo.leaves:
+            if where == "local":
+                addr = "127.0.0.1:%d" % free_port()
+                args = ["serve", "--listen", addr, "-q"] + topo.leaf_args.split()
+                if topo.leaf_export:
+                    d = os.path.join(topo.leaf_export, name)
+                    os.makedirs(d, exist_ok=True)
+                    args += ["--export", d]
+                waits.append((addr, self._spawn(args, addr)))
+            else:
+                addr = where
+            level.append((name, addr))
+        for addr, p in waits:
+            wait_port(addr, p)
+        self.levels.append(level)
+        first = True
+        while len(level) > topo.fanout:
+            nxt = []
+            waits = []
+            final = (topo.final_leaf_mux or FINAL_LEAF_MUX) if first else \
+                (topo.final_mid or FINAL_UP)
+            for i in range(0, len(level), topo.fanout):
+                group = level[i:i + topo.fanout]
+                name = "mux%d-%d" % (len(self.levels), i // topo.fanout)
+                addr = "127.0.0.1:%d" % free_port()
+                args = ["mux", "--listen", addr, "-q", "--final-text", final,
+                        "--child-aname", "nine" if first else ""]
+                for cname, caddr in group:
+                    args += ["--child", "%s=%s" % (cname, caddr)]
+                waits.append((addr, self._spawn(args, addr)))
+                nxt.append((name, addr))
+            for addr, p in waits:
+                wait_port(addr, p)
+            level = nxt
+            self.levels.append(level)
+            first = False
+        if first:
+            final = topo.final_root or FINAL_LEAF_MUX
+            aname = "nine"
+        else:
+            final = topo.final_root or FINAL_UP
+            aname = ""
+        self.root = Mux(level, final_text=final, child_aname=aname, name="root")
+        return self.root
+
+    def describe(self):
+        lines = []
+        for i, level in enumerate(self.levels):
+            kind = "leaves" if i == 0 else "muxes (level %d)" % i
+            lines.append("%-18s %s" % (kind + ":", " ".join("%s=%s" % x for x in level)))
+        return "\n".join(lines)
+
+    def stop(self):
+        if getattr(self, "root", None) is not None:
+            self.root.close()
+        for p, _ in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p, _ in self.procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs = []
