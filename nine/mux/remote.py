@@ -1,0 +1,862 @@
+"""The multiplexer's remote backend: nodes that live on a child 9P server.
+
+A mux is the ordinary server core (nine.server.core) whose nodes are RemoteNodes.  Like
+plan9port's 9pserve, it keeps ONE 9P2000.L connection per child and multiplexes every
+client's requests onto it: the core owns the clients' fids and tags, each RemoteNode owns
+one fid on the child's connection (allocated by the client library), and the client
+library owns the child connection's tags.  Clients of any dialect work: the core
+translates 9P2000 and 9P2000.u into node calls; the link to the child is always .L.
+
+    child = Child("serverA", "127.0.0.1:5641", qidmap=qm)
+    server = Server({None: child.attach})          # or a FiNAL union of many children
+
+Child
+  - the connection is opened lazily, by the first request that needs it, and shared by
+    every client of the mux (thread-affine: use a Child from one gevent hub only);
+  - one Tattach per distinct user (n_uname = ctx.uid, uname = the mux's name for it;
+    ctx.uid None -> the mux's own identity); root fids are cached for the link's life;
+  - state 'up' / 'down' / 'connecting', last_error, since, status_line();
+  - when the connection dies, every outstanding request fails at once with
+    ChildDown(EHOSTDOWN, "child NAME (ADDR) is down: REASON"); while down, requests fail
+    at once the same way (no connect attempt per request); a background greenlet
+    reconnects with backoff (0.2 s doubling to 5 s) and the child comes back by itself.
+    A child never reached yet is tried in the foreground by the first request (and its
+    concurrent companions wait for that one attempt, at most connect_timeout).
+  - nodes made on a connection that has since died fail with StaleNode(EIO, "... walk
+    again from the root") once the child is back (ChildDown while it is still down); the
+    attach root survives reconnects (it is rebound to the new connection's root fid), so
+    a fresh walk from a client's root fid works again.
+
+RemoteNode
+  - walk: ONE Twalk for all names; intermediate and partial-walk nodes are placeholders
+    carrying only the mapped qid (the child allocated no fid for them);
+  - every qid the child sends (walk, getattr, open, create, mkdir, readdir entries ...)
+    is mapped through the QidMap, so qid paths are unique across children and stable
+    for the life of the mux (inode = qid.path + 2 on Linux);
+  - reads/writes are forwarded as single requests; the node advertises the child's
+    iounit, a larger read is clamped to it (a short read), a larger write is split;
+  - a flushed request (the core kills its greenlet) is flushed on the child: the client
+    library sends Tflush for a waiter that is killed.
+  - link/rename/renameat between nodes of different children (or non-remote nodes):
+    EXDEV.
+"""
+
+import errno
+import os
+import socket as _socket
+import struct
+import time
+
+import gevent
+from gevent.event import AsyncResult
+
+from ..client.conn import Connection
+from ..client.errors import NineError, NineTimeout, nine_error
+from ..client.fid import attach as _attach
+from ..protocol import codec
+from ..protocol.const import (GETATTR_ALL, IOHDRSZ, SETATTR_ATIME,
+                              SETATTR_ATIME_SET, SETATTR_CTIME, SETATTR_GID, SETATTR_MODE,
+                              SETATTR_MTIME, SETATTR_MTIME_SET, SETATTR_SIZE, SETATTR_UID,
+                              V9P2000L)
+from ..server.node import Attr, Dirent, Node, SetAttr, StatFS
+from ..server.users import USERS
+from .qidmap import QidMap
+
+__all__ = ["Child", "RemoteNode", "ChildDown", "StaleNode", "DEFAULT_QIDMAP"]
+
+DEFAULT_MSIZE = 1024 * 1024 + IOHDRSZ   # what the server core offers: reads fit in one hop
+XATTR_REPLACE = 2
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 5.0
+
+#: the QidMap used by Children created without one: one qid space for the whole process
+DEFAULT_QIDMAP = QidMap()
+
+_Tread = codec.BY_NAME["Tread"]
+_Twrite = codec.BY_NAME["Twrite"]
+_Treaddir = codec.BY_NAME["Treaddir"]
+_Tgetattr = codec.BY_NAME["Tgetattr"]
+_DIRENT = struct.Struct("<BIQQBH")
+_DIRENT_SIZE = _DIRENT.size
+
+
+class ChildDown(OSError):
+    """The child's connection is down (errno EHOSTDOWN)."""
+
+
+class StaleNode(OSError):
+    """The node was made on a connection to the child that has since been replaced."""
+
+
+class _ChildConn(Connection):
+    """A client Connection that tells its Child when it dies."""
+    on_death = None
+
+    def _die(self, eno, text):
+        first = self._dead is None
+        Connection._die(self, eno, text)
+        if first:
+            cb = self.on_death
+            self.on_death = None
+            if cb is not None:
+                cb(self, eno, text)
+
+
+class _Link:
+    """One connection to a child, with its per-user root fids."""
+    __slots__ = ("conn", "gen", "roots", "attaching", "since", "death")
+
+    def __init__(self, conn, gen):
+        self.conn = conn
+        self.gen = gen
+        self.roots = {}          # user key -> client Fid of the attach root
+        self.attaching = {}      # user key -> AsyncResult of an attach in progress
+        self.since = time.time()
+        self.death = None        # (errno, text) once dead
+
+
+class Child:
+    """One child server (a leaf server or another mux), reached over one shared 9P2000.L
+    connection.  `attach` is an attach callable for nine.server.core.Server."""
+
+    def __init__(self, name, addr, aname="", msize=DEFAULT_MSIZE, qidmap=None,
+                 connect_timeout=5.0, op_timeout=None, uname=None, n_uname=None,
+                 backoff=(BACKOFF_MIN, BACKOFF_MAX)):
+        self.name = name
+        self.addr = addr
+        self.aname = aname
+        self.msize = msize
+        self.qidmap = DEFAULT_QIDMAP if qidmap is None else qidmap
+        #: the key of this child in the QidMap: the same file of the same child keeps its
+        #: mux qid across reconnects
+        self.qkey = (name, str(addr), aname)
+        self.connect_timeout = connect_timeout
+        self.op_timeout = op_timeout
+        euid = os.geteuid()
+        #: the identity used for requests whose ctx.uid is None (the mux's own)
+        self.own_uname = uname if uname is not None else USERS.uname(euid)
+        self.own_n_uname = n_uname if n_uname is not None else euid
+        self.backoff = backoff
+        self.state = "down"
+        self.last_error = None       # text of the last failure, None if never failed
+        self.since = time.time()     # when state last changed
+        self.closed = False
+        self.connects = 0            # successful connections made
+        self.failures = 0            # failed connection attempts
+        self._link = None            # the live _Link, if any
+        self._gen = 0
+        self._pending = None         # greenlet of a foreground (first) connect attempt
+        self._retry = None           # greenlet of the background reconnect loop
+        self._next_retry = None      # time of the next background attempt
+        self._wake = None            # wakes the reconnect loop early (retry_now)
+
+    def __repr__(self):
+        return "<Child %s %s %s>" % (self.name, self.addr, self.state)
+
+    # --- status ------------------------------------------------------------------
+    def status_line(self):
+        """One line for a status file: name, address, state, since, reason, counters."""
+        now = time.time()
+        parts = [self.name, str(self.addr)]
+        if self.aname:
+            parts.append("aname=%s" % self.aname)
+        parts.append(self.state)
+        parts.append("since=%s (%.1fs)" % (time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                          time.localtime(self.since)),
+                                            now - self.since))
+        link = self._link
+        if link is not None and self.state == "up":
+            c = link.conn
+            parts.append("msize=%d users=%d requests=%d inflight=%d" % (
+                c.msize, len(link.roots), c.requests, c.inflight()))
+        if self.last_error and self.state != "up":
+            parts.append("error=%r" % self.last_error)
+        if self._next_retry is not None and self.state == "down":
+            parts.append("retry_in=%.1fs" % max(0.0, self._next_retry - now))
+        parts.append("connects=%d failures=%d" % (self.connects, self.failures))
+        return " ".join(parts)
+
+    def _set_state(self, state, error=None):
+        if (state == "up") != (self.state == "up"):
+            self.since = time.time()    # when it last came up or went down
+        self.state = state
+        if error is not None:
+            self.last_error = error
+
+    def _down_error(self, reason=None):
+        reason = reason or self.last_error or "not connected"
+        if self.closed:
+            reason = "closed"
+        return ChildDown(errno.EHOSTDOWN, "child %s (%s) is down: %s" % (
+            self.name, self.addr, reason))
+
+    # --- the connection ------------------------------------------------------------
+    def link(self):
+        """The live _Link, connecting if this child was never tried; raises ChildDown.
+
+        While the child is down (a background reconnect loop runs) this fails at once."""
+        ln = self._link
+        if ln is not None and ln.conn._dead is None:
+            return ln
+        if self.closed or self._retry is not None:
+            raise self._down_error()
+        g = self._pending
+        if g is None:
+            g = self._pending = gevent.spawn(self._connect_once, False)
+        g.join()
+        ln = self._link
+        if ln is not None and ln.conn._dead is None:
+            return ln
+        raise self._down_error()
+
+    def _connect_once(self, background):
+        """One connection attempt (in a greenlet of its own).  Returns the new _Link or
+        None; never raises.  A failed foreground attempt starts the reconnect loop."""
+        self._set_state("connecting")
+        try:
+            try:
+                conn = _ChildConn(self.addr, self.msize, V9P2000L, timeout=self.op_timeout,
+                                  connect_timeout=self.connect_timeout)
+            except (OSError, ValueError) as e:
+                self.failures += 1
+                self._set_state("down", _reason(e))
+                if not background:
+                    self._start_retry()
+                return None
+            if self.closed:
+                conn.close()
+                self._set_state("down", "closed")
+                return None
+            _keepalive(conn)
+            self._gen += 1
+            ln = _Link(conn, self._gen)
+            conn.on_death = lambda c, eno, text, ln=ln: self._died(ln, eno, text)
+            self._link = ln
+            self.connects += 1
+            self._set_state("up")
+            return ln
+        finally:
+            if self._pending is gevent.getcurrent():
+                self._pending = None
+
+    def _died(self, ln, eno, text):
+        """The connection of ln died (called by the client library, maybe in the hub):
+        its waiters are failing right now; mark the child down and start reconnecting."""
+        ln.death = (eno, _reason_text(eno, text))
+        if self._link is ln:
+            self._link = None
+            if not self.closed:
+                self._set_state("down", ln.death[1])
+                self._start_retry()
+
+    def _start_retry(self):
+        if self._retry is None and not self.closed:
+            self._retry = gevent.spawn(self._retry_loop)
+
+    def _retry_loop(self):
+        from gevent.event import Event
+        delay, top = self.backoff
+        me = gevent.getcurrent()
+        self._wake = wake = Event()
+        try:
+            while not self.closed:
+                self._next_retry = time.time() + delay
+                wake.wait(delay)
+                wake.clear()
+                self._next_retry = None
+                if self.closed:
+                    return
+                if self._connect_once(True) is not None:
+                    return
+                delay = min(delay * 2, top)
+        finally:
+            if self._retry is me:
+                self._retry = None
+            self._next_retry = None
+            self._wake = None
+
+    def retry_now(self):
+        """Make the reconnect loop try at once (e.g. from a ctl file)."""
+        w = self._wake
+        if w is not None:
+            w.set()
+
+    def close(self):
+        """Close the connection and stop reconnecting; later requests fail."""
+        self.closed = True
+        g = self._retry
+        self._retry = None
+        if g is not None:
+            g.kill(block=False)
+        ln = self._link
+        self._link = None
+        if ln is not None:
+            ln.conn.close()
+        self._set_state("down", "closed")
+
+    # --- users and roots ----------------------------------------------------------
+    def user_key(self, ctx):
+        """(uname, n_uname) the child is attached as for this request's user: one per
+        uid (the name is the mux's name for that uid; the child goes by the number)."""
+        uid = None if ctx is None else ctx.uid
+        if uid is None:
+            return (self.own_uname, self.own_n_uname)
+        return (USERS.uname(uid), uid)
+
+    def root_fid(self, ln, key):
+        """The attach fid of user `key` on link ln: one Tattach per user and link, made
+        in a greenlet of its own (a flushed request does not abort it for the others)."""
+        f = ln.roots.get(key)
+        if f is not None:
+            return f
+        ar = ln.attaching.get(key)
+        if ar is None:
+            ar = ln.attaching[key] = AsyncResult()
+            gevent.spawn(self._do_attach, ln, key, ar)
+        return ar.get()
+
+    def _do_attach(self, ln, key, ar):
+        try:
+            f = _attach(ln.conn, key[0], self.aname, key[1])
+        except NineError as e:
+            err = self.error(ln, e)
+            if err is e:
+                err = nine_error(e.errno, "child %s (%s): attach as %s (%d) to %r: %s" % (
+                    self.name, self.addr, key[0], key[1], self.aname, e.strerror))
+            ar.set_exception(err)
+            return
+        except BaseException:
+            ar.set_exception(self._down_error("attach interrupted"))
+            raise
+        finally:
+            ln.attaching.pop(key, None)
+        ln.roots[key] = f
+        ar.set(f)
+
+    def attach(self, ctx):
+        """The child's root Node for ctx's user (an attach callable for the core)."""
+        key = self.user_key(ctx)
+        ln = self.link()
+        f = self.root_fid(ln, key)
+        return RemoteNode(self, None, None, self.map_qid(f.qid), "/", key, (), shared=True)
+
+    # --- helpers --------------------------------------------------------------------
+    def map_qid(self, qid):
+        return self.qidmap.map(self.qkey, qid)
+
+    def error(self, ln, e):
+        """The error to raise for NineError e from a request on link ln."""
+        if ln.conn._dead is not None:
+            return self.lost(ln)
+        if isinstance(e, NineTimeout):
+            return NineTimeout(e.errno, "child %s (%s): %s" % (self.name, self.addr,
+                                                               e.strerror))
+        return e
+
+    def lost(self, ln):
+        """The error for a request on link ln, which is dead: StaleNode when the child is
+        back on another connection, else ChildDown."""
+        cur = self._link
+        if cur is not None and cur is not ln and cur.conn._dead is None:
+            return StaleNode(errno.EIO, "child %s (%s): stale file: the connection was "
+                             "re-established since it was walked; walk again from the "
+                             "root" % (self.name, self.addr))
+        if self.last_error is None and ln.death:
+            return self._down_error(ln.death[1])
+        return self._down_error()
+
+
+def _reason(e):
+    """Short text for a failed connection attempt."""
+    if isinstance(e, OSError):
+        if e.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        if e.errno == errno.ETIMEDOUT:
+            return "connect timed out"
+        return e.strerror or str(e)
+    return str(e)
+
+
+def _reason_text(eno, text):
+    """Short text for the death of a connection."""
+    if text:
+        for p in ("recv: ", "send: "):
+            if text.startswith(p):
+                text = text[len(p):]
+        return text[:1].lower() + text[1:]
+    return os.strerror(eno).lower()
+
+
+def _keepalive(conn):
+    """Detect a child host that vanished without a reset within about half a minute."""
+    s = conn._sock
+    try:
+        if s.family in (_socket.AF_INET, _socket.AF_INET6):
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+            s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, 10)
+            s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, 5)
+            s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, 3)
+    except (OSError, AttributeError):
+        pass
+
+
+def _join(path, names):
+    """path + names, with '..' going up (never above the root) and '.' staying."""
+    out = list(path)
+    for n in names:
+        if n == "..":
+            if out:
+                out.pop()
+        elif n != ".":
+            out.append(n)
+    return tuple(out)
+
+
+def _bad(code, text):
+    return OSError(code, text)
+
+
+class _Placeholder(Node):
+    """An intermediate or partial-walk result: only its qid and name (no child fid)."""
+    __slots__ = ("qid", "name")
+    may_block = False
+
+    def __init__(self, qid, name):
+        self.qid = qid
+        self.name = name
+
+
+class RemoteNode(Node):
+    """A node on a child: wraps one client Fid on the child's connection.
+
+    A node made by Child.attach (the root) holds no fid of its own: it uses the cached
+    root fid of its user on the child's current connection, so it survives reconnects;
+    it takes a fid of its own (a clone) only when it is opened."""
+
+    __slots__ = ("child", "ln", "fid", "qid", "name", "iounit", "opened", "user", "path",
+                 "shared")
+    may_block = True
+
+    def __init__(self, child, link, fid, qid, name, user, path, shared=False):
+        self.child = child
+        self.ln = link            # the _Link its fid lives on (None for a shared root)
+        self.fid = fid            # client Fid, or None (shared root / closed)
+        self.qid = qid
+        self.name = name
+        self.iounit = 0
+        self.opened = False
+        self.user = user          # the child's user key (uname, n_uname) it was walked as
+        self.path = path          # names from the attach root (used to find the parent)
+        self.shared = shared      # an attach root without a fid of its own
+
+    def __repr__(self):
+        return "<RemoteNode %s:%s fid=%s qid=%r>" % (
+            self.child.name, self.name, None if self.fid is None else self.fid.fid, self.qid)
+
+    # --- fids --------------------------------------------------------------------
+    def _use(self):
+        """(link, Fid) to send a request on: this node's own fid, or for a shared root
+        the root fid of its user on the current connection."""
+        f = self.fid
+        if f is not None:
+            ln = self.ln
+            if ln.conn._dead is None:
+                return ln, f
+            raise self.child.lost(ln)
+        if self.shared:
+            child = self.child
+            ln = child.link()
+            return ln, child.root_fid(ln, self.user)
+        raise _bad(errno.EBADF, "child %s: node %r has no fid (closed or a partial walk)"
+                   % (self.child.name, self.name))
+
+    def _clone_fid(self, ln, f):
+        try:
+            nf, _ = f.twalk([])
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        return nf
+
+    def _own(self):
+        """(link, Fid) of this node's own fid, cloning the shared root if need be."""
+        ln, f = self._use()
+        if self.fid is None:
+            f = self._clone_fid(ln, f)
+            self.fid = f
+            self.ln = ln
+            self.shared = False
+        return ln, f
+
+    def _new(self, ln, fid, qid, name, path):
+        return RemoteNode(self.child, ln, fid, qid, name, self.user, path)
+
+    # --- name space -----------------------------------------------------------
+    def walk(self, ctx, names):
+        ln, f = self._use()
+        child = self.child
+        try:
+            nf, wqids = f.twalk(names)
+        except NineError as e:
+            raise child.error(ln, e) from None
+        mq = child.qidmap.map
+        qk = child.qkey
+        out = [_Placeholder(mq(qk, q), n) for q, n in zip(wqids, names)]
+        if nf is not None:
+            last = out[-1]
+            out[-1] = self._new(ln, nf, last.qid, last.name, _join(self.path, names))
+        return out
+
+    def clone(self, ctx):
+        if self.shared:
+            return RemoteNode(self.child, None, None, self.qid, self.name, self.user, (),
+                              shared=True)
+        ln, f = self._use()
+        return self._new(ln, self._clone_fid(ln, f), self.qid, self.name, self.path)
+
+    # --- attributes --------------------------------------------------------------
+    def getattr(self, ctx):
+        ln, f = self._use()
+        try:
+            r = ln.conn.rpc(_Tgetattr(fid=f.fid, request_mask=GETATTR_ALL))
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        q = self.child.map_qid(r.qid)
+        return Attr(q, r.mode, r.uid, r.gid, r.nlink, r.rdev, r.size, r.blksize, r.blocks,
+                    r.atime_sec * 1000000000 + r.atime_nsec,
+                    r.mtime_sec * 1000000000 + r.mtime_nsec,
+                    r.ctime_sec * 1000000000 + r.ctime_nsec,
+                    r.btime_sec * 1000000000 + r.btime_nsec, r.gen, r.data_version)
+
+    def setattr(self, ctx, sa):
+        valid = 0
+        kw = {}
+        if sa.mode is not None:
+            valid |= SETATTR_MODE
+            kw["mode"] = sa.mode
+        if sa.uid is not None:
+            valid |= SETATTR_UID
+            kw["uid"] = sa.uid
+        if sa.gid is not None:
+            valid |= SETATTR_GID
+            kw["gid"] = sa.gid
+        if sa.size is not None:
+            valid |= SETATTR_SIZE
+            kw["size"] = sa.size
+        if sa.atime is not None:
+            valid |= SETATTR_ATIME
+            if sa.atime != SetAttr.NOW:
+                valid |= SETATTR_ATIME_SET
+                kw["atime_sec"], kw["atime_nsec"] = divmod(sa.atime, 1000000000)
+        if sa.mtime is not None:
+            valid |= SETATTR_MTIME
+            if sa.mtime != SetAttr.NOW:
+                valid |= SETATTR_MTIME_SET
+                kw["mtime_sec"], kw["mtime_nsec"] = divmod(sa.mtime, 1000000000)
+        if sa.ctime:
+            valid |= SETATTR_CTIME
+        ln, f = self._use()
+        try:
+            f.setattr(valid, **kw)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def statfs(self, ctx):
+        ln, f = self._use()
+        try:
+            r = f.statfs()
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        return StatFS(r.type, r.bsize, r.blocks, r.bfree, r.bavail, r.files, r.ffree,
+                      r.fsid, r.namelen)
+
+    # --- I/O ------------------------------------------------------------------------
+    def open(self, ctx, flags):
+        ln, f = self._own()
+        try:
+            q, iounit = f.lopen(flags)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        self.qid = self.child.map_qid(q)
+        self._set_iounit(ln, iounit)
+        self.opened = True
+
+    def _set_iounit(self, ln, iounit):
+        m = ln.conn.msize - IOHDRSZ
+        self.iounit = iounit if 0 < iounit <= m else m
+
+    def read(self, ctx, offset, count):
+        f = self.fid
+        if f is None:
+            raise _bad(errno.EBADF, "child %s: node not open" % self.child.name)
+        ln = self.ln
+        conn = ln.conn
+        if conn._dead is not None:
+            raise self.child.lost(ln)
+        iou = self.iounit or conn.msize - IOHDRSZ
+        if count > iou:
+            count = iou       # one request: a short read, which 9P allows
+        try:
+            return conn.rpc(_Tread(fid=f.fid, offset=offset, count=count)).data
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def write(self, ctx, offset, data):
+        f = self.fid
+        if f is None:
+            raise _bad(errno.EBADF, "child %s: node not open" % self.child.name)
+        ln = self.ln
+        conn = ln.conn
+        if conn._dead is not None:
+            raise self.child.lost(ln)
+        try:
+            if len(data) > (self.iounit or conn.msize - IOHDRSZ):
+                return f.pwrite(offset, data)
+            return conn.rpc(_Twrite(fid=f.fid, offset=offset, data=data)).count
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def readdir(self, ctx, offset, count):
+        f = self.fid
+        if f is None:
+            raise _bad(errno.EBADF, "child %s: node not open" % self.child.name)
+        ln = self.ln
+        conn = ln.conn
+        if conn._dead is not None:
+            raise self.child.lost(ln)
+        iou = self.iounit or conn.msize - IOHDRSZ
+        try:
+            data = conn.rpc(_Treaddir(fid=f.fid, offset=offset,
+                                      count=count if count < iou else iou)).data
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        mq = self.child.qidmap.map
+        qk = self.child.qkey
+        out = []
+        o, end = 0, len(data)
+        unpack = _DIRENT.unpack_from
+        while o + _DIRENT_SIZE <= end:
+            qt, qv, qp, off, dt, n = unpack(data, o)
+            o += _DIRENT_SIZE
+            name = str(data[o:o + n], "utf-8", "surrogateescape")
+            o += n
+            out.append(Dirent(mq(qk, (qt, qv, qp)), off, dt, name))
+        return out
+
+    def fsync(self, ctx, datasync=0):
+        ln, f = self._use()
+        try:
+            f.fsync(datasync)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def close(self, ctx):
+        f = self.fid
+        if f is not None:
+            self.fid = None
+            self.opened = False
+            if self.ln.conn._dead is None:
+                f.clunk_nowait()
+
+    # --- creation and removal ---------------------------------------------------------
+    def create(self, ctx, name, flags, mode, gid):
+        ln, f = self._use()
+        shared = self.fid is None
+        if shared:
+            f = self._clone_fid(ln, f)
+        else:
+            self.fid = None     # Tlcreate turns this fid into the new file: the node moves
+        try:
+            q, iounit = f.lcreate(name, flags, mode, gid)
+        except NineError as e:
+            if shared:
+                f.clunk_nowait()
+            else:
+                self.fid = f    # a failed Tlcreate leaves the fid as it was
+            raise self.child.error(ln, e) from None
+        except BaseException:
+            f.clunk_nowait()    # flushed: what the fid points at is unknown
+            raise
+        node = self._new(ln, f, self.child.map_qid(q), name, self.path + (name,))
+        node._set_iounit(ln, iounit)
+        node.opened = True
+        return node
+
+    def mkdir(self, ctx, name, mode, gid):
+        ln, f = self._use()
+        try:
+            return self.child.map_qid(f.mkdir(name, mode, gid))
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def symlink(self, ctx, name, target, gid):
+        ln, f = self._use()
+        try:
+            return self.child.map_qid(f.symlink(name, target, gid))
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def mknod(self, ctx, name, mode, major, minor, gid):
+        ln, f = self._use()
+        try:
+            return self.child.map_qid(f.mknod(name, mode, major, minor, gid))
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def _peer(self, other, what):
+        """(link, Fid) of another node of this child for link/rename, or EXDEV."""
+        if not isinstance(other, RemoteNode) or other.child is not self.child:
+            raise _bad(errno.EXDEV, "%s across children: %s and %s" % (
+                what, self.child.name, getattr(getattr(other, "child", None), "name",
+                                                 type(other).__name__)))
+        return other._use()
+
+    def link(self, ctx, target, name):
+        ln, f = self._use()
+        tln, tf = self._peer(target, "link")
+        if tln is not ln:
+            raise self.child.lost(tln if tln.conn._dead is not None else ln)
+        try:
+            f.link(tf, name)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def renameat(self, ctx, oldname, newdir, newname):
+        ln, f = self._use()
+        dln, df = self._peer(newdir, "rename")
+        if dln is not ln:
+            raise self.child.lost(dln if dln.conn._dead is not None else ln)
+        try:
+            f.renameat(oldname, df, newname)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def rename(self, ctx, newdir, newname):
+        ln, f = self._use()
+        parent = None
+        try:
+            if newdir is None:
+                # a wstat of the name: rename within the directory (9P2000/.u)
+                parent = self._parent_fid(ln)
+                df = parent
+                newpath = self.path[:-1] + (newname,)
+            else:
+                dln, df = self._peer(newdir, "rename")
+                if dln is not ln:
+                    raise self.child.lost(dln if dln.conn._dead is not None else ln)
+                newpath = newdir.path + (newname,)
+            try:
+                f.rename(df, newname)
+            except NineError as e:
+                raise self.child.error(ln, e) from None
+        finally:
+            if parent is not None:
+                parent.clunk_nowait()
+        self.name = newname
+        self.path = newpath
+
+    def _parent_fid(self, ln):
+        """A fid for this node's directory: walked from the attach root along the path,
+        and checked to still hold this node (same qid) under its name."""
+        path = self.path
+        if not path or self.shared:
+            raise _bad(errno.EBUSY, "cannot rename the root of child %s" % self.child.name)
+        try:
+            root = self.child.root_fid(ln, self.user)
+            parent = root.walk(list(path[:-1]))
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        try:
+            g, q = parent.twalk([path[-1]])
+            if g is not None:
+                g.clunk_nowait()
+        except NineError as e:
+            parent.clunk_nowait()
+            raise self.child.error(ln, e) from None
+        if g is None or self.child.map_qid(q[-1]).path != self.qid.path:
+            parent.clunk_nowait()
+            raise _bad(errno.ENOENT, "child %s: %s was moved: cannot rename it within its "
+                       "directory" % (self.child.name, "/".join(path)))
+        return parent
+
+    def unlinkat(self, ctx, name, flags):
+        ln, f = self._use()
+        try:
+            f.unlinkat(name, flags)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def remove(self, ctx):
+        ln, f = self._use()
+        if self.fid is None:
+            f = self._clone_fid(ln, f)   # Tremove consumes the fid: never the shared root's
+        else:
+            self.fid = None
+            self.opened = False
+        try:
+            f.remove()
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def readlink(self, ctx):
+        ln, f = self._use()
+        try:
+            return f.readlink()
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    # --- locks ----------------------------------------------------------------------
+    def lock(self, ctx, type, flags, start, length, proc_id, client_id):
+        ln, f = self._use()
+        try:
+            return f.lock(type, start, length, proc_id, client_id, flags)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+
+    def getlock(self, ctx, type, start, length, proc_id, client_id):
+        ln, f = self._use()
+        try:
+            r = f.getlock(type, start, length, proc_id, client_id)
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        return (r.type, r.start, r.length, r.proc_id, r.client_id)
+
+    # --- xattrs ------------------------------------------------------------------------
+    def _xattr_read(self, name):
+        ln, f = self._use()
+        x = None
+        try:
+            x, size = f.xattrwalk(name)
+            return x.pread(0, size) if size else b""
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        finally:
+            if x is not None:
+                x.clunk_nowait()
+
+    def listxattr(self, ctx):
+        data = self._xattr_read("")
+        return [n.decode("utf-8", "surrogateescape") for n in data.split(b"\0") if n]
+
+    def getxattr(self, ctx, name):
+        return self._xattr_read(name)
+
+    def _xattr_write(self, name, value, flags):
+        ln, f = self._use()
+        c = self._clone_fid(ln, f)
+        try:
+            c.xattrcreate(name, len(value), flags)
+            if value:
+                n = c.pwrite(0, value)
+                if n != len(value):
+                    raise _bad(errno.EIO, "short xattr write to child %s" % self.child.name)
+            c.clunk()   # the child sets (or removes) the value when the fid is clunked
+        except NineError as e:
+            raise self.child.error(ln, e) from None
+        finally:
+            c.clunk_nowait()   # a no-op once clunked
+
+    def setxattr(self, ctx, name, value, flags):
+        self._xattr_write(name, bytes(value), flags)
+
+    def removexattr(self, ctx, name):
+        self._xattr_write(name, b"", XATTR_REPLACE)
