@@ -15,6 +15,7 @@ Topology file (INI):
 
     [leaves]
     node1 = local                  # start a leaf server here, on a free loopback port
+    node3 = local:/srv/data        # ... exporting that directory (as files/)
     node2 = 10.1.0.2:5640          # a leaf server already running there
 
 The defaults give every mux a name space of one directory per leaf server, so the root
@@ -134,12 +135,14 @@ class Tree:
         level = []
         waits = []
         for name, where in topo.leaves:
-            if where == "local":
+            if where == "local" or where.startswith("local:"):
                 addr = "127.0.0.1:%d" % free_port()
                 args = ["serve", "--listen", addr, "-q"] + topo.leaf_args.split()
-                if topo.leaf_export:
+                d = where[6:] if where.startswith("local:") else None
+                if d is None and topo.leaf_export:
                     d = os.path.join(topo.leaf_export, name)
                     os.makedirs(d, exist_ok=True)
+                if d:
                     args += ["--export", d]
                 waits.append((addr, self._spawn(args, addr)))
             else:
