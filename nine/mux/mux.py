@@ -21,7 +21,7 @@ from ..synth.files import Dir, File, SynthFS
 from .qidmap import QidMap
 from .remote import Child
 
-DEFAULT_FINAL = "simple * : / at /\n"
+DEFAULT_FINAL = "simple *:/ at /\n"
 
 
 class Mux:
@@ -38,9 +38,10 @@ class Mux:
                                          op_timeout=op_timeout)
         self.final_text = final_text if final_text is not None else DEFAULT_FINAL
         parse(self.final_text)  # a bad program is refused before anything is served
+        # remote children map their qids through self.qidmap already
         self.root_attach = compose(self.final_text,
                                    {n: c.attach for n, c in self.children.items()},
-                                   self.qidmap)
+                                   self.qidmap, map_qids=False, name=name)
         kw = {} if msize is None else {"msize": msize}
         self.server = Server({None: self.attach, "mux": SynthFS(self.status_tree()).attach},
                              name=name, **kw)
@@ -66,7 +67,9 @@ class Mux:
 
     def status_tree(self):
         def status(ctx):
-            return "".join(c.status_line() + "\n" for c in self.children.values())
+            text = "".join(c.status_line() + "\n" for c in self.children.values())
+            failures = self.root_attach.status() if hasattr(self.root_attach, "status") else ""
+            return text + failures
 
         def children(ctx):
             return "".join("%s %s\n" % (n, c.addr) for n, c in self.children.items())

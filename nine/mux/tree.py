@@ -18,9 +18,10 @@ Topology file (INI):
     node3 = local:/srv/data        # ... exporting that directory (as files/)
     node2 = 10.1.0.2:5640          # a leaf server already running there
 
-The defaults give every mux a name space of one directory per leaf server, so the root
-shows `/node1/...` whatever the depth (inner muxes pass their children's directories up
-with `insert`).  Local leaves and muxes are child processes of `nine tree`; the root mux
+The defaults give the root, whatever the depth, `/nodes/node1/...` (one directory per
+leaf server), `/proc/PID/node1/...` and `/host/load/node1` (the seed's merge view): the
+muxes above the leaves build that view and every level above them passes it up with a
+recursive union (`insert`).  Local leaves and muxes are child processes of `nine tree`; the root mux
 runs in the `nine tree` process itself.  Everything stops with it.
 """
 
@@ -32,8 +33,13 @@ import sys
 import time
 
 LEAF_ARGS = "--proc --host --exec"
-FINAL_LEAF_MUX = "simple *:/ at /\n"      # directory per leaf server
-FINAL_UP = "insert *:/ at /\n"           # pass the children's directories up, merged
+# the muxes right above the leaves: one directory per leaf server under /nodes, and the
+# seed's merge view of /proc and of the host information (proc/1/node3/..., host/load/node3)
+FINAL_LEAF_MUX = """simple *:/ at /nodes
+merge *:/proc at /proc
+merge *:/host at /host
+"""
+FINAL_UP = "insert *:/ at /\n"           # inner muxes and the root: a recursive union
 
 
 def free_port():
