@@ -338,70 +338,93 @@ def cmd_tree(args):
 
 DEMO_FILES = {
     "README": "This is nine's demo tree, served over 9P.\n",
-    "hello.txt": "hello, world\n",
+    "hello.txt": "hello from {node}\n",
     "etc/motd": "All the world's a file.\n",
     "data/numbers": "".join("%d\n" % i for i in range(1, 11)),
 }
 
 
 def cmd_demo(args):
-    """Serve a small built-in tree plus the ctl tree, show it through the client, and
-    keep serving until interrupted (--once: exit after the tour)."""
+    """Start a small local tree (8 leaf servers, two levels of muxes) with a few files on
+    every leaf, show it through the root, and keep serving until interrupted (--once:
+    exit after the tour)."""
     import gevent
     import tempfile
-    root = args.dir or tempfile.mkdtemp(prefix="nine-demo-")
-    for rel, text in DEMO_FILES.items():
-        path = os.path.join(root, rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write(text)
-    sargs = make_parser().parse_args(["serve", "--export", root, "--ctl", "-q"])
-    server = build_server(sargs)
+    from .mux.tree import Topology, Tree
+    root_dir = args.dir or tempfile.mkdtemp(prefix="nine-demo-")
+    topo = Topology.local(args.leaves, fanout=args.fanout, listen=args.listen,
+                          leaf_export=root_dir)
+    for name, _ in topo.leaves:
+        for rel, text in DEMO_FILES.items():
+            path = os.path.join(root_dir, name, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write(text.replace("{node}", name))
+    tree = Tree(topo)
     try:
-        srv = server.listen(args.listen)
-    except (OSError, ValueError) as ex:
-        _die("cannot listen on %s: %s (try --listen 127.0.0.1:0)" % (args.listen, ex))
-    addr = _fmt_listen(srv, args.listen)
-    print("nine %s serving %s and the ctl tree on %s\n" % (__version__, root, addr))
+        try:
+            mux = tree.start()
+            srv = mux.server.listen(args.listen)
+        except (OSError, RuntimeError, ValueError) as ex:
+            _die("cannot start the demo tree: %s (try --listen 127.0.0.1:0)" % ex)
+        addr = _fmt_listen(srv, args.listen)
+        print("nine %s: %d leaf servers, %d levels of muxes, root on %s" % (
+            __version__, len(topo.leaves), len(tree.levels), addr))
+        print(tree.describe())
+        print("leaf files under %s\n" % root_dir)
+        first = topo.leaves[0][0]
 
-    def tour():
-        from .client import Client
-        for cmd, fn in (("nine ls -l -a %s /" % addr, lambda c: [
-                            print(_fmt_long(c.stat(n), n)) for n in sorted(c.listdir("/"))]),
-                        ("nine read -a %s /hello.txt" % addr, lambda c: sys.stdout.write(
-                            c.read_file("/hello.txt").decode())),
-                        ("nine read -a %s -A ctl /version" % addr, None)):
-            print("$ " + cmd)
-            if fn is None:
-                c = Client(addr, aname="ctl")
-                sys.stdout.write(c.read_file("/version").decode())
-            else:
-                c = Client(addr)
-                fn(c)
+        def tour():
+            from .client import Client
+            c = Client(addr)
+            steps = [
+                ("nine ls -a %s /" % addr, lambda: c.listdir("/")),
+                ("nine ls -a %s /nodes" % addr, lambda: c.listdir("/nodes")),
+                ("nine ls -a %s /host/load" % addr, lambda: c.listdir("/host/load")),
+                ("nine read -a %s /host/load/%s" % (addr, first),
+                 lambda: c.read_file("/host/load/%s" % first)),
+                ("nine ls -a %s /proc/1" % addr, lambda: c.listdir("/proc/1")),
+                ("nine read -a %s /nodes/%s/files/hello.txt" % (addr, first),
+                 lambda: c.read_file("/nodes/%s/files/hello.txt" % first)),
+                ("nine read -a %s -A mux /status" % addr, None),
+            ]
+            for cmd, fn in steps:
+                print("$ " + cmd)
+                if fn is None:
+                    m = Client(addr, aname="mux")
+                    out = m.read_file("/status")
+                    m.close()
+                else:
+                    out = fn()
+                if isinstance(out, bytes):
+                    sys.stdout.write(out.decode(errors="replace"))
+                else:
+                    print(" ".join(sorted(out)))
+                print()
             c.close()
-            print()
-        print("Mount it from Linux (needs 9p in the kernel):")
-        host, _, port = addr.rpartition(":")
-        print("  mount -t 9p -o trans=tcp,port=%s,version=9p2000.L,aname=%s %s /mnt\n"
-              % (port, root, host))
-        sys.stdout.flush()
+            host, _, port = addr.rpartition(":")
+            print("Mount the root from Linux (needs 9p in the kernel):")
+            print("  mount -t 9p -o trans=tcp,port=%s,version=9p2000.L %s /mnt" % (port, host))
+            print("  mount -t 9p -o trans=tcp,port=%s,aname=nodes/%s/files %s /mnt/%s\n"
+                  % (port, first, host, first))
+            sys.stdout.flush()
 
-    try:
-        gevent.spawn(tour).get()
-    except Exception as ex:
-        server.stop()
-        _die("demo failed: %s" % ex)
-    if args.once:
-        server.stop()
+        try:
+            gevent.spawn(tour).get()
+        except Exception as ex:
+            _die("demo failed: %s" % ex)
+        if args.once:
+            return 0
+        print("Serving until Ctrl-C.")
+        sys.stdout.flush()
+        try:
+            gevent.wait()
+        except KeyboardInterrupt:
+            pass
         return 0
-    print("Serving until Ctrl-C.")
-    sys.stdout.flush()
-    try:
-        gevent.wait()
-    except KeyboardInterrupt:
-        pass
-    return 0
+    finally:
+        tree.stop()
 
 
 def _add_client_opts(p):
@@ -465,9 +488,13 @@ def make_parser():
     t.add_argument("--once", action="store_true", help="start, print, stop (a check)")
     t.set_defaults(func=cmd_tree)
 
-    d = sub.add_parser("demo", help="serve a small built-in tree and show it")
-    d.add_argument("--listen", "-l", default=DEFAULT_ADDR, help="default %s" % DEFAULT_ADDR)
-    d.add_argument("--dir", help="directory for the demo tree (default: a new temp dir)")
+    d = sub.add_parser("demo", help="start a small local tree (8 leaves, 2 levels of muxes) "
+                       "and show it")
+    d.add_argument("--listen", "-l", default=DEFAULT_ADDR, help="the root's address "
+                   "(default %s)" % DEFAULT_ADDR)
+    d.add_argument("--leaves", "-n", type=int, default=8)
+    d.add_argument("--fanout", "-f", type=int, default=4)
+    d.add_argument("--dir", help="directory for the leaves' files (default: a new temp dir)")
     d.add_argument("--once", action="store_true", help="exit after showing the tree")
     d.set_defaults(func=cmd_demo)
 

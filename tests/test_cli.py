@@ -101,7 +101,11 @@ def test_serve_bad_options(tmp_path):
 
 
 def test_demo_once():
+    """The README's first command: a local tree of 8 leaves and two levels of muxes."""
     p = nine("demo", "--once", "--listen", "127.0.0.1:0")
     out = p.stdout.decode()
     assert p.returncode == 0, p.stderr
-    assert "hello, world" in out and "nine-" in out and "mount -t 9p" in out
+    assert "8 leaf servers, 2 levels of muxes" in out
+    assert "node1 node2 node3 node4 node5 node6 node7 node8" in out  # /nodes, /proc/1 ...
+    assert "hello from node1" in out and "load1 " in out and "mount -t 9p" in out
+    assert out.count(" up since=") == 2                              # both muxes up
