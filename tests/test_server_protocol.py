@@ -329,3 +329,23 @@ def test_tauth_not_required(tsrv):
     assert isinstance(r, P.Rlerror) and r.ecode == errno.ENOENT
     r = c.rpc(P.Tattach(fid=1, afid=5, uname="root", aname="", n_uname=0, tag=1))
     assert isinstance(r, P.Rlerror)
+
+
+def test_getattr_fast_path_matches_codec(tsrv):
+    """The core packs Rgetattr by hand: the frame decodes to the same message."""
+    c = RawConn(tsrv.port)
+    c.version()
+    c.attach(fid=1)
+    c.rpc(P.Twalk(fid=1, newfid=2, wnames=["d"], tag=1))
+    c.send(P.Tgetattr(fid=2, request_mask=P.GETATTR_ALL, tag=33))
+    while len(c.buf) < 4:
+        c.buf += c.sock.recv(65536)
+    n = struct.unpack("<I", c.buf[:4])[0]
+    while len(c.buf) < n:
+        c.buf += c.sock.recv(65536)
+    frame, c.buf = c.buf[:n], c.buf[n:]
+    r = P.decode(frame)
+    assert isinstance(r, P.Rgetattr) and r.tag == 33
+    assert P.encode(r) == frame
+    assert r.qid.type & P.QTDIR and r.mode & 0o40000 and r.nlink == 2
+    assert r.valid & P.GETATTR_BASIC == P.GETATTR_BASIC
