@@ -27,6 +27,7 @@ runs in the `nine tree` process itself.  Everything stops with it.
 
 import configparser
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -95,7 +96,13 @@ class Topology:
                 return None
             p = v if os.path.isabs(v) else os.path.join(base, v)
             with open(p) as f:
-                return f.read()
+                prog = f.read()
+            from ..final import FinalError, parse
+            try:
+                parse(prog)     # a wrong program stops the tree before anything starts
+            except FinalError as ex:
+                raise ValueError("%s (%s): %s" % (p, key, ex)) from None
+            return prog
         if not cp.has_section("leaves"):
             raise ValueError("%s: no [leaves] section" % path)
         leaves = [(k, v.strip()) for k, v in cp["leaves"].items()]
@@ -112,6 +119,28 @@ class Topology:
         width = len(str(n))
         return cls([("node%0*d" % (width, i + 1), "local") for i in range(n)], listen=listen,
                    fanout=fanout, **kw)
+
+
+def _die_with_parent():
+    """A preexec_fn (Linux; None elsewhere): the child gets SIGTERM when the process that
+    started it dies, however it dies, so that a `nine tree` ended by SIGTERM or SIGKILL
+    leaves no leaf or mux running.  (Tied to the thread that starts the child: start
+    trees from a thread that lives as long as they do, as `nine tree` does.)"""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    args = [ctypes.c_ulong(int(signal.SIGTERM))] + [ctypes.c_ulong(0)] * 3
+
+    def preexec():
+        prctl(1, *args)                 # PR_SET_PDEATHSIG
+        if os.getppid() != parent:      # the parent died before that: go now
+            os._exit(1)
+    return preexec
 
 
 class Tree:
@@ -131,13 +160,18 @@ class Tree:
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
         p = subprocess.Popen([self.python, "-m", "nine"] + args, env=env,
                              stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL if self.quiet else None)
+                             stderr=subprocess.DEVNULL if self.quiet else None,
+                             preexec_fn=_die_with_parent())
         self.procs.append((p, addr))
         return p
 
     def start(self):
+        from ..final import parse
         from .mux import Mux
         topo = self.topo
+        for prog in (topo.final_leaf_mux, topo.final_mid, topo.final_root):
+            if prog is not None:
+                parse(prog)     # a wrong program is refused before anything starts
         level = []
         waits = []
         for name, where in topo.leaves:
