@@ -244,7 +244,9 @@ class Connection:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self._rbuf = bytearray(max(2 * msize, 65536))
+        # the receive buffer starts small and grows to the largest frame seen (a mux holds
+        # thousands of connections: 2 x msize each would be gigabytes)
+        self._rbuf = bytearray(65536)
         self._rmv = memoryview(self._rbuf)
         self._rstart = 0
         self._rend = 0
@@ -694,14 +696,21 @@ class Connection:
             return
         if o == end:
             self._rstart = self._rend = 0
-        elif len(buf) - end < self.msize:
-            rest = bytes(mv[o:end])
-            buf[:len(rest)] = rest
-            self._rstart = 0
-            self._rend = len(rest)
-        else:
+            return
+        # a partial frame is pending: make sure all of it fits, from the buffer's start
+        need = _U32.unpack_from(buf, o)[0] if end - o >= 4 else HEADER
+        need = max(need, HEADER)
+        if len(buf) - o >= need and len(buf) - end >= 4096:
             self._rstart = o
             self._rend = end
+            return
+        rest = bytes(mv[o:end])
+        if need > len(buf):
+            self._rbuf = buf = bytearray(max(need, min(2 * len(buf), 2 * self.msize)))
+            self._rmv = memoryview(buf)
+        buf[:len(rest)] = rest
+        self._rstart = 0
+        self._rend = len(rest)
 
     # ------------------------------------------------------------------ death
 

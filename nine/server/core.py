@@ -36,7 +36,7 @@ _U32 = struct.Struct("<I").unpack_from
 _RGETATTR = struct.Struct("<IBHQBIQIIIQQQQQ" + "Q" * 10)
 _VALID = P.GETATTR_BASIC | P.GETATTR_GEN | P.GETATTR_DATA_VERSION
 _VALID_BTIME = _VALID | P.GETATTR_BTIME
-RECVBUF = 256 * 1024
+RECVBUF = 64 * 1024     # frames over RECVBUF/4 get a buffer of their own
 # requests on a fid whose node has may_block = False are answered inline, without a greenlet
 _INLINE = frozenset(P.BY_NAME[n].mtype for n in (
     "Tread", "Twrite", "Tgetattr", "Tclunk", "Twalk", "Tlopen", "Topen", "Treaddir", "Tstat",
