@@ -89,6 +89,7 @@ def cmd_serve(args):
             sys.stderr.write("nine: serving %s on %s\n" % (
                 ", ".join(sorted(str(k if k is not None else "*") for k in server.exports)),
                 _fmt_listen(srv, a)))
+        _write_address(args, srv, a)
     sys.stderr.flush()
     import gevent
     try:
@@ -272,10 +273,22 @@ def cmd_mux(args):
     except ValueError as ex:
         _die(str(ex), 2)
     return _serve_until_done(mux.server, args.listen or [DEFAULT_ADDR], args.quiet,
-                             "mux of %d children" % len(children))
+                             "mux of %d children" % len(children), args)
 
 
-def _serve_until_done(server, addrs, quiet, what):
+def _write_address(args, srv, a):
+    """--address-file: write the address really listened on (port 0 picks a free one),
+    atomically, for whoever started this server (nine tree)."""
+    path = getattr(args, "address_file", None)
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(_fmt_listen(srv, a) + "\n")
+    os.rename(tmp, path)
+
+
+def _serve_until_done(server, addrs, quiet, what, args=None):
     import gevent
     for a in addrs:
         try:
@@ -284,6 +297,7 @@ def _serve_until_done(server, addrs, quiet, what):
             _die("cannot listen on %s: %s" % (a, ex))
         if not quiet:
             sys.stderr.write("nine: serving %s on %s\n" % (what, _fmt_listen(srv, a)))
+        _write_address(args, srv, a)
     sys.stderr.flush()
     try:
         gevent.wait()
@@ -461,6 +475,7 @@ def make_parser():
     s.add_argument("--squash", metavar="USER", help="act as USER for everyone")
     s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
     s.add_argument("--quiet", "-q", action="store_true")
+    s.add_argument("--address-file", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("mux", help="merge children's trees into one (FiNAL rules)")
@@ -474,6 +489,7 @@ def make_parser():
     m.add_argument("--final-text", metavar="TEXT", help="FiNAL rules given inline")
     m.add_argument("--msize", type=int, default=1024 * 1024 + 24)
     m.add_argument("--quiet", "-q", action="store_true")
+    m.add_argument("--address-file", help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mux)
 
     t = sub.add_parser("tree", help="start a tree of muxes over leaf servers (TBON)")

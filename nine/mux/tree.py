@@ -153,8 +153,19 @@ class Tree:
         self.quiet = quiet
         self.python = python or sys.executable
         self.levels = []        # [[(name, addr), ...]] from the leaves up
+        self._tmp = None
+        self._n = 0
 
-    def _spawn(self, args, addr):
+    def _spawn(self, args):
+        """Start `nine ARGS` listening on a port the kernel picks; returns (proc, file
+        where it writes its address).  No port is chosen here, so two children (or two
+        trees) can never be handed the same one."""
+        if self._tmp is None:
+            import tempfile
+            self._tmp = tempfile.mkdtemp(prefix="nine-tree-")
+        self._n += 1
+        afile = os.path.join(self._tmp, "addr%d" % self._n)
+        args = args + ["--listen", "127.0.0.1:0", "--address-file", afile]
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -162,8 +173,24 @@ class Tree:
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL if self.quiet else None,
                              preexec_fn=_die_with_parent())
-        self.procs.append((p, addr))
-        return p
+        self.procs.append((p, afile))
+        return p, afile
+
+    def _wait_address(self, proc, afile, timeout=30):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if proc.poll() is not None:
+                raise RuntimeError("a tree member exited with %s before serving (%s)" % (
+                    proc.returncode, " ".join(proc.args[2:])))
+            try:
+                with open(afile) as f:
+                    addr = f.read().strip()
+                if addr:
+                    return addr
+            except FileNotFoundError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("a tree member did not start serving in %d s" % timeout)
 
     def start(self):
         from ..final import parse
@@ -176,20 +203,20 @@ class Tree:
         waits = []
         for name, where in topo.leaves:
             if where == "local" or where.startswith("local:"):
-                addr = "127.0.0.1:%d" % free_port()
-                args = ["serve", "--listen", addr, "-q"] + topo.leaf_args.split()
+                args = ["serve", "-q"] + topo.leaf_args.split()
                 d = where[6:] if where.startswith("local:") else None
                 if d is None and topo.leaf_export:
                     d = os.path.join(topo.leaf_export, name)
                     os.makedirs(d, exist_ok=True)
                 if d:
                     args += ["--export", d]
-                waits.append((addr, self._spawn(args, addr)))
+                waits.append((len(level), self._spawn(args)))
+                addr = None
             else:
                 addr = where
             level.append((name, addr))
-        for addr, p in waits:
-            wait_port(addr, p)
+        for i, (p, afile) in waits:
+            level[i] = (level[i][0], self._wait_address(p, afile))
         self.levels.append(level)
         first = True
         while len(level) > topo.fanout:
@@ -200,15 +227,14 @@ class Tree:
             for i in range(0, len(level), topo.fanout):
                 group = level[i:i + topo.fanout]
                 name = "mux%d-%d" % (len(self.levels), i // topo.fanout)
-                addr = "127.0.0.1:%d" % free_port()
-                args = ["mux", "--listen", addr, "-q", "--final-text", final,
+                args = ["mux", "-q", "--final-text", final,
                         "--child-aname", "nine" if first else ""]
                 for cname, caddr in group:
                     args += ["--child", "%s=%s" % (cname, caddr)]
-                waits.append((addr, self._spawn(args, addr)))
-                nxt.append((name, addr))
-            for addr, p in waits:
-                wait_port(addr, p)
+                waits.append((len(nxt), self._spawn(args)))
+                nxt.append((name, None))
+            for i, (p, afile) in waits:
+                nxt[i] = (nxt[i][0], self._wait_address(p, afile))
             level = nxt
             self.levels.append(level)
             first = False
@@ -240,3 +266,7 @@ class Tree:
             except subprocess.TimeoutExpired:
                 p.kill()
         self.procs = []
+        if self._tmp is not None:
+            import shutil
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
