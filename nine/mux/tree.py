@@ -28,7 +28,6 @@ runs in the `nine tree` process itself.  Everything stops with it.
 import configparser
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,28 +40,6 @@ merge *:/proc at /proc
 merge *:/host at /host
 """
 FINAL_UP = "insert *:/ at /\n"           # inner muxes and the root: a recursive union
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(addr, proc, timeout=30):
-    host, _, port = addr.rpartition(":")
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError("process for %s exited with %s" % (addr, proc.returncode))
-        try:
-            socket.create_connection((host, int(port)), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nothing listening on %s after %d s" % (addr, timeout))
 
 
 class Topology:

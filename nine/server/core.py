@@ -313,12 +313,7 @@ class Connection:
             log.exception("internal error in %s", type(msg).__name__)
             self.send_error(tag, errno.EIO, "internal server error: %s" % ex)
             return
-        if reply is not None:
-            if reply.__class__ is bytes or reply.__class__ is list:
-                self.send_raw(reply)
-            else:
-                reply.tag = tag
-                self.send_raw(P.encode(reply, self.dialect))
+        self._reply(tag, reply)
 
     def _run(self, req, handler):
         try:
@@ -347,11 +342,14 @@ class Connection:
         if req.flushed:
             return
         self.inflight.pop(req.tag, None)
+        self._reply(req.tag, reply)
+
+    def _reply(self, tag, reply):
         if reply is not None:
             if reply.__class__ is bytes or reply.__class__ is list:
                 self.send_raw(reply)
             else:
-                reply.tag = req.tag
+                reply.tag = tag
                 self.send_raw(P.encode(reply, self.dialect))
 
     # --- output -------------------------------------------------------------------
