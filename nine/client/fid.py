@@ -7,6 +7,7 @@ NineError(EOPNOTSUPP) on a connection of another dialect.
 """
 
 import errno
+import os
 import stat as _stat
 
 from ..protocol import codec
@@ -144,7 +145,7 @@ class Fid:
         first = names[:MAXWELEM]
         f, q = self.twalk(first, timeout=timeout)
         if f is None:
-            raise _walk_error(names, 0, q)
+            raise self._partial_walk_error(names, 0, first, q, timeout)
         i = MAXWELEM
         while i < len(names):
             chunk = names[i:i + MAXWELEM]
@@ -154,11 +155,40 @@ class Fid:
                 f.clunk_nowait()
                 raise
             if g is None:
+                err = f._partial_walk_error(names, i, chunk, q, timeout)
                 f.clunk_nowait()
-                raise _walk_error(names, i, q)
+                raise err
             f.qid = g.qid
             i += MAXWELEM
         return f
+
+    def _partial_walk_error(self, names, base, chunk, qids, timeout):
+        """The error of a partial walk.  A partial Rwalk carries no errno, so when the walk
+        stopped after its first name, the failing name is walked again alone to learn the
+        real reason (EHOSTDOWN from a mux whose child is down, EACCES, ...); ENOENT or
+        ENOTDIR when that tells nothing more."""
+        default = _walk_error(names, base, qids)
+        k = len(qids)
+        if k == 0 or k >= len(chunk) or not qids[-1].type & QTDIR:
+            return default
+        try:
+            g, q = self.twalk(chunk[:k], timeout=timeout)
+        except NineError:
+            return default
+        if g is None:
+            return default
+        try:
+            h, _ = g.twalk(chunk[k:k + 1], timeout=timeout)
+            if h is not None:
+                h.clunk_nowait()
+            return default
+        except NineError as e:
+            if e.errno in (errno.ENOENT, None):
+                return default
+            return nine_error(e.errno, "/".join(names[:base + k + 1]) + ": " +
+                              (e.strerror or os.strerror(e.errno)))
+        finally:
+            g.clunk_nowait()
 
     def clone(self, timeout=None):
         """A new Fid for the same file (Twalk with no names)."""
