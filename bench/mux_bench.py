@@ -38,11 +38,10 @@ child request is real 9P2000.L on a real socket.  For each N it prints:
               are printed under the table
   fds         file descriptors open in the main process after the listing
 
-The client library gives every connection a receive buffer of max(2 * msize, 64 KiB),
-zeroed when made, and the mux asks its children for an msize of 1 MiB: about 2 MiB of
-RSS per child, and page-faulting it in is most of the cold listing's time.
---child-msize 8192 sets the msize the mux asks of its children (for comparison, and to
-fit 10,000 children in memory); a size whose buffers would not fit is skipped.
+The client library gives every connection a 64 KiB receive buffer that grows only to the
+largest frame received; a leaf's server connection has a 64 KiB one (RECVBUF).
+--child-msize sets the msize the mux asks of its children (for comparison); a size whose
+buffers would not fit in memory is skipped.
 
 Default sizes 64, 256, 1024; --n 10000 adds a size (the FiNAL paper composed tens of
 thousands of name spaces in about a quarter of a second).  RLIMIT_NOFILE's soft limit is
@@ -390,8 +389,7 @@ def main():
                          "one per core)")
     ap.add_argument("--child-msize", type=int, default=0,
                     help="msize the mux asks of its children (default: the mux's own, "
-                         "nine.mux.remote.DEFAULT_MSIZE; the client library keeps a "
-                         "receive buffer of max(2*msize, 64 KiB) per connection)")
+                         "nine.mux.remote.DEFAULT_MSIZE)")
     ap.add_argument("--concurrency", type=int, default=0,
                     help="greenlets per merged listing (default: the composition's, 256)")
     ap.add_argument("--no-gc", action="store_true",
@@ -437,11 +435,11 @@ def main():
     if need > soft:
         print("warning: %d fds may be needed here, the limit is %d" % (need, soft))
 
-    # the client library keeps a receive buffer of max(2 * msize, 64 KiB) per connection
-    # (nine/client/conn.py), and a leaf's server connection one of 256 KiB
-    # (nine/server/core.py RECVBUF), both touched when made: refuse sizes that would
-    # exhaust memory
-    per = max(2 * child_msize, 65536) + 256 * 1024
+    # the client library starts each connection with a 64 KiB receive buffer
+    # (nine/client/conn.py), and a leaf's server connection has one of RECVBUF
+    # (nine/server/core.py), both touched when made: refuse sizes that would exhaust memory
+    from nine.server.core import RECVBUF
+    per = 65536 + RECVBUF
     avail = mem_available()
     fits = [n for n in sizes if avail is None or n * per < 0.6 * avail]
     for n in sizes:
