@@ -584,7 +584,9 @@ class RemoteNode(Node):
         m = ln.conn.msize - IOHDRSZ
         self.iounit = iounit if 0 < iounit <= m else m
 
-    def read(self, ctx, offset, count):
+    def _open_link(self):
+        """(fid, link, connection) of this open node; EBADF if not open, the child's
+        error if its connection is gone."""
         f = self.fid
         if f is None:
             raise _bad(errno.EBADF, "child %s: node not open" % self.child.name)
@@ -592,6 +594,10 @@ class RemoteNode(Node):
         conn = ln.conn
         if conn._dead is not None:
             raise self.child.lost(ln)
+        return f, ln, conn
+
+    def read(self, ctx, offset, count):
+        f, ln, conn = self._open_link()
         iou = self.iounit or conn.msize - IOHDRSZ
         if count > iou:
             count = iou       # one request: a short read, which 9P allows
@@ -601,13 +607,7 @@ class RemoteNode(Node):
             raise self.child.error(ln, e) from None
 
     def write(self, ctx, offset, data):
-        f = self.fid
-        if f is None:
-            raise _bad(errno.EBADF, "child %s: node not open" % self.child.name)
-        ln = self.ln
-        conn = ln.conn
-        if conn._dead is not None:
-            raise self.child.lost(ln)
+        f, ln, conn = self._open_link()
         try:
             if len(data) > (self.iounit or conn.msize - IOHDRSZ):
                 return f.pwrite(offset, data)
@@ -616,13 +616,7 @@ class RemoteNode(Node):
             raise self.child.error(ln, e) from None
 
     def readdir(self, ctx, offset, count):
-        f = self.fid
-        if f is None:
-            raise _bad(errno.EBADF, "child %s: node not open" % self.child.name)
-        ln = self.ln
-        conn = ln.conn
-        if conn._dead is not None:
-            raise self.child.lost(ln)
+        f, ln, conn = self._open_link()
         iou = self.iounit or conn.msize - IOHDRSZ
         try:
             data = conn.rpc(_Treaddir(fid=f.fid, offset=offset,
