@@ -424,8 +424,14 @@ def cmd_demo(args):
                   % (port, first, host, first))
             sys.stdout.flush()
 
+        def safe_tour():
+            try:
+                tour()
+            except BrokenPipeError:     # `nine demo | head`: the reader left
+                return "pipe"
         try:
-            gevent.spawn(tour).get()
+            if gevent.spawn(safe_tour).get() == "pipe":
+                return 0
         except Exception as ex:
             _die("demo failed: %s" % ex)
         if args.once:
