@@ -74,6 +74,10 @@ def build_server(args):
         server.exports["nine"] = SynthFS(Dir("", top)).attach
     if args.ctl or not (exports or synth):
         server.exports["ctl"] = SynthFS(ctl_tree(server)).attach
+    if exports or synth:
+        # group file operations over every export (aname groups, groups:NAME)
+        from .group.service import install
+        install(server)
     return server
 
 

@@ -68,6 +68,7 @@ class Client:
             except Exception:
                 uname = "none"
         self.uname = uname
+        self.n_uname = n_uname
         self.aname = aname
         self.gid = gid
         self.depth = depth
@@ -105,6 +106,14 @@ class Client:
 
     def __repr__(self):
         return "<Client %s aname=%r>" % (self.conn, self.aname)
+
+    def gopen(self, path, mode="r", aggregator="concat", sync="all", timeout=None,
+              members=None, use_server=True, **params):
+        """A group descriptor (nine.client.group.GroupFile) on the files of directory
+        `path` (or the targets of its symlinks), or on `members` [(name, path)]."""
+        from .group import GroupFile
+        return GroupFile(self, path, mode, members=members, aggregator=aggregator,
+                         sync=sync, timeout=timeout, use_server=use_server, **params)
 
     # ------------------------------------------------------------------ helpers
 

@@ -43,14 +43,23 @@ class Mux:
                                    {n: c.attach for n, c in self.children.items()},
                                    self.qidmap, map_qids=False, name=name)
         kw = {} if msize is None else {"msize": msize}
-        self.server = Server({None: self.attach, "mux": SynthFS(self.status_tree()).attach},
-                             name=name, **kw)
+        from ..group.service import GroupService
+        #: the group service over the merged name space: /groups and aname "groups"
+        self.groups = GroupService(self.root_attach)
+        self._group_svcs = {}
+        self.server = Server({None: self.attach, "mux": SynthFS(self.status_tree()).attach,
+                              "groups": self.groups.attach}, name=name, **kw)
 
     def attach(self, ctx):
+        aname = ctx.aname or ""
+        if aname.startswith("groups:"):
+            # the group service over a subtree (a parent that attached with a path aname)
+            return self._group_service(aname[7:]).attach(ctx)
         root = self.root_attach(ctx)
-        path = [p for p in (ctx.aname or "").split("/") if p]
+        path = [p for p in aname.split("/") if p]
         if not path:
-            return root
+            from ..group.service import GroupsOverlay
+            return GroupsOverlay(root, self.groups)
         try:
             nodes = root.walk(ctx, path[:16]) if len(path) <= 16 else None
         finally:
@@ -64,6 +73,19 @@ class Mux:
             n.close(ctx)
         root.close(ctx)
         return nodes[-1]
+
+    def _group_service(self, base):
+        svc = self._group_svcs.get(base)
+        if svc is None:
+            from ..group.service import GroupService
+            from ..server.node import Context
+
+            def ns(ctx, base=base):
+                c = Context(ctx.uname, ctx.uid, ctx.gid, ctx.groups, base, ctx.dialect,
+                            ctx.conn, ctx.server)
+                return self.attach(c) if base else self.root_attach(ctx)
+            svc = self._group_svcs[base] = GroupService(ns)
+        return svc
 
     def status_tree(self):
         def status(ctx):

@@ -104,7 +104,7 @@ class _ChildConn(Connection):
 
 class _Link:
     """One connection to a child, with its per-user root fids."""
-    __slots__ = ("conn", "gen", "roots", "attaching", "since", "death")
+    __slots__ = ("conn", "gen", "roots", "attaching", "since", "death", "groups")
 
     def __init__(self, conn, gen):
         self.conn = conn
@@ -113,6 +113,7 @@ class _Link:
         self.attaching = {}      # user key -> AsyncResult of an attach in progress
         self.since = time.time()
         self.death = None        # (errno, text) once dead
+        self.groups = None       # does the child offer a group service? (None: not asked)
 
 
 class Child:
@@ -303,35 +304,74 @@ class Child:
             return (self.own_uname, self.own_n_uname)
         return (USERS.uname(uid), uid)
 
-    def root_fid(self, ln, key):
+    def root_fid(self, ln, key, aname=None):
         """The attach fid of user `key` on link ln: one Tattach per user and link, made
-        in a greenlet of its own (a flushed request does not abort it for the others)."""
-        f = ln.roots.get(key)
+        in a greenlet of its own (a flushed request does not abort it for the others).
+        aname: another aname than the child's (the group service)."""
+        rk = key if aname is None else (key, aname)
+        f = ln.roots.get(rk)
         if f is not None:
             return f
-        ar = ln.attaching.get(key)
+        ar = ln.attaching.get(rk)
         if ar is None:
-            ar = ln.attaching[key] = AsyncResult()
-            gevent.spawn(self._do_attach, ln, key, ar)
+            ar = ln.attaching[rk] = AsyncResult()
+            gevent.spawn(self._do_attach, ln, key, ar, aname)
         return ar.get()
 
-    def _do_attach(self, ln, key, ar):
+    def _do_attach(self, ln, key, ar, aname=None):
+        rk = key if aname is None else (key, aname)
+        an = self.aname if aname is None else aname
         try:
-            f = _attach(ln.conn, key[0], self.aname, key[1])
+            f = _attach(ln.conn, key[0], an, key[1])
         except NineError as e:
             err = self.error(ln, e)
             if err is e:
                 err = nine_error(e.errno, "child %s (%s): attach as %s (%d) to %r: %s" % (
-                    self.name, self.addr, key[0], key[1], self.aname, e.strerror))
+                    self.name, self.addr, key[0], key[1], an, e.strerror))
             ar.set_exception(err)
             return
         except BaseException:
             ar.set_exception(self._down_error("attach interrupted"))
             raise
         finally:
-            ln.attaching.pop(key, None)
-        ln.roots[key] = f
+            ln.attaching.pop(rk, None)
+        ln.roots[rk] = f
         ar.set(f)
+
+    def group_aname(self):
+        return "groups:" + self.aname if self.aname else "groups"
+
+    def group_root(self, ctx):
+        """(link, Fid) of the root of the child's group service (nine.group.service) for
+        ctx's user.  EOPNOTSUPP when the child has none (diod, another 9P server): asked
+        once per connection, by reading its `features` file."""
+        key = self.user_key(ctx)
+        ln = self.link()
+        if ln.groups is False:
+            raise nine_error(errno.EOPNOTSUPP, "child %s offers no group service" % self.name)
+        try:
+            f = self.root_fid(ln, key, self.group_aname())
+        except NineError:
+            if ln.conn._dead is None:
+                ln.groups = False
+            raise
+        if ln.groups is None:
+            ok = False
+            try:
+                ff, _ = f.twalk(["features"])
+                try:
+                    ff.lopen(os.O_RDONLY)
+                    ok = ff.read(0, 64).startswith(b"nine-groups ")
+                finally:
+                    ff.clunk_nowait()
+            except NineError:
+                ok = False
+            if ln.conn._dead is None:
+                ln.groups = ok
+            if not ok:
+                raise nine_error(errno.EOPNOTSUPP, "child %s offers no group service" %
+                                 self.name)
+        return ln, f
 
     def attach(self, ctx):
         """The child's root Node for ctx's user (an attach callable for the core)."""

@@ -1,0 +1,490 @@
+"""Group file descriptors: gopen a directory, and every read, write and seek acts on all
+of its members (the seed's group file operation idiom).
+
+    from nine.client import Client
+    c = Client("127.0.0.1:5640")
+    g = c.gopen("/groups/dbg-mem", "rw")     # members: the directory's files, or the
+                                              # targets of its symlinks
+    g.lseek(addr)
+    g.write(b"\\xcc")                          # every member, at addr
+    g.lseek(var_addr)
+    g.bindaggr("read", "equiv", format="i64")
+    print(g.read(8).decode())                 # equivalence classes of the 8 bytes
+    g.classes()                               # {b"...": {"node3-1234", ...}, ...}
+    g.status                                  # {member: None (ok) | "reason"}
+
+When the server offers the group service (nine.group.service: every nine server and mux
+does), the group is made there: each read is one request to the server, which carries it
+down its tree and merges on the way up, so the client receives one aggregated result.
+Otherwise (another 9P server) the client opens every member and does the same work
+itself, concurrently.
+"""
+
+import errno
+import os
+import posixpath
+import time
+
+import gevent
+
+from ..group import aggregate as A
+from ..group.service import (FEATURES, decode_errors, format_agg, CHUNK, MAX_WHOLE,
+                             STREAM_CHUNK, POLL)
+from .errors import NineError, nine_error
+from .fid import attach as _attach
+
+GROUP_FILES = ("ctl", "data", "partial", "status", "errors")
+READ, WRITE = "read", "write"
+
+
+def _flags(mode):
+    m = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "r+": os.O_RDWR,
+         "w+": os.O_RDWR}.get(mode)
+    if m is None:
+        if isinstance(mode, int):
+            return mode
+        raise ValueError("mode must be r, w or rw (or os.O_* flags)")
+    return m
+
+
+def members_of(client, path):
+    """[(label, path)] of a group directory: its files, and the targets of its symlinks
+    (a relative target is taken from the directory).  A group directory of the group
+    service lists its own ctl/data/... too: those are not members."""
+    base = "/" + "/".join(p for p in path.split("/") if p)
+    ents = [e for e in client.readdir(path) if e.name not in (".", "..")]
+    names = {e.name for e in ents}
+    skip = set(GROUP_FILES) if set(GROUP_FILES) <= names else set()
+    out = []
+    for e in sorted(ents, key=lambda e: A.natural_key(e.name)):
+        if e.name in skip:
+            continue
+        p = posixpath.join(base, e.name)
+        if e.is_symlink():
+            t = client.readlink(p)
+            p = t if t.startswith("/") else posixpath.normpath(posixpath.join(base, t))
+        elif e.is_dir():
+            continue
+        out.append((e.name, p))
+    return out
+
+
+class GroupFile:
+    """A group descriptor (see the module's doc).  Made by Client.gopen."""
+
+    def __init__(self, client, path=None, mode="r", members=None, aggregator="concat",
+                 sync="all", timeout=None, use_server=True, **params):
+        self.client = client
+        self.flags = _flags(mode)
+        self.members = list(members) if members is not None else members_of(client, path)
+        self.labels = [m for m, _ in self.members]
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("two members have one name")
+        self.offset = 0
+        self.agg = (aggregator, dict(params))
+        A.get(aggregator, **params)
+        self.sync = "all"
+        self.timeout = None
+        self.set_sync(sync, timeout)
+        self.last = None              # the Partial of the last operation
+        self.status = {}
+        self._remote = None
+        self._local = None
+        self._sent = None
+        self._closed = False
+        if use_server:
+            try:
+                self._remote = _RemoteGroup(client, self)
+            except (NineError, OSError) as e:
+                if getattr(e, "errno", None) not in (errno.ENOENT, errno.EOPNOTSUPP,
+                                                     errno.EINVAL, errno.EACCES):
+                    raise
+        if self._remote is None:
+            self._local = _LocalGroup(client, self)
+
+    # -- settings -----------------------------------------------------------------
+    @property
+    def served(self):
+        """True when the server does the group's work (its group service)."""
+        return self._remote is not None
+
+    def bindaggr(self, op, aggregator, **params):
+        """Bind an aggregation to an operation (only reads are aggregated)."""
+        if op not in (READ, "OP_READ"):
+            raise ValueError("only reads are aggregated (op %r)" % op)
+        A.get(aggregator, **params)
+        self.agg = (aggregator, dict(params))
+
+    def set_sync(self, sync="all", timeout=None):
+        """all (wait for every member), timeout (seconds: a partial result, the others
+        named in status), nowait (stream(): results as they arrive)."""
+        if isinstance(sync, (int, float)) and not isinstance(sync, bool):
+            sync, timeout = "timeout", float(sync)
+        if sync == "timeout" or (sync == "all" and timeout is not None):
+            if timeout is None or timeout <= 0:
+                raise ValueError("a timeout needs seconds > 0")
+            self.sync, self.timeout = "timeout", float(timeout)
+        elif sync in ("all", "nowait"):
+            self.sync, self.timeout = sync, None
+        else:
+            raise ValueError("sync is all, timeout or nowait")
+
+    def lseek(self, offset, whence=os.SEEK_SET):
+        if whence == os.SEEK_SET:
+            new = offset
+        elif whence == os.SEEK_CUR:
+            new = self.offset + offset
+        else:
+            raise ValueError("group lseek: SEEK_SET or SEEK_CUR")
+        if new < 0:
+            raise nine_error(errno.EINVAL)
+        self.offset = new
+        return new
+
+    def aggregator(self):
+        return A.get(self.agg[0], **self.agg[1])
+
+    def _settings(self, count):
+        sync = {"all": "sync all", "nowait": "sync nowait"}.get(self.sync) or \
+            "sync timeout %g" % self.timeout
+        return ("agg %s" % format_agg(*self.agg), sync,
+                "seek %d count %s" % (self.offset, "all" if count is None else count))
+
+    def _done(self, p, what):
+        self.last = p
+        failed = {}
+        for reason, ms in p.errors.items():
+            for m in ms:
+                failed[m] = reason
+        self.status = {m: failed.get(m) for m in self.labels}
+        for m in failed:
+            self.status.setdefault(m, failed[m])
+        return p
+
+    # -- operations -------------------------------------------------------------------
+    def read_partial(self, count=None):
+        """A group read of count bytes (None: each member's whole file) at the group
+        offset: the merged Partial (its .value is the aggregator's; .errors the failed
+        members).  The offset moves on by count."""
+        self._check()
+        if self.sync == "nowait":
+            raise ValueError("sync nowait: use stream()")
+        impl = self._remote or self._local
+        p = impl.read(count)
+        if count:
+            self.offset += count
+        return self._done(p, "read")
+
+    def read(self, count=None):
+        """The group read's rendered text (bytes)."""
+        p = self.read_partial(count)
+        return self.aggregator().render(p)
+
+    def classes(self, count=None):
+        """Equivalence classes {content: set(members)} of a read (needs equiv/diff)."""
+        if self.agg[0] not in ("equiv", "diff"):
+            raise ValueError("classes() needs the equiv or diff aggregator")
+        p = self.read_partial(count)
+        return dict(p.value or {})
+
+    def write(self, data):
+        """Write data to every member at the group offset; the offset moves on.
+        Returns len(data); status names the members that failed (all failed: OSError)."""
+        self._check()
+        data = bytes(data)
+        impl = self._remote or self._local
+        errors = impl.write(self.offset, data)
+        p = self._done(A.Partial(None, errors), "write")
+        self.offset += len(data)
+        if p.errors and set(p.members_failed()) >= set(self.labels):
+            reason = max(p.errors.items(), key=lambda rm: len(rm[1]))[0]
+            raise nine_error(errno.EIO, "every member failed: %s" % reason)
+        return len(data)
+
+    def stream(self, timeout=None):
+        """sync nowait: yield rendered batches as members produce data (tail -f over a
+        group), until timeout seconds pass without data (None: forever)."""
+        self._check()
+        if self.sync != "nowait":
+            raise ValueError("stream() needs sync nowait")
+        agg = self.aggregator()
+        impl = self._remote or self._local
+        while True:
+            p = impl.next_batch(timeout)
+            if p is None:
+                return
+            self._done(p, "stream")
+            yield agg.render(p)
+
+    @property
+    def failed(self):
+        return {m: r for m, r in self.status.items() if r is not None}
+
+    def _check(self):
+        if self._closed:
+            raise ValueError("group is closed")
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        for impl in (self._remote, self._local):
+            if impl is not None:
+                impl.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return "<GroupFile %d members %s%s>" % (len(self.labels), self.agg[0],
+                                                " served" if self.served else "")
+
+
+class _RemoteGroup:
+    """The group made on the server (its group service)."""
+
+    def __init__(self, client, g):
+        self.g = g
+        conn = client.conn
+        self.conn = conn
+        aname = client.aname or ""
+        an = "groups:" + aname if aname else "groups"
+        self.fids = []
+        self.root = root = _attach(conn, client.uname or "", an, client.n_uname)
+        self.fids.append(root)
+        try:
+            f, _ = root.twalk(["features"])
+            self.fids.append(f)
+            f.lopen(os.O_RDONLY)
+            if not f.read(0, 64).startswith(FEATURES.split()[0]):
+                raise nine_error(errno.EOPNOTSUPP, "no group service")
+            clone, _ = root.twalk(["clone"])
+            self.fids.append(clone)
+            clone.lopen(os.O_RDWR)
+            self.gid = clone.read(0, 64).decode().strip()
+            self.ctl = self._open([self.gid, "ctl"], os.O_WRONLY)
+            self.partial = self._open([self.gid, "partial"], g.flags)
+            self.errors = self._open([self.gid, "errors"], os.O_RDONLY)
+            self._ctl(["add %s %s" % (m, p) for m, p in g.members])
+        except BaseException:
+            self.close()
+            raise
+        self.sent = (None, None, None)
+
+    def _open(self, names, flags):
+        f, _ = self.root.twalk(names)
+        self.fids.append(f)
+        f.lopen(flags)
+        return f
+
+    def _ctl(self, lines):
+        iou = self.conn.msize - 24
+        buf, size = [], 0
+        for line in lines:
+            b = (line + "\n").encode("utf-8", "surrogateescape")
+            if buf and size + len(b) > iou:
+                self.ctl.write(0, b"".join(buf))
+                buf, size = [], 0
+            buf.append(b)
+            size += len(b)
+        if buf:
+            self.ctl.write(0, b"".join(buf))
+
+    def _configure(self, count):
+        want = self.g._settings(count)
+        lines = [w for w, o in zip(want, self.sent) if w != o]
+        if lines:
+            try:
+                self._ctl(lines)
+            except BaseException:
+                self.sent = (None, None, None)
+                raise
+            self.sent = want
+
+    def _rpc_timeout(self):
+        g = self.g
+        return None if g.timeout is None else g.timeout + 10.0
+
+    def read(self, count):
+        self._configure(count)
+        agg = self.g.aggregator()
+        iou = self.conn.msize - 24
+        t = self._rpc_timeout()
+        data = self.partial.read(0, iou, timeout=t)
+        if len(data) == iou:
+            parts = [data]
+            off = len(data)
+            while True:
+                more = self.partial.read(off, iou, timeout=t)
+                parts.append(more)
+                off += len(more)
+                if len(more) < iou:
+                    break
+            data = b"".join(parts)
+        return agg.decode(data)
+
+    def write(self, offset, data):
+        self._configure(None)
+        t = self._rpc_timeout()
+        if len(data) > self.conn.msize - 24:
+            n = self.partial.pwrite(offset, data, timeout=t)
+        else:
+            n = self.partial.write(offset, data, timeout=t)
+        if n == len(data):
+            return {}
+        return decode_errors(self.errors.read(0, self.conn.msize - 24))
+
+    def next_batch(self, timeout):
+        self._configure(None)
+        agg = self.g.aggregator()
+        try:
+            data = self.partial.read(0, self.conn.msize - 24, timeout=timeout)
+        except NineError as e:
+            if isinstance(e, TimeoutError):
+                return None
+            raise
+        if not data:
+            return None
+        return agg.decode(data)
+
+    def close(self):
+        for f in reversed(self.fids):
+            try:
+                f.clunk_nowait()
+            except Exception:
+                pass
+        self.fids = []
+
+
+class _LocalGroup:
+    """The client does the group's work: every member opened here, reads concurrent."""
+
+    def __init__(self, client, g):
+        self.g = g
+        self.files = {}
+        self.fail = {}
+
+        def op(label, path):
+            try:
+                f = client.walk(path)
+            except (NineError, OSError) as e:
+                self.fail[label] = "open: " + (e.strerror or str(e))
+                return
+            try:
+                f.lopen(g.flags) if client.dialect.endswith(".L") else f.open(
+                    {os.O_RDONLY: 0, os.O_WRONLY: 1, os.O_RDWR: 2}[g.flags & 3])
+                self.files[label] = f
+            except (NineError, OSError) as e:
+                f.clunk_nowait()
+                self.fail[label] = "open: " + (e.strerror or str(e))
+        gevent.joinall([gevent.spawn(op, m, p) for m, p in g.members])
+        self.stream_q = None
+
+    def _run(self, fn, agg=None):
+        g = self.g
+        jobs = [(m, gevent.spawn(fn, f)) for m, f in self.files.items()]
+        try:
+            gevent.joinall([j for _, j in jobs], timeout=g.timeout)
+        except BaseException:
+            gevent.killall([j for _, j in jobs], block=False)
+            raise
+        ok, errors = {}, {}
+        for m, r in self.fail.items():
+            errors.setdefault(r, set()).add(m)
+        for m, j in jobs:
+            if not j.ready():
+                j.kill(block=False)
+                errors.setdefault("timed out after %gs" % g.timeout, set()).add(m)
+            elif j.successful():
+                ok[m] = j.value
+            else:
+                e = j.exception
+                errors.setdefault(getattr(e, "strerror", None) or str(e), set()).add(m)
+        return ok, errors
+
+    def read(self, count):
+        g = self.g
+        agg = g.aggregator()
+        off = g.offset
+
+        def rd(f):
+            want = MAX_WHOLE if count is None else count
+            out, got = [], 0
+            while got < want:
+                n = min(want - got, f._iou(), CHUNK)
+                d = f.read(off + got, n)
+                if not d:
+                    break
+                out.append(d)
+                got += len(d)
+                if len(d) < n:
+                    break
+            return b"".join(out)
+        ok, errors = self._run(rd)
+        parts = [agg.leaf(m, d) for m, d in ok.items()]
+        parts.append(A.Partial(None, errors))
+        return agg.merge(parts)
+
+    def write(self, offset, data):
+        def wr(f):
+            return f.pwrite(offset, data) if len(data) > f._iou() else f.write(offset, data)
+        ok, errors = self._run(wr)
+        for m, n in ok.items():
+            if n != len(data):
+                errors.setdefault("short write (%d of %d bytes)" % (n, len(data)),
+                                  set()).add(m)
+        return errors
+
+    def next_batch(self, timeout):
+        from gevent.queue import Queue, Empty
+        g = self.g
+        agg = g.aggregator()
+        if self.stream_q is None:
+            q = self.stream_q = Queue()
+            for m, r in self.fail.items():
+                q.put(agg.fail(m, r))
+
+            def follow(m, f, off):
+                held = b""
+                try:
+                    while True:
+                        d = f.read(off, STREAM_CHUNK)
+                        if d:
+                            off += len(d)
+                            held += d
+                            cut = held.rfind(b"\n") + 1
+                            if cut:
+                                q.put(agg.leaf(m, held[:cut]))
+                                held = held[cut:]
+                            continue
+                        if held:
+                            q.put(agg.leaf(m, held))
+                            held = b""
+                        gevent.sleep(POLL)
+                except Exception as e:
+                    q.put(agg.fail(m, getattr(e, "strerror", None) or str(e)))
+            self.followers = [gevent.spawn(follow, m, f, g.offset) for m, f in self.files.items()]
+        q = self.stream_q
+        try:
+            items = [q.get(timeout=timeout)]
+        except Empty:
+            return None
+        while True:
+            try:
+                items.append(q.get_nowait())
+            except Empty:
+                break
+        return agg.merge(items)
+
+    def close(self):
+        if self.stream_q is not None:
+            gevent.killall(self.followers, block=False)
+        for f in self.files.values():
+            try:
+                f.clunk_nowait()
+            except Exception:
+                pass
+        self.files = {}

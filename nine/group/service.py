@@ -1,0 +1,1168 @@
+"""Groups served by a server: group file operations carried down a tree of muxes.
+
+Every nine server (a leaf ``nine serve`` and every mux) offers a group service over the
+name space it serves.  It is reached as aname ``groups`` (members are paths in the default
+name space) or ``groups:ANAME`` (paths in export ANAME), and in a mux's merged name space
+as the directory ``/groups``::
+
+    groups/
+      features        "nine-groups 1": how a parent recognises the service
+      clone           open it and read: the number N of a new private group, which
+                      lives until that fid is clunked (Xcpu's clone)
+      NAME/           a group: made by mkdir (kept until rmdir) or by clone
+        ctl           commands, one per line (read: the settings in force)
+                        add NAME PATH   a member: PATH in this server's name space
+                        del NAME
+                        agg AGGREGATOR [key=value ...]     (default: concat)
+                        sync all | timeout SECONDS | nowait
+                        seek OFFSET     the member offset group reads use (default 0)
+                        count N | all   bytes read from each member (default all,
+                                        up to 1 MiB)
+                        root PREFIX     absolute symlink targets start with PREFIX
+                                        (the client's mount point): it is stripped
+        data          read: the aggregated result, rendered (a read at offset 0 runs a
+                      group read; later offsets page through that result; with
+                      `sync nowait` a read blocks until some member has data and
+                      returns what has arrived, as tail -f does).  write: every member
+                      is written at the same offset with the same bytes.
+        partial       the same operations for a parent mux: a read gives the encoded
+                      partial result (nine.group.aggregate); a write returns a short
+                      count when some member failed (then read `errors`)
+        status        per-member status of the last operation (text)
+        errors        the failed members of the last operation (encoded, JSON)
+        <member>      a symlink per member: `ln -s ../../proc/1/node3/mem g/n3` adds one;
+                      relative targets are resolved from the group's directory
+                      (/groups/NAME), absolute ones from the name space root (after the
+                      `root` prefix, or with leading components dropped until a target
+                      resolves: /mnt/nine/proc/... finds /proc/...)
+
+How a group operation runs (the MRNet filter model): the opener's files are opened once
+per open of `data`/`partial`.  Each member path is walked in this server's name space;
+a member that lands on a remote child that offers groups is not opened here: the members
+of one child are handed to a private group on that child (two or more members per child),
+and each group read is then one read of that child's `partial` file, whose answer is the
+child's already merged partial result.  Local members (and children without the service)
+are read here concurrently and mapped with ``leaf``; everything is merged with the
+aggregator's ``merge`` and rendered only at the top (`data`).  Writes go down the same
+way.  With `sync timeout T` a member (or a whole child) that has not answered by T is
+named in the status as timed out and its request is flushed; children get a shorter
+timeout so that their partial result arrives in time.
+"""
+
+import errno
+import json
+import os
+import posixpath
+import stat as S
+import time
+
+import gevent
+from gevent.lock import Semaphore
+from gevent.queue import Queue, Empty
+
+from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY, L_O_WRONLY
+from ..server.node import Node, Attr, Dirent, StatFS, error
+from . import aggregate as A
+
+FEATURES = b"nine-groups 1\n"
+MAX_WHOLE = 1 << 20          # "count all" reads at most this much of each member
+CHUNK = 1 << 16
+MAX_MEMBERS = 1 << 20
+STREAM_CHUNK = 8192          # nowait: member data per item
+POLL = 0.25                  # nowait: how often a member at end of file is read again
+
+
+def _qp():
+    from ..synth import files
+    return next(files._qpaths)
+
+
+def _parse_value(v):
+    low = v.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    if ":" in v:
+        parts = v.split(":")
+        try:
+            return tuple(float(p) for p in parts)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_agg(args):
+    """['equiv', 'format=i64'] -> (name, params)"""
+    if not args:
+        raise ValueError("agg needs an aggregator name (known: %s)" % ", ".join(A.names()))
+    params = {}
+    for a in args[1:]:
+        k, sep, v = a.partition("=")
+        if not sep or not k:
+            raise ValueError("aggregator parameter %r is not key=value" % a)
+        params[k] = _parse_value(v)
+    A.get(args[0], **params)      # refuses an unknown name or parameter now
+    return args[0], params
+
+
+def format_agg(name, params):
+    def fv(v):
+        if isinstance(v, tuple):
+            return ":".join(repr(x) for x in v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v)
+    return " ".join([name] + ["%s=%s" % (k, fv(v)) for k, v in sorted(params.items())])
+
+
+def _reason(e):
+    if isinstance(e, gevent.Timeout):
+        return "timed out"
+    if isinstance(e, OSError):
+        return e.strerror or os.strerror(e.errno or errno.EIO)
+    return "%s: %s" % (type(e).__name__, e)
+
+
+def _names(path):
+    return [p for p in path.split("/") if p and p != "."]
+
+
+# ---------------------------------------------------------------------------------------
+# a group: its members and settings (shared by every open of its files)
+
+class Group:
+    def __init__(self, name, private=False):
+        self.name = name
+        self.private = private
+        self.members = {}          # label -> target as given (symlink text or ctl path)
+        self.agg = ("concat", {})
+        self.sync = "all"
+        self.timeout = None
+        self.offset = 0
+        self.count = None          # None = whole member (up to MAX_WHOLE)
+        self.root = None
+        self.qpath = _qp()
+        self.files = {n: _qp() for n in ("ctl", "data", "partial", "status", "errors")}
+        self.mqpaths = {}
+        self.version = 0
+        self.mtime = time.time_ns()
+        self.last = None           # (what, members, Partial, seconds)
+        self.gen = 0               # bumped when members or settings change
+
+    def changed(self):
+        self.gen += 1
+        self.version = (self.version + 1) & 0xFFFFFFFF
+        self.mtime = time.time_ns()
+
+    def aggregator(self):
+        return A.get(self.agg[0], **self.agg[1])
+
+    def add(self, label, target):
+        if not label or "/" in label or label in self.files or label in (".", ".."):
+            raise error(errno.EINVAL, "bad member name %r" % label)
+        if label in self.members:
+            raise error(errno.EEXIST, "member %r exists" % label)
+        if len(self.members) >= MAX_MEMBERS:
+            raise error(errno.ENOSPC, "too many members")
+        self.members[label] = target
+        self.mqpaths[label] = _qp()
+        self.changed()
+
+    def remove(self, label):
+        if label not in self.members:
+            raise error(errno.ENOENT, "no member %r" % label)
+        del self.members[label]
+        self.mqpaths.pop(label, None)
+        self.changed()
+
+    def ctl(self, text):
+        for line in text.splitlines():
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            cmd, args = words[0], words[1:]
+            try:
+                self._command(cmd, args, line)
+            except ValueError as e:
+                raise error(errno.EINVAL, "%s: %s" % (cmd, e))
+
+    def _command(self, cmd, args, line):
+        if cmd == "add":
+            if len(args) != 2:
+                raise ValueError("usage: add NAME PATH")
+            self.add(args[0], args[1])
+        elif cmd == "del":
+            for a in args:
+                self.remove(a)
+        elif cmd == "agg":
+            self.agg = parse_agg(args)
+            self.changed()
+        elif cmd == "sync":
+            if args == ["all"]:
+                self.sync, self.timeout = "all", None
+            elif args == ["nowait"]:
+                self.sync, self.timeout = "nowait", None
+            elif len(args) == 2 and args[0] == "timeout":
+                t = float(args[1])
+                if not (t > 0 and t < 1e6):
+                    raise ValueError("timeout must be > 0 seconds")
+                self.sync, self.timeout = "timeout", t
+            else:
+                raise ValueError("usage: sync all | timeout SECONDS | nowait")
+            self.changed()
+        elif cmd == "seek":
+            if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "count"):
+                raise ValueError("usage: seek OFFSET [count N|all]")
+            off = int(args[0], 0)
+            if not 0 <= off < 1 << 64:
+                raise ValueError("offset out of range")
+            self.offset = off
+            if len(args) == 3:
+                self._command("count", args[2:], line)
+            self.changed()
+        elif cmd == "count":
+            if len(args) != 1:
+                raise ValueError("usage: count N | all")
+            if args[0] == "all":
+                self.count = None
+            else:
+                n = int(args[0], 0)
+                if not 0 <= n <= MAX_WHOLE:
+                    raise ValueError("count must be 0 to %d" % MAX_WHOLE)
+                self.count = n
+            self.changed()
+        elif cmd == "root":
+            self.root = args[0].rstrip("/") if args else None
+            self.changed()
+        else:
+            raise ValueError("unknown command (add, del, agg, sync, seek, count, root)")
+
+    def settings(self):
+        sync = self.sync if self.sync != "timeout" else "timeout %g" % self.timeout
+        lines = ["agg %s" % format_agg(*self.agg), "sync %s" % sync,
+                 "seek %d" % self.offset,
+                 "count %s" % ("all" if self.count is None else self.count),
+                 "members %d" % len(self.members)]
+        if self.root:
+            lines.append("root %s" % self.root)
+        return ("\n".join(lines) + "\n").encode()
+
+    def status_text(self):
+        if self.last is None:
+            return b"no operation yet\n"
+        what, members, p, secs = self.last
+        failed = p.members_failed()
+        ok = set(members) - failed
+        out = ["%s: %d members, %d ok, %d failed, %.3f s" % (what, len(members), len(ok),
+                                                          len(failed), secs)]
+        if ok:
+            out.append("ok %s" % A.fold(ok))
+        for reason, ms in sorted(p.errors.items(), key=lambda rm: (-len(rm[1]), rm[0])):
+            out.append("failed %s: %s" % (A.fold(ms), " ".join(reason.split())))
+        return ("\n".join(out) + "\n").encode("utf-8", "surrogateescape")
+
+    def errors_wire(self):
+        if self.last is None:
+            return b"[]"
+        p = self.last[2]
+        return json.dumps([[r, A._fold_wire(ms)] for r, ms in sorted(p.errors.items())],
+                          separators=(",", ":")).encode()
+
+
+def decode_errors(data):
+    out = {}
+    for r, ms in json.loads(bytes(data).decode()):
+        out.setdefault(r, set()).update(A._unfold_wire(ms))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# a child's group service, used by a mux for the members under that child
+
+class ChildGroup:
+    """A private group on a child (through its `groups` aname): one per open here."""
+
+    def __init__(self, child, ctx, members, flags):
+        self.child = child
+        self.members = members            # [(label, path in the child)]
+        self.labels = [m for m, _ in members]
+        self.sent = None                  # settings last written to the child's ctl
+        self.ln, root = child.group_root(ctx)
+        conn = root.conn
+        self.conn = conn
+        self.fids = []
+        try:
+            clone, _ = root.twalk(["clone"])
+            self.fids.append(clone)
+            clone.lopen(os.O_RDWR)
+            gid = clone.read(0, 64).decode().strip()
+            self.ctl = self._open(root, [gid, "ctl"], os.O_WRONLY)
+            self.partial = self._open(root, [gid, "partial"], flags & L_O_ACCMODE)
+            self.errors = self._open(root, [gid, "errors"], os.O_RDONLY)
+            self._write_lines(["add %s %s" % (m, p) for m, p in members])
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, root, names, flags):
+        f, _ = root.twalk(names)
+        self.fids.append(f)
+        f.lopen(flags)
+        return f
+
+    def _write_lines(self, lines):
+        iou = self.conn.msize - 24
+        buf = []
+        size = 0
+        for line in lines:
+            b = (line + "\n").encode("utf-8", "surrogateescape")
+            if buf and size + len(b) > iou:
+                self.ctl.write(0, b"".join(buf))
+                buf, size = [], 0
+            buf.append(b)
+            size += len(b)
+        if buf:
+            self.ctl.write(0, b"".join(buf))
+
+    def configure(self, group, timeout):
+        """Send the settings a read needs (only what changed since the last time)."""
+        if group.sync == "nowait":
+            sync = "sync nowait"
+        elif timeout is not None:
+            sync = "sync timeout %.3f" % max(0.01, timeout)
+        else:
+            sync = "sync all"
+        want = ("agg %s" % format_agg(*group.agg), sync,
+                "seek %d count %s" % (group.offset,
+                                      "all" if group.count is None else group.count))
+        old = self.sent or (None, None, None)
+        lines = [w for w, o in zip(want, old) if w != o]
+        if lines:
+            self._write_lines(lines)
+            self.sent = want
+
+    def read(self, agg, timeout):
+        """One partial result for all of this child's members: a read at offset 0 runs
+        the child's group read; a full-size answer is continued at later offsets."""
+        iou = self.conn.msize - 24
+        data = self.partial.read(0, iou)
+        if len(data) < iou:
+            return agg.decode(data)
+        parts = [data]
+        off = len(data)
+        while True:
+            more = self.partial.read(off, iou)
+            parts.append(more)
+            off += len(more)
+            if len(more) < iou:
+                break
+        return agg.decode(b"".join(parts))
+
+    def read_stream(self, agg):
+        """nowait: the next batch (blocks until the child has one); None at the end."""
+        data = self.partial.read(0, self.conn.msize - 24)
+        if not data:
+            return None
+        return agg.decode(data)
+
+    def write(self, offset, data):
+        """Write every member; returns {reason: members} of those that failed."""
+        n = self.partial.pwrite(offset, data) if len(data) > self.conn.msize - 24 else \
+            self.partial.write(offset, data)
+        if n == len(data):
+            return {}
+        return decode_errors(self.errors.read(0, self.conn.msize - 24))
+
+    def close(self):
+        for f in reversed(self.fids):
+            try:
+                f.clunk_nowait()
+            except Exception:
+                pass
+        self.fids = []
+
+
+# ---------------------------------------------------------------------------------------
+# one open of a group's data/partial file: the members opened, the operations
+
+class GroupOpen:
+    def __init__(self, svc, group, ctx, flags):
+        self.svc = svc
+        self.group = group
+        self.ctx = ctx
+        self.flags = flags
+        self.lock = Semaphore()
+        self.local = {}            # label -> open Node
+        self.children = []         # ChildGroup
+        self.openfail = {}         # label -> reason
+        self.gen = None
+        self.snapshot = None
+        self.stream = None
+        self.pause_at = None
+        self.buf = b""
+        self.plan()
+
+    # -- opening the members -----------------------------------------------------
+    def plan(self):
+        self.release()
+        g = self.group
+        self.gen = g.gen
+        ctx = self.ctx
+        try:
+            root = self.svc.ns_attach(ctx)
+        except OSError as e:
+            self.openfail = {m: "name space: " + _reason(e) for m in g.members}
+            return
+        by_child = {}
+        results = {}
+
+        def resolve(label, target):
+            try:
+                results[label] = self.svc.resolve(ctx, root, g, target)
+            except Exception as e:
+                results[label] = e
+
+        from gevent.pool import Pool
+        pool = Pool(64)
+        try:
+            for label, target in list(g.members.items()):
+                pool.spawn(resolve, label, target)
+            pool.join()
+        finally:
+            pool.kill()
+            root.close(ctx)
+        delegable = {}
+        for label, r in results.items():
+            if isinstance(r, BaseException):
+                self.openfail[label] = _reason(r)
+                continue
+            node, names = r
+            child = self.svc.child_of(node)
+            if child is not None:
+                delegable.setdefault(child, []).append((label, node, names))
+            else:
+                results[label] = node
+                self._open_local(label, node)
+        for child, items in delegable.items():
+            if len(items) >= 2 and self.svc.child_offers_groups(child, ctx):
+                by_child[child] = [(label, "/" + "/".join(node.path)) for label, node, _ in items]
+                for _, node, _ in items:
+                    node.close(ctx)
+            else:
+                for label, node, _ in items:
+                    self._open_local(label, node)
+
+        def mk(child, members):
+            try:
+                self.children.append(ChildGroup(child, ctx, members, self.flags))
+            except Exception as e:
+                why = "%s: %s" % (child.name, _reason(e))
+                for label, _ in members:
+                    self.openfail[label] = why
+        gevent.joinall([gevent.spawn(mk, c, ms) for c, ms in by_child.items()])
+
+    def _open_local(self, label, node):
+        try:
+            node.open(self.ctx, self.flags & ~(os.O_CREAT | os.O_EXCL))
+            self.local[label] = node
+        except Exception as e:
+            self.openfail[label] = _reason(e)
+            try:
+                node.close(self.ctx)
+            except Exception:
+                pass
+
+    def release(self):
+        self.stop_stream()
+        for node in self.local.values():
+            try:
+                node.close(self.ctx)
+            except Exception:
+                pass
+        self.local = {}
+        for c in self.children:
+            c.close()
+        self.children = []
+        self.openfail = {}
+
+    def refresh(self):
+        if self.gen != self.group.gen:
+            if set(self.group.members) != set(self.members()):
+                self.plan()
+            self.gen = self.group.gen
+
+    def members(self):
+        out = list(self.local) + list(self.openfail)
+        for c in self.children:
+            out.extend(c.labels)
+        return out
+
+    # -- reads --------------------------------------------------------------------
+    def _read_member(self, node, offset, count):
+        want = MAX_WHOLE if count is None else count
+        out = []
+        got = 0
+        while got < want:
+            n = min(want - got, node.iounit or CHUNK, CHUNK)
+            data = node.read(self.ctx, offset + got, n)
+            if not data:
+                break
+            out.append(bytes(data))
+            got += len(data)
+            if len(data) < n:
+                break
+        return b"".join(out)
+
+    def read(self):
+        """A group read with the group's settings: the merged Partial."""
+        with self.lock:
+            self.refresh()
+            g = self.group
+            agg = g.aggregator()
+            t0 = time.monotonic()
+            timeout = g.timeout if g.sync == "timeout" else None
+            child_t = None if timeout is None else max(0.01, timeout * 0.8 - 0.02)
+            parts = [agg.fail(m, "open: " + r) for m, r in self.openfail.items()]
+            jobs = []
+            for label, node in self.local.items():
+                jobs.append((gevent.spawn(self._read_member, node, g.offset, g.count),
+                             "m", label))
+            for c in self.children:
+                def one(c=c):
+                    c.configure(g, child_t)
+                    return c.read(agg, child_t)
+                jobs.append((gevent.spawn(one), "c", c))
+            try:
+                gevent.joinall([j for j, _, _ in jobs], timeout=timeout)
+            except BaseException:
+                gevent.killall([j for j, _, _ in jobs], block=False)
+                raise
+            for j, kind, who in jobs:
+                if not j.ready():
+                    j.kill(block=False)
+                    reason = "timed out after %gs" % timeout
+                    if kind == "m":
+                        parts.append(agg.fail(who, reason))
+                    else:
+                        parts.append(A.Partial(None, {reason: set(who.labels)}))
+                    if kind == "c":
+                        who.sent = None     # its state is unknown now: resend settings
+                elif j.successful():
+                    v = j.value
+                    parts.append(agg.leaf(who, v) if kind == "m" else v)
+                else:
+                    e = j.exception
+                    if kind == "m":
+                        parts.append(agg.fail(who, _reason(e)))
+                    else:
+                        who.sent = None
+                        parts.append(A.Partial(None, {"%s: %s" % (who.child.name, _reason(e)):
+                                                      set(who.labels)}))
+            p = agg.merge(parts)
+            g.last = ("read", self.members(), p, time.monotonic() - t0)
+            return agg, p
+
+    # -- nowait streams -------------------------------------------------------------
+    def start_stream(self):
+        g = self.group
+        agg = g.aggregator()
+        q = Queue()
+        greenlets = []
+        for label, r in self.openfail.items():
+            q.put(agg.fail(label, "open: " + r))
+        for label, node in self.local.items():
+            greenlets.append(gevent.spawn(self._follow, label, node, g.offset, agg, q))
+        for c in self.children:
+            def follow_child(c=c):
+                try:
+                    c.configure(g, None)
+                    while True:
+                        p = c.read_stream(agg)
+                        if p is None:
+                            return
+                        q.put(p)
+                except Exception as e:
+                    q.put(A.Partial(None, {"%s: %s" % (c.child.name, _reason(e)):
+                                           set(c.labels)}))
+            greenlets.append(gevent.spawn(follow_child))
+        self.stream = (agg, q, greenlets)
+
+    def _follow(self, label, node, offset, agg, q):
+        """tail -f of one member: read on from its offset; poll at end of file."""
+        held = b""
+        held_since = None
+        try:
+            while True:
+                data = node.read(self.ctx, offset, STREAM_CHUNK)
+                if data:
+                    offset += len(data)
+                    held += bytes(data)
+                    # hand on whole lines; a partial line waits for its end (or 1 s)
+                    cut = held.rfind(b"\n") + 1
+                    if cut:
+                        q.put(agg.leaf(label, held[:cut]))
+                        held = held[cut:]
+                    held_since = time.monotonic() if held else None
+                    continue
+                if held and held_since is not None and time.monotonic() - held_since > 1:
+                    q.put(agg.leaf(label, held))
+                    held, held_since = b"", None
+                gevent.sleep(POLL)
+        except Exception as e:
+            if held:
+                q.put(agg.leaf(label, held))
+            q.put(agg.fail(label, _reason(e)))
+
+    def stop_stream(self):
+        s = self.stream
+        self.stream = None
+        if s is not None:
+            gevent.killall(s[2], block=False)
+
+    def next_batch(self, block=True, limit=None):
+        """nowait: merge what has arrived (waiting for something when block)."""
+        if self.stream is None:
+            self.start_stream()
+        agg, q, _ = self.stream
+        items = []
+        try:
+            items.append(q.get(block=block))
+        except Empty:
+            return agg, None
+        size = 0
+        while limit is None or size < limit:
+            try:
+                p = q.get_nowait()
+            except Empty:
+                break
+            items.append(p)
+            size += len(agg.encode(p)) if limit is not None else 0
+        return agg, agg.merge(items)
+
+    # -- writes -----------------------------------------------------------------
+    def write(self, offset, data):
+        with self.lock:
+            self.refresh()
+            g = self.group
+            t0 = time.monotonic()
+            timeout = g.timeout if g.sync == "timeout" else None
+            errors = {}
+            for m, r in self.openfail.items():
+                errors.setdefault("open: " + r, set()).add(m)
+            jobs = []
+            for label, node in self.local.items():
+                jobs.append((gevent.spawn(self._write_member, node, offset, data), "m", label))
+            for c in self.children:
+                jobs.append((gevent.spawn(c.write, offset, data), "c", c))
+            try:
+                gevent.joinall([j for j, _, _ in jobs], timeout=timeout)
+            except BaseException:
+                gevent.killall([j for j, _, _ in jobs], block=False)
+                raise
+            for j, kind, who in jobs:
+                labels = {who} if kind == "m" else set(who.labels)
+                if not j.ready():
+                    j.kill(block=False)
+                    errors.setdefault("timed out after %gs" % timeout, set()).update(labels)
+                elif not j.successful():
+                    why = _reason(j.exception)
+                    if kind == "c":
+                        why = "%s: %s" % (who.child.name, why)
+                    errors.setdefault(why, set()).update(labels)
+                elif kind == "c":
+                    for r, ms in j.value.items():
+                        errors.setdefault(r, set()).update(ms)
+            p = A.Partial(None, errors)
+            g.last = ("write %d bytes at %d" % (len(data), offset), self.members(), p,
+                      time.monotonic() - t0)
+            return p
+
+    def _write_member(self, node, offset, data):
+        done = 0
+        while done < len(data):
+            n = node.write(self.ctx, offset + done, data[done:])
+            if n <= 0:
+                raise error(errno.EIO, "short write")
+            done += n
+        return done
+
+    def close(self):
+        self.release()
+
+
+# ---------------------------------------------------------------------------------------
+# the file tree
+
+class _GNode(Node):
+    may_block = True
+    iounit = 0
+
+    def __init__(self, svc, kind, group=None, member=None):
+        self.svc = svc
+        self.kind = kind            # root, features, clone, dir, ctl, data, partial, status,
+        self.group = group          # errors, member
+        self.member = member
+        self.opened = False
+        self.state = None           # GroupOpen (data/partial) / clone's Group
+        self.snapshot = None
+
+    @property
+    def qid(self):
+        g = self.group
+        k = self.kind
+        if k == "root":
+            return Qid(QTDIR, self.svc.version, self.svc.qpath)
+        if k in ("features", "clone"):
+            return Qid(QTFILE, 0, self.svc.qpaths[k])
+        if k == "dir":
+            return Qid(QTDIR, g.version, g.qpath)
+        if k == "member":
+            return Qid(QTSYMLINK, 0, g.mqpaths.get(self.member, 0))
+        return Qid(QTFILE, g.version if k in ("ctl", "status", "errors") else 0, g.files[k])
+
+    def clone(self, ctx):
+        return _GNode(self.svc, self.kind, self.group, self.member)
+
+    def _child(self, name):
+        svc = self.svc
+        if self.kind == "root":
+            if name in ("features", "clone"):
+                return _GNode(svc, name)
+            g = svc.groups.get(name)
+            if g is not None:
+                return _GNode(svc, "dir", g)
+            return None
+        if self.kind == "dir":
+            g = self.group
+            if svc.groups.get(g.name) is not g:
+                return None
+            if name in g.files:
+                return _GNode(svc, name, g)
+            if name in g.members:
+                return _GNode(svc, "member", g, name)
+        return None
+
+    def walk(self, ctx, names):
+        out = []
+        cur = self
+        for name in names:
+            if cur.kind not in ("root", "dir"):
+                break
+            if name == "..":
+                nxt = _GNode(self.svc, "root")
+            elif name == ".":
+                nxt = cur.clone(ctx)
+            else:
+                nxt = cur._child(name)
+            if nxt is None:
+                if not out:
+                    raise error(errno.ENOENT)
+                break
+            out.append(nxt)
+            cur = nxt
+        return out
+
+    def getattr(self, ctx):
+        k = self.kind
+        uid = self.svc.uid if self.svc.uid is not None else (ctx.uid or 0)
+        gid = self.svc.gid if self.svc.gid is not None else (ctx.gid or 0)
+        mt = self.group.mtime if self.group is not None else self.svc.mtime
+        size = 0
+        if k == "root":
+            mode = S.S_IFDIR | 0o777 | S.S_ISVTX
+        elif k == "dir":
+            mode = S.S_IFDIR | 0o755
+        elif k == "member":
+            mode = S.S_IFLNK | 0o777
+            size = len(self.group.members.get(self.member, ""))
+        elif k in ("features", "status", "errors"):
+            mode = S.S_IFREG | 0o444
+        elif k == "clone":
+            mode = S.S_IFREG | 0o666
+        elif k == "ctl":
+            mode = S.S_IFREG | 0o664
+        else:
+            mode = S.S_IFREG | 0o666
+        return Attr(qid=self.qid, mode=mode, uid=uid, gid=gid,
+                    nlink=2 if S.S_ISDIR(mode) else 1, size=size, blksize=4096,
+                    atime=mt, mtime=mt, ctime=mt)
+
+    def setattr(self, ctx, sa):
+        if sa.mode is not None or sa.uid is not None or sa.gid is not None:
+            raise error(errno.EPERM)
+        if sa.size not in (None, 0):
+            raise error(errno.EPERM)
+
+    def statfs(self, ctx):
+        return StatFS(type=0x01021997, bsize=4096, namelen=255)
+
+    # -- directories ------------------------------------------------------------
+    def readdir(self, ctx, offset, count):
+        svc = self.svc
+        if self.kind == "root":
+            ents = [("clone", QTFILE, 8, svc.qpaths["clone"]),
+                    ("features", QTFILE, 8, svc.qpaths["features"])]
+            ents += [(n, QTDIR, 4, g.qpath) for n, g in sorted(svc.groups.items())
+                     if not g.private or True]
+        else:
+            g = self.group
+            ents = [(n, QTFILE, 8, g.files[n]) for n in ("ctl", "data", "errors",
+                                                         "partial", "status")]
+            ents += [(m, QTSYMLINK, 10, g.mqpaths[m]) for m in sorted(g.members)]
+        out = []
+        for i in range(offset, len(ents)):
+            name, qt, dt, qp = ents[i]
+            out.append(Dirent(Qid(qt, 0, qp), i + 1, dt, name))
+            if len(out) * 40 > count:
+                break
+        return out
+
+    def mkdir(self, ctx, name, mode, gid):
+        if self.kind != "root":
+            raise error(errno.EPERM, "groups are made in the groups directory")
+        g = self.svc.new_group(name)
+        return Qid(QTDIR, 0, g.qpath)
+
+    def symlink(self, ctx, name, target, gid):
+        if self.kind != "dir":
+            raise error(errno.EPERM, "members are symlinks in a group's directory")
+        self.group.add(name, target)
+        return Qid(QTSYMLINK, 0, self.group.mqpaths[name])
+
+    def readlink(self, ctx):
+        if self.kind != "member":
+            raise error(errno.EINVAL)
+        t = self.group.members.get(self.member)
+        if t is None:
+            raise error(errno.ENOENT)
+        return t
+
+    def unlinkat(self, ctx, name, flags):
+        if self.kind == "root":
+            g = self.svc.groups.get(name)
+            if g is None:
+                raise error(errno.ENOENT)
+            self.svc.drop_group(g)
+            return
+        if self.kind == "dir":
+            if name in self.group.files:
+                raise error(errno.EPERM, "a group's own files cannot be removed")
+            self.group.remove(name)
+            return
+        raise error(errno.ENOTDIR)
+
+    def remove(self, ctx):
+        k = self.kind
+        if k == "dir":
+            self.svc.drop_group(self.group)
+        elif k == "member":
+            self.group.remove(self.member)
+        else:
+            raise error(errno.EPERM)
+
+    def renameat(self, ctx, oldname, newdir, newname):
+        raise error(errno.EPERM)
+
+    def rename(self, ctx, newdir, newname):
+        raise error(errno.EPERM)
+
+    # -- files ------------------------------------------------------------------
+    def open(self, ctx, flags):
+        k = self.kind
+        acc = flags & L_O_ACCMODE
+        if k in ("root", "dir"):
+            if acc != L_O_RDONLY:
+                raise error(errno.EISDIR)
+        elif k == "member":
+            raise error(errno.ELOOP)
+        elif k in ("features", "status", "errors") and acc != L_O_RDONLY:
+            raise error(errno.EACCES)
+        elif k == "clone":
+            self.state = self.svc.new_group(None, private=True)
+        elif k in ("data", "partial"):
+            if self.svc.groups.get(self.group.name) is not self.group:
+                raise error(errno.ENOENT, "the group is gone")
+            self.state = GroupOpen(self.svc, self.group, ctx, flags)
+        self.opened = True
+
+    def read(self, ctx, offset, count):
+        k = self.kind
+        if k in ("data", "partial"):
+            return self._read_op(offset, count, k == "data")
+        if self.snapshot is None or offset == 0:
+            if k == "features":
+                data = FEATURES
+            elif k == "clone":
+                data = (self.state.name + "\n").encode()
+            elif k == "ctl":
+                data = self.group.settings()
+            elif k == "status":
+                data = self.group.status_text()
+            elif k == "errors":
+                data = self.group.errors_wire()
+            else:
+                raise error(errno.EINVAL)
+            self.snapshot = data
+        return self.snapshot[offset:offset + count]
+
+    def _read_op(self, offset, count, render):
+        st = self.state
+        g = self.group
+        if g.sync == "nowait":
+            if st.buf:
+                out, st.buf = st.buf[:count], st.buf[count:]
+                st.pause_at = offset + len(out) if not st.buf else None
+                return out
+            block = st.pause_at != offset
+            st.pause_at = None
+            if st.gen != g.gen:
+                with st.lock:
+                    st.refresh()
+            agg, p = st.next_batch(block=block, limit=None if render else count // 2)
+            if p is None:
+                return b""
+            g.last = ("stream", st.members(), p, 0.0)
+            data = agg.render(p) if render else agg.encode(p)
+            if not render:
+                return data          # a whole encoded partial per read
+            out, st.buf = data[:count], data[count:]
+            st.pause_at = offset + len(out) if not st.buf else None
+            return out
+        st.stop_stream()
+        if offset == 0 or st.snapshot is None:
+            agg, p = st.read()
+            st.snapshot = agg.render(p) if render else agg.encode(p)
+        return st.snapshot[offset:offset + count]
+
+    def write(self, ctx, offset, data):
+        k = self.kind
+        data = bytes(data)
+        if k == "ctl":
+            self.group.ctl(data.decode("utf-8", "surrogateescape"))
+            return len(data)
+        if k in ("data", "partial"):
+            p = self.state.write(offset, data)
+            failed = p.members_failed()
+            if not failed:
+                return len(data)
+            if k == "partial":
+                return max(0, len(data) - 1)
+            if failed >= set(self.state.members()):
+                reasons = sorted(p.errors.items(), key=lambda rm: -len(rm[1]))
+                raise error(errno.EIO, "every member failed: %s" % reasons[0][0])
+            return len(data)
+        raise error(errno.EACCES)
+
+    def close(self, ctx):
+        st = self.state
+        self.state = None
+        self.snapshot = None
+        if self.opened and st is not None:
+            if self.kind == "clone":
+                self.svc.drop_group(st)
+            elif isinstance(st, GroupOpen):
+                st.close()
+        self.opened = False
+
+    def listxattr(self, ctx):
+        return []
+
+    def getxattr(self, ctx, name):
+        raise error(errno.ENODATA)
+
+
+class GroupService:
+    """The group service over one name space (ns_attach(ctx) -> its root Node)."""
+
+    def __init__(self, ns_attach, uid=None, gid=None, base="/groups"):
+        self.ns_attach = ns_attach
+        self.groups = {}
+        self.seq = 0
+        self.qpath = _qp()
+        self.qpaths = {"clone": _qp(), "features": _qp()}
+        self.version = 0
+        self.mtime = time.time_ns()
+        self.uid = uid
+        self.gid = gid
+        self.base = base            # where relative symlink targets are resolved from
+        self._caps = {}             # (child, link gen) -> bool
+
+    def attach(self, ctx):
+        return _GNode(self, "root")
+
+    def new_group(self, name, private=False):
+        if name is None:
+            while True:
+                self.seq += 1
+                name = str(self.seq)
+                if name not in self.groups:
+                    break
+        elif not name or "/" in name or name in (".", "..", "clone", "features"):
+            raise error(errno.EINVAL, "bad group name %r" % name)
+        elif name in self.groups:
+            raise error(errno.EEXIST)
+        g = Group(name, private)
+        self.groups[name] = g
+        self.version = (self.version + 1) & 0xFFFFFFFF
+        self.mtime = time.time_ns()
+        return g
+
+    def drop_group(self, g):
+        if self.groups.get(g.name) is g:
+            del self.groups[g.name]
+            self.version = (self.version + 1) & 0xFFFFFFFF
+            self.mtime = time.time_ns()
+
+    # -- member resolution --------------------------------------------------------
+    def candidates(self, g, target):
+        if not target.startswith("/"):
+            return [_names(posixpath.normpath(posixpath.join(self.base, g.name, target)))]
+        if g.root and (target == g.root or target.startswith(g.root + "/")):
+            return [_names(posixpath.normpath(target[len(g.root):] or "/"))]
+        names = _names(posixpath.normpath(target))
+        return [names[i:] for i in range(0, min(len(names), 9))]
+
+    def resolve(self, ctx, root, g, target):
+        """(node, names) of a member's file; the node is not open."""
+        last = None
+        for names in self.candidates(g, target):
+            if not names:
+                continue
+            try:
+                return self._walk(ctx, root, names), names
+            except OSError as e:
+                if last is None or e.errno != errno.ENOENT:
+                    last = e
+        raise last or error(errno.ENOENT, "no such member file %r" % target)
+
+    def _walk(self, ctx, root, names):
+        cur = root.clone(ctx)
+        try:
+            i = 0
+            while i < len(names):
+                chunk = names[i:i + 16]
+                nodes = cur.walk(ctx, chunk)
+                for n in nodes[:-1]:
+                    n.close(ctx)
+                if len(nodes) != len(chunk):
+                    if nodes:
+                        nodes[-1].close(ctx)
+                    raise error(errno.ENOENT, "No such file or directory: /%s" %
+                                "/".join(names[:i + len(nodes) + 1]))
+                cur.close(ctx)
+                cur = nodes[-1]
+                i += len(chunk)
+            return cur
+        except BaseException:
+            cur.close(ctx)
+            raise
+
+    def child_of(self, node):
+        """The remote child a node lives on (a mux's RemoteNode), else None."""
+        child = getattr(node, "child", None)
+        if child is None or not hasattr(child, "group_root"):
+            return None
+        return child
+
+    def child_offers_groups(self, child, ctx):
+        try:
+            ln, root = child.group_root(ctx)
+        except Exception:
+            return False
+        return True
+
+
+def install(server, ns_attach_for=None):
+    """Offer the group service on a Server: aname `groups` (the default name space) and
+    `groups:A` for each export A.  Returns the services {aname: GroupService}."""
+    out = {}
+    exports = dict(server.exports)
+    default = exports.get(None) or exports.get("nine")
+    if default is not None:
+        svc = GroupService(default)
+        server.exports["groups"] = svc.attach
+        out["groups"] = svc
+    for aname, attach in exports.items():
+        if aname is None or aname.startswith("groups"):
+            continue
+        svc = out.get("groups") if attach is default else GroupService(attach)
+        server.exports["groups:" + aname] = svc.attach
+        out["groups:" + aname] = svc
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# /groups inside a served name space
+
+_OVERLAY_COOKIE = (1 << 63) + 0x67726F7570        # the cookie after the `groups` entry
+
+
+class GroupsOverlay(Node):
+    """A name space root with the group service's directory added as /groups (it hides
+    a `groups` entry of the name space itself)."""
+
+    NAME = "groups"
+
+    def __init__(self, inner, svc):
+        self.inner = inner
+        self.svc = svc
+
+    qid = property(lambda self: self.inner.qid)
+    iounit = property(lambda self: self.inner.iounit)
+    name = property(lambda self: getattr(self.inner, "name", "/"))
+    may_block = property(lambda self: getattr(self.inner, "may_block", True))
+
+    def walk(self, ctx, names):
+        if names and names[0] == self.NAME:
+            root = self.svc.attach(ctx)
+            rest = names[1:]
+            if not rest:
+                return [root]
+            try:
+                more = root.walk(ctx, rest)
+            except OSError:
+                more = []
+            return [root] + more
+        return self.inner.walk(ctx, names)
+
+    def clone(self, ctx):
+        return GroupsOverlay(self.inner.clone(ctx), self.svc)
+
+    def readdir(self, ctx, offset, count):
+        out = []
+        if offset == 0:
+            out.append(Dirent(Qid(QTDIR, 0, self.svc.qpath), _OVERLAY_COOKIE, 4, self.NAME))
+            offset = 0
+        elif offset == _OVERLAY_COOKIE:
+            offset = 0
+        out.extend(e for e in self.inner.readdir(ctx, offset, count) if e.name != self.NAME)
+        return out
+
+    def mkdir(self, ctx, name, mode, gid):
+        if name == self.NAME:
+            raise error(errno.EEXIST)
+        return self.inner.mkdir(ctx, name, mode, gid)
+
+    def unlinkat(self, ctx, name, flags):
+        if name == self.NAME:
+            raise error(errno.EPERM, "the groups directory cannot be removed")
+        return self.inner.unlinkat(ctx, name, flags)
+
+
+def _delegate(meth):
+    def f(self, *a, **kw):
+        return getattr(self.inner, meth)(*a, **kw)
+    f.__name__ = meth
+    return f
+
+
+for _m in ("getattr", "setattr", "statfs", "open", "read", "write", "fsync", "close",
+           "create", "symlink", "mknod", "link", "renameat", "rename", "remove", "readlink",
+           "lock", "getlock", "listxattr", "getxattr", "setxattr", "removexattr"):
+    setattr(GroupsOverlay, _m, _delegate(_m))
