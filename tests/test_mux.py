@@ -271,7 +271,7 @@ def _listings(view):
     """{virtual directory: exact listing} of a view (the seed's pictures)."""
     allpids = ["1", "4"] + [PIDS[s] for s in SERVERS]
     top = sorted(allpids + ["cpuinfo"])
-    L = {"": ["proc"]}
+    L = {"": ["groups", "proc"]}      # groups/: the mux's group service
     if view == "simple":
         L["proc"] = list(SERVERS)
         for s in SERVERS:
@@ -821,7 +821,7 @@ def test_tree_8_leaves_fanout_4(procs, tmp_path):
     nodes = ["node%d" % i for i in range(1, 9)]
     c = client(listen)
     try:
-        assert sorted(c.listdir()) == ["host", "nodes", "proc"]
+        assert sorted(c.listdir()) == ["groups", "host", "nodes", "proc"]
         assert sorted(c.listdir("nodes")) == nodes
         assert sorted(c.listdir("nodes/node6")) == ["exec", "files", "host", "proc"]
         load = parse_kv(c.read_file("host/load/node5").decode())
@@ -922,7 +922,7 @@ def test_tree_three_levels_from_topology_file(procs, tmp_path):
     nodes = ["node%d" % i for i in range(1, 6)]
     c = client(listen)
     try:
-        assert sorted(c.listdir()) == ["data", "host", "load", "nodes", "proc"]
+        assert sorted(c.listdir()) == ["data", "groups", "host", "load", "nodes", "proc"]
         assert sorted(c.listdir("nodes")) == nodes
         # the middle level removed exec, the root moved load
         for n in nodes:

@@ -713,6 +713,17 @@ class _GNode(Node):
         self.snapshot = None
 
     @property
+    def name(self):
+        k = self.kind
+        if k == "root":
+            return "groups"
+        if k == "dir":
+            return self.group.name
+        if k == "member":
+            return self.member
+        return k
+
+    @property
     def qid(self):
         g = self.group
         k = self.kind
