@@ -342,10 +342,40 @@ def _bar_header(ms):
     return ("---------------\n%s\n---------------\n" % text).encode("utf-8", "surrogateescape")
 
 
+_FORMATS = {"i8": "b", "u8": "B", "i16": "h", "u16": "H", "i32": "i", "u32": "I",
+            "i64": "q", "u64": "Q", "f32": "f", "f64": "d"}
+
+
+def _show_content(content, fmt):
+    """A class's content as text: as is, hex, or little-endian numbers (mem reads)."""
+    if fmt == "text":
+        return _nl(content)
+    if fmt == "hex":
+        return content.hex().encode() + b"\n"
+    import struct
+    code = _FORMATS[fmt]
+    size = struct.calcsize(code)
+    n = len(content) // size
+    vals = struct.unpack("<%d%s" % (n, code), content[:n * size])
+    text = " ".join(_fmt(v) if isinstance(v, float) else str(v) for v in vals)
+    if len(content) % size:
+        text += " +%s" % content[n * size:].hex()
+    return text.encode() + b"\n"
+
+
 @register
 class Equiv(Aggregator):
-    """value: {content bytes: set of members}."""
+    """value: {content bytes: set of members}.  format: how a class's content is shown
+    (text; hex; i8 u8 i16 u16 i32 u32 i64 u64 f32 f64: little-endian numbers, for reads
+    of process memory)."""
     name = "equiv"
+
+    def __init__(self, format="text"):
+        if format not in ("text", "hex") and format not in _FORMATS:
+            raise AggregatorError("format must be text, hex or one of %s" %
+                                  " ".join(_FORMATS))
+        self.params = {} if format == "text" else {"format": format}
+        self.format = format
 
     def map(self, member, data):
         return {data: {member}}
@@ -364,7 +394,8 @@ class Equiv(Aggregator):
                       key=lambda cm: (-len(cm[1]), natural_key(min(cm[1], key=natural_key)), cm[0]))
 
     def show(self, value):
-        return b"".join(_bar_header(ms) + _nl(content) for content, ms in self.classes(value))
+        return b"".join(_bar_header(ms) + _show_content(content, self.format)
+                        for content, ms in self.classes(value))
 
     def to_wire(self, value):
         return [[_b2s(c), _fold_wire(ms)] for c, ms in sorted(value.items())]
