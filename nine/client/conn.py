@@ -231,6 +231,7 @@ class Connection:
         self._sock = None
         self._enc = codec._ENCODERS[version]
         self.requests = 0
+        self.bytes_in = 0           # bytes received from the server (frames and all)
         if sock is None:
             if addr is None:
                 raise ValueError("need addr or sock")
@@ -637,6 +638,7 @@ class Connection:
         if n == 0:
             self._die(errno.ECONNRESET, "connection closed by the server")
             return
+        self.bytes_in += n
         end += n
         o = self._rstart
         mv = self._rmv

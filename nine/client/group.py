@@ -95,9 +95,10 @@ class GroupFile:
         if use_server:
             try:
                 self._remote = _RemoteGroup(client, self)
-            except (NineError, OSError) as e:
-                if getattr(e, "errno", None) not in (errno.ENOENT, errno.EOPNOTSUPP,
-                                                     errno.EINVAL, errno.EACCES):
+            except (NineError, OSError):
+                # no group service there (another server, or an aname it refuses):
+                # the client does the work; a dead connection fails again below
+                if client.conn.closed or getattr(client.conn, "_dead", None) is not None:
                     raise
         if self._remote is None:
             self._local = _LocalGroup(client, self)

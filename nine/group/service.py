@@ -189,7 +189,7 @@ class Group:
             cmd, args = words[0], words[1:]
             try:
                 self._command(cmd, args, line)
-            except ValueError as e:
+            except (ValueError, LookupError, TypeError) as e:
                 raise error(errno.EINVAL, "%s: %s" % (cmd, e))
 
     def _command(self, cmd, args, line):
@@ -443,15 +443,14 @@ class GroupOpen:
                 self.openfail[label] = _reason(r)
                 continue
             node, names = r
-            child = self.svc.child_of(node)
-            if child is not None:
-                delegable.setdefault(child, []).append((label, node, names))
+            where = self.svc.child_of(node)
+            if where is not None:
+                delegable.setdefault(where[0], []).append((label, node, where[1]))
             else:
-                results[label] = node
                 self._open_local(label, node)
         for child, items in delegable.items():
             if len(items) >= 2 and self.svc.child_offers_groups(child, ctx):
-                by_child[child] = [(label, "/" + "/".join(node.path)) for label, node, _ in items]
+                by_child[child] = [(label, "/" + "/".join(path)) for label, _, path in items]
                 for _, node, _ in items:
                     node.close(ctx)
             else:
@@ -1075,11 +1074,21 @@ class GroupService:
             raise
 
     def child_of(self, node):
-        """The remote child a node lives on (a mux's RemoteNode), else None."""
+        """(remote child, path in it) of a node that lives on a mux's child (a FiNAL
+        TNode or a RemoteNode), else None."""
         child = getattr(node, "child", None)
-        if child is None or not hasattr(child, "group_root"):
+        if child is None:
             return None
-        return child
+        if hasattr(child, "group_root"):                      # a RemoteNode
+            return child, tuple(node.path)
+        comp = getattr(getattr(node, "s", None), "comp", None)   # a FiNAL TNode
+        if comp is None or not hasattr(node, "cpath"):
+            return None
+        attach = getattr(comp, "children", {}).get(child)
+        owner = getattr(attach, "__self__", None)
+        if owner is None or not hasattr(owner, "group_root"):
+            return None
+        return owner, tuple(node.cpath)
 
     def child_offers_groups(self, child, ctx):
         try:
