@@ -318,11 +318,14 @@ def cmd_tree(args):
             topo = Topology.load(args.topology)
             if args.listen:
                 topo.listen = args.listen
+            if args.aggregators:
+                topo.aggregators = args.aggregators
         else:
             topo = Topology.local(args.leaves, fanout=args.fanout,
                                   listen=args.listen or DEFAULT_ADDR,
                                   leaf_export=args.leaf_export,
-                                  final_root=_final_text(args))
+                                  final_root=_final_text(args),
+                                  aggregators=args.aggregators)
     except (OSError, ValueError) as ex:
         _die(str(ex), 2)
     tree = Tree(topo, quiet=not args.verbose)
@@ -476,6 +479,8 @@ def make_parser():
                    help="DIR (served to any aname) or NAME=DIR (served to aname NAME)")
     s.add_argument("--ctl", action="store_true", help="add the diod-compatible ctl tree "
                    "(aname ctl); on by default when nothing else is exported")
+    s.add_argument("--aggregators", metavar="FILES", help="custom group aggregators: "
+                   "comma-separated Python files or modules that register them")
     s.add_argument("--proc", action="store_true", help="Plan 9-style process control: "
                    "aname proc (proc/PID/{ctl,mem,regs,note,wait,status,task/} + Linux files)")
     s.add_argument("--host", action="store_true", help="host information: aname host")
@@ -494,6 +499,8 @@ def make_parser():
                    help="a child server (repeatable)")
     m.add_argument("--child-aname", default="", help="aname to attach at every child "
                    "(leaf servers: nine; muxes: empty)")
+    m.add_argument("--aggregators", metavar="FILES", help="custom group aggregators: "
+                   "comma-separated Python files or modules that register them")
     m.add_argument("--final", metavar="FILE", help="FiNAL rules (default: one directory "
                    "per child)")
     m.add_argument("--final-text", metavar="TEXT", help="FiNAL rules given inline")
@@ -509,6 +516,8 @@ def make_parser():
     t.add_argument("--fanout", "-f", type=int, default=4, help="children per mux (default 4)")
     t.add_argument("--listen", "-l", help="the root's address (default %s)" % DEFAULT_ADDR)
     t.add_argument("--leaf-export", metavar="DIR", help="leaf NAME exports DIR/NAME as files/")
+    t.add_argument("--aggregators", metavar="FILES", help="custom group aggregators for "
+                   "every server and mux of the tree (Python files or modules)")
     t.add_argument("--final", metavar="FILE", help="FiNAL rules of the root")
     t.add_argument("--final-text", metavar="TEXT", help="FiNAL rules of the root, inline")
     t.add_argument("--once", action="store_true", help="start, print, stop (a check)")
@@ -550,6 +559,12 @@ def main(argv=None):
     if not getattr(args, "func", None):
         p.print_help()
         return 2
+    if getattr(args, "aggregators", None):
+        from .group.aggregate import AggregatorError, load
+        try:
+            load(args.aggregators)
+        except AggregatorError as ex:
+            _die(str(ex), 2)
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

@@ -448,3 +448,50 @@ def test_debugger_32_processes_over_8_leaves(capsys):
     assert "wait: breakpoint 0x" in out and ": p[0-31]" in out
     assert "p[0,3,6,9,12,15,18,21,24,27,30] (11)" in out
     assert "ok: 3 classes, as the processes hold" in out
+
+
+# --- custom aggregators on every mux ----------------------------------------------------
+
+def test_custom_aggregator_runs_at_every_level(tmp_path):
+    """examples/aggregators.py registers `longest`; `nine tree --aggregators` gives it to
+    every leaf and mux process, so a group read merges with it at every level."""
+    from nine.group.aggregate import load
+    from nine.mux.tree import Topology, Tree
+    agg = os.path.join(ROOT, "examples", "aggregators.py")
+    assert "longest" in load(agg) or "longest" in A.names()
+    exp = tmp_path / "exp"
+    topo = Topology.local(6, fanout=3, listen="127.0.0.1:0", leaf_export=str(exp),
+                          leaf_args="--host", aggregators=agg)
+    tree = Tree(topo)
+    try:
+        root = tree.start()
+        srv = root.server.listen("127.0.0.1:0")
+        for i in range(1, 7):
+            (exp / ("node%d" % i) / "f").write_text("short\n" + "x" * (i % 4) + "\n")
+        c = Client("127.0.0.1:%d" % srv.address[1])
+        ms = [("node%d" % i, "/nodes/node%d/files/f" % i) for i in range(1, 7)]
+        g = c.gopen(None, "r", members=ms, aggregator="longest")
+        assert g.served
+        assert g.read() == b"5 node[1-6]: short\n"
+        g.close()
+        for i in range(1, 7):
+            (exp / ("node%d" % i) / "f").write_text("y" * i + "\n")
+        g = c.gopen(None, "r", members=ms, aggregator="longest")
+        assert g.read() == b"6 node6: yyyyyy\n"
+        # the status of the delegated groups on the muxes names no failure
+        assert g.failed == {}
+        c.close()
+    finally:
+        tree.stop()
+
+
+def test_unknown_custom_aggregator_is_refused(world):
+    t = world(lambda: build_tree({"n%d" % i: value_files(i, 2, 4) for i in range(4)}))
+    c = Client(t["addr"])
+    with pytest.raises(NineError) as ei:
+        c.write_file("/groups/1x", b"")
+    c.mkdir("/groups/g")
+    with pytest.raises(NineError) as ei:
+        c.write_file("/groups/g/ctl", b"agg nosuchagg a=1\n")
+    assert ei.value.errno == errno.EINVAL
+    c.close()

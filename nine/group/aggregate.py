@@ -54,7 +54,7 @@ from ClusterShell.NodeSet import NodeSet
 
 __all__ = [
     "Aggregator", "Partial", "AggregatorError", "UnknownAggregator",
-    "register", "get", "names", "fold", "natural_key",
+    "register", "get", "names", "load", "fold", "natural_key",
 ]
 
 
@@ -296,6 +296,41 @@ def get(name, **params):
 
 def names():
     return sorted(_registry)
+
+
+def load(spec):
+    """Load custom aggregators: `spec` is a comma-separated list of Python files
+    (path/to/aggs.py) or module names, each registering its classes with
+    ``@register``.  Every server and mux of a tree is given the same list (``nine tree
+    --aggregators``), so the aggregators are known at every level.  Returns the names
+    registered."""
+    import importlib
+    import importlib.util
+    import os
+    before = set(_registry)
+    for item in [x.strip() for x in (spec or "").split(",") if x.strip()]:
+        try:
+            if item.endswith(".py") or os.sep in item:
+                path = os.path.abspath(item)
+                modname = "nine_aggregators_" + re.sub(r"\W", "_", path)
+                import sys
+                if modname in sys.modules:
+                    continue            # loaded already (the same file named twice)
+                spec_ = importlib.util.spec_from_file_location(modname, path)
+                if spec_ is None:
+                    raise ImportError("not a Python file")
+                mod = importlib.util.module_from_spec(spec_)
+                sys.modules[modname] = mod
+                try:
+                    spec_.loader.exec_module(mod)
+                except BaseException:
+                    del sys.modules[modname]
+                    raise
+            else:
+                importlib.import_module(item)
+        except Exception as e:
+            raise AggregatorError("cannot load aggregators from %r: %s" % (item, e))
+    return sorted(set(_registry) - before)
 
 
 # ---------------------------------------------------------------------------

@@ -44,7 +44,8 @@ FINAL_UP = "insert *:/ at /\n"           # inner muxes and the root: a recursive
 
 class Topology:
     def __init__(self, leaves, listen="127.0.0.1:5640", fanout=4, leaf_args=LEAF_ARGS,
-                 leaf_export=None, final_root=None, final_mid=None, final_leaf_mux=None):
+                 leaf_export=None, final_root=None, final_mid=None, final_leaf_mux=None,
+                 aggregators=None):
         if fanout < 2:
             raise ValueError("fanout must be at least 2")
         if not leaves:
@@ -57,6 +58,10 @@ class Topology:
         self.final_root = final_root
         self.final_mid = final_mid
         self.final_leaf_mux = final_leaf_mux
+        # custom group aggregators (nine.group.aggregate.load), given to every server
+        self.aggregators = ",".join(
+            os.path.abspath(a) if a.endswith(".py") or os.sep in a else a
+            for a in (aggregators or "").split(",") if a.strip()) or None
 
     @classmethod
     def load(cls, path):
@@ -89,7 +94,11 @@ class Topology:
         return cls(leaves, listen=t.get("listen", "127.0.0.1:5640"),
                    fanout=int(t.get("fanout", 4)), leaf_args=t.get("leaf-args", LEAF_ARGS),
                    leaf_export=exp, final_root=text("final-root"),
-                   final_mid=text("final-mid"), final_leaf_mux=text("final-leaf-mux"))
+                   final_mid=text("final-mid"), final_leaf_mux=text("final-leaf-mux"),
+                   aggregators=",".join(
+                       a if not (a.endswith(".py") or "/" in a) or os.path.isabs(a)
+                       else os.path.join(base, a)
+                       for a in t.get("aggregators", "").split(",") if a.strip()) or None)
 
     @classmethod
     def local(cls, n, fanout=4, listen="127.0.0.1:5640", **kw):
@@ -143,6 +152,8 @@ class Tree:
         self._n += 1
         afile = os.path.join(self._tmp, "addr%d" % self._n)
         args = args + ["--listen", "127.0.0.1:0", "--address-file", afile]
+        if self.topo.aggregators:
+            args += ["--aggregators", self.topo.aggregators]
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
@@ -221,6 +232,9 @@ class Tree:
         else:
             final = topo.final_root or FINAL_UP
             aname = ""
+        if topo.aggregators:
+            from ..group.aggregate import load
+            load(topo.aggregators)
         self.root = Mux(level, final_text=final, child_aname=aname, name="root")
         return self.root
 
