@@ -215,6 +215,82 @@ def cmd_write(args):
     return 0
 
 
+def _gopen(args, mode):
+    from .group.service import parse_agg
+    c = _client(args)
+    members = None
+    if args.member:
+        members = []
+        for m in args.member:
+            name, sep, path = m.partition("=")
+            if not sep:
+                _die("--member wants NAME=PATH, not %r" % m, 2)
+            members.append((name, path))
+    elif not args.path:
+        _die("give a group directory or --member NAME=PATH ...", 2)
+    agg, params = "concat", {}
+    if getattr(args, "agg", None):
+        try:
+            agg, params = parse_agg(args.agg.split())
+        except (ValueError, LookupError, TypeError) as ex:
+            _die("--agg: %s" % ex, 2)
+    sync = "nowait" if getattr(args, "follow", False) else \
+        ("timeout" if args.timeout else "all")
+    try:
+        g = c.gopen(args.path, mode, aggregator=agg, sync=sync, timeout=args.timeout,
+                    members=members, **params)
+    except (OSError, ValueError) as ex:
+        _die("%s: %s" % (args.path or "group", _errtext(ex)))
+    if args.offset:
+        g.lseek(args.offset)
+    return c, g
+
+
+def _gstatus(g, args):
+    if g.failed and not args.quiet:
+        from .group.aggregate import fold
+        by = {}
+        for m, r in g.failed.items():
+            by.setdefault(r, set()).add(m)
+        for r, ms in sorted(by.items(), key=lambda rm: -len(rm[1])):
+            sys.stderr.write("nine: %s: %s\n" % (fold(ms), r))
+    return 1 if g.failed else 0
+
+
+def cmd_gread(args):
+    c, g = _gopen(args, "r")
+    out = sys.stdout.buffer
+    try:
+        if args.follow:
+            for chunk in g.stream():
+                out.write(chunk)
+                out.flush()
+            return 0
+        data = g.read(args.count)
+        # the rendered result has the failures already (errors: ... lines)
+        out.write(data)
+        out.flush()
+        return 1 if g.failed else 0
+    except OSError as ex:
+        _die(_errtext(ex))
+    finally:
+        g.close()
+        c.close()
+
+
+def cmd_gwrite(args):
+    c, g = _gopen(args, "w")
+    try:
+        data = args.data.encode() if args.data is not None else sys.stdin.buffer.read()
+        g.write(data)
+        return _gstatus(g, args)
+    except OSError as ex:
+        _die(_errtext(ex))
+    finally:
+        g.close()
+        c.close()
+
+
 def cmd_stat(args):
     c = _client(args)
     try:
@@ -547,6 +623,29 @@ def make_parser():
             c.add_argument("path")
         if name == "write":
             c.add_argument("--append", action="store_true", help="append instead of truncate")
+        c.set_defaults(func=fn)
+    for name, fn, hlp in [("gread", cmd_gread, "read a group of files, aggregated "
+                           "(a directory's files or symlink targets, or --member)"),
+                          ("gwrite", cmd_gwrite, "write the same bytes to every member "
+                           "of a group")]:
+        c = sub.add_parser(name, help=hlp)
+        _add_client_opts(c)
+        c.add_argument("path", nargs="?", help="the group's directory")
+        c.add_argument("--member", action="append", metavar="NAME=PATH",
+                       help="a member (instead of a directory); repeatable")
+        c.add_argument("--timeout", type=float, help="seconds to wait for members "
+                       "(default: wait for all); the late ones are named")
+        c.add_argument("--offset", type=lambda v: int(v, 0), default=0,
+                       help="member offset (default 0)")
+        c.add_argument("-q", "--quiet", action="store_true", help="no failure report")
+        if name == "gread":
+            c.add_argument("--agg", help='aggregator and parameters, e.g. "equiv" or '
+                           '"histogram bins=5" (default concat)')
+            c.add_argument("--count", type=int, help="bytes of each member (default all)")
+            c.add_argument("-f", "--follow", action="store_true",
+                           help="follow the members as they grow (tail -f)")
+        else:
+            c.add_argument("--data", help="the bytes to write (default: stdin)")
         c.set_defaults(func=fn)
     return p
 

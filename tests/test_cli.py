@@ -109,3 +109,46 @@ def test_demo_once():
     assert "node1 node2 node3 node4 node5 node6 node7 node8" in out  # /nodes, /proc/1 ...
     assert "hello from node1" in out and "load1 " in out and "mount -t 9p" in out
     assert out.count(" up since=") == 2                              # both muxes up
+
+
+def test_gread_gwrite_over_a_tree(tmp_path):
+    """nine gread / gwrite against `nine tree` (processes): equivalence classes of a
+    group given as a directory of symlinks, a write to every member, a dead member."""
+    from gevent import subprocess as sp     # the root mux runs in this process's hub
+    from nine.mux.tree import Topology, Tree
+    exp = tmp_path / "exp"
+    topo = Topology.local(4, fanout=2, listen="127.0.0.1:0", leaf_export=str(exp),
+                          leaf_args="--host")
+    tree = Tree(topo)
+    try:
+        root = tree.start()
+        srv = root.server.listen("127.0.0.1:0")
+        addr = "127.0.0.1:%d" % srv.address[1]
+        for i in range(1, 5):
+            (exp / ("node%d" % i) / "conf").write_text("mode=%s\n" % ("a" if i < 4 else "b"))
+        env = dict(os.environ, PYTHONPATH=ROOT)
+
+        def nine(*a, data=None):
+            return sp.run([sys.executable, "-m", "nine"] + list(a), env=env, input=data,
+                          capture_output=True, timeout=60)
+        from nine.client import Client
+        c = Client(addr)
+        c.mkdir("/groups/conf")
+        for i in range(1, 5):
+            c.symlink("../../nodes/node%d/files/conf" % i, "/groups/conf/node%d" % i)
+        r = nine("gread", "-a", addr, "/groups/conf", "--agg", "equiv")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode() == ("---------------\nnode[1-3] (3)\n---------------\nmode=a\n"
+                                     "---------------\nnode4 (1)\n---------------\nmode=b\n")
+        r = nine("gwrite", "-a", addr, "/groups/conf", "--data", "mode=c\n")
+        assert r.returncode == 0, r.stderr
+        assert all((exp / ("node%d" % i) / "conf").read_text() == "mode=c\n" for i in range(1, 5))
+        r = nine("gread", "-a", addr, "--member", "x=/nodes/node1/files/conf",
+                 "--member", "y=/nodes/node9/files/conf", "--agg", "count")
+        assert r.returncode == 1
+        assert r.stdout.decode() == "1\nerrors: y: open: No such file or directory: /nodes/node9\n"
+        r = nine("gread", "-a", addr, "/groups/conf", "--agg", "nosuch")
+        assert r.returncode == 2 and b"unknown aggregator" in r.stderr
+        c.close()
+    finally:
+        tree.stop()
