@@ -57,6 +57,10 @@ class InThread:
         self._callw.start(self._drain)
         self._ready.set()
         self._stop.wait()
+        try:
+            _close(self.value)      # every socket of this world, so that no fd leaks
+        finally:
+            gevent.get_hub().destroy(destroy_loop=True)
 
     def _drain(self):
         calls, self._calls = self._calls, []
@@ -78,6 +82,19 @@ class InThread:
     def stop(self):
         self._async.send()
         self.t.join(10)
+
+
+def _close(v):
+    if isinstance(v, dict):
+        for x in v.values():
+            _close(x)
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            _close(x)
+    elif hasattr(v, "stop") and hasattr(v, "conns"):      # a Server
+        v.stop()
+    elif hasattr(v, "children") and hasattr(v, "server"):  # a Mux
+        v.close()
 
 
 def _leaf(files, groups=True):
