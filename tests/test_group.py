@@ -512,3 +512,33 @@ def test_unknown_custom_aggregator_is_refused(world):
         c.write_file("/groups/g/ctl", b"agg nosuchagg a=1\n")
     assert ei.value.errno == errno.EINVAL
     c.close()
+
+
+def test_flushed_group_read_frees_everything(world):
+    """A group read blocked on members that never answer (sync all) is flushed by the
+    client (as Ctrl-C on `cat data` does): the flush runs down the tree, and the group
+    answers the next read at once."""
+    from nine.client import NineTimeout
+    n = 6
+    files = {"n%d" % i: value_files(i, 2, n) + [File("slow", pread=_never)] for i in range(n)}
+    t = world(lambda: build_tree(files, fanout=3))
+    c = Client(t["addr"])
+    g = c.gopen(None, "r", members=members(n) + [("s1", "/nodes/n1/slow"),
+                                                  ("s4", "/nodes/n4/slow")], aggregator="count")
+    assert g.served
+    r = g._remote
+    r._configure(None)
+    t0 = time.monotonic()
+    with pytest.raises(NineTimeout):
+        r.partial.read(0, 4096, timeout=0.5)      # Tflush after 0.5 s
+    assert time.monotonic() - t0 < 3
+    g.set_sync("timeout", 0.5)
+    t0 = time.monotonic()
+    assert g.read().decode().splitlines()[0] == "6"
+    assert time.monotonic() - t0 < 2
+    assert set(g.failed) == {"s1", "s4"}
+    # and the mux's connections are still good for other clients
+    c2 = Client(t["addr"])
+    assert c2.read_file("/nodes/n2/v") == b"value 0\n"
+    c2.close()
+    c.close()
