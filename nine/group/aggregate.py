@@ -83,27 +83,52 @@ def _nsorted(members):
     return sorted(members, key=natural_key)
 
 
+_FOLDED = {}       # frozenset of members -> wire form (the same sets recur on every read)
+_UNFOLDED = {}     # wire string -> frozenset
+_CACHE_MAX = 4096
+
+
 def _fold_wire(members):
     """A member set on the wire: a folded NodeSet string, or a plain list when the
     names do not survive folding (odd characters)."""
-    members = set(members)
-    if not members:
+    key = members if isinstance(members, frozenset) else frozenset(members)
+    w = _FOLDED.get(key)
+    if w is not None:
+        return w
+    if not key:
         return []
+    w = None
     try:
-        folded = str(NodeSet.fromlist(members))
-        if set(NodeSet(folded)) == members:
-            return folded
+        folded = str(NodeSet.fromlist(key))
+        if set(NodeSet(folded)) == key:
+            w = folded
     except Exception:
         pass
-    return _nsorted(members)
+    if w is None:
+        w = _nsorted(key)
+    if len(_FOLDED) >= _CACHE_MAX:
+        _FOLDED.clear()
+    _FOLDED[key] = w
+    if isinstance(w, str):
+        if len(_UNFOLDED) >= _CACHE_MAX:
+            _UNFOLDED.clear()
+        _UNFOLDED[w] = key
+    return w
 
 
 def _unfold_wire(w):
     if isinstance(w, str):
+        got = _UNFOLDED.get(w)
+        if got is not None:
+            return set(got)
         try:
-            return set(NodeSet(w))
+            got = frozenset(NodeSet(w))
         except Exception as e:
             raise AggregatorError("bad member set %r: %s" % (w, e))
+        if len(_UNFOLDED) >= _CACHE_MAX:
+            _UNFOLDED.clear()
+        _UNFOLDED[w] = got
+        return set(got)
     if isinstance(w, list) and all(isinstance(m, str) for m in w):
         return set(w)
     raise AggregatorError("bad member set %r" % (w,))
