@@ -423,9 +423,14 @@ def cmd_tree(args):
         if args.once:
             return 0
         sys.stdout.flush()
+        import signal
         import gevent
+        import gevent.event
+        done = gevent.event.Event()
+        # SIGTERM ends the tree like Ctrl-C: its servers stop, its scratch dir goes
+        gevent.signal_handler(signal.SIGTERM, done.set)
         try:
-            gevent.wait()
+            done.wait()
         except KeyboardInterrupt:
             pass
         return 0
