@@ -489,8 +489,24 @@ def cmd_demo(args):
                 ("nine ls -a %s /proc/1" % addr, lambda: c.listdir("/proc/1")),
                 ("nine read -a %s /nodes/%s/files/hello.txt" % (addr, first),
                  lambda: c.read_file("/nodes/%s/files/hello.txt" % first)),
+                ("mkdir /groups/motd; ln -s ../../nodes/NODE/files/etc/motd "
+                 "/groups/motd/NODE   # for each of %d leaves" % len(topo.leaves),
+                 lambda: make_group("motd", "etc/motd")),
+                ("nine gread -a %s /groups/motd --agg equiv" % addr,
+                 lambda: c.gopen("/groups/motd", aggregator="equiv").read()),
+                ("nine gread -a %s /groups/hello   # made the same way" % addr,
+                 lambda: (make_group("hello", "hello.txt"),
+                          c.gopen("/groups/hello").read())[1]),
                 ("nine read -a %s -A mux /status" % addr, None),
             ]
+
+            def make_group(name, rel):
+                if name not in c.listdir("/groups"):
+                    c.mkdir("/groups/" + name)
+                    for leaf, _ in topo.leaves:
+                        c.symlink("../../nodes/%s/files/%s" % (leaf, rel),
+                                  "/groups/%s/%s" % (name, leaf))
+                return b""
             for cmd, fn in steps:
                 print("$ " + cmd)
                 if fn is None:
