@@ -530,7 +530,7 @@ def test_flushed_group_read_frees_everything(world):
     r._configure(None)
     t0 = time.monotonic()
     with pytest.raises(NineTimeout):
-        r.partial.read(0, 4096, timeout=0.5)      # Tflush after 0.5 s
+        r.h.partial.read(0, 4096, timeout=0.5)    # Tflush after 0.5 s
     assert time.monotonic() - t0 < 3
     g.set_sync("timeout", 0.5)
     t0 = time.monotonic()

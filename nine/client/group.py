@@ -23,13 +23,12 @@ itself, concurrently.
 import errno
 import os
 import posixpath
-import time
 
 import gevent
 
 from ..group import aggregate as A
-from ..group.service import (FEATURES, decode_errors, format_agg, CHUNK, MAX_WHOLE,
-                             STREAM_CHUNK, POLL)
+from ..group.handle import (GroupHandle, offers_groups, settings, read_whole, follow, join,
+                            CHUNK)
 from .errors import NineError, nine_error
 from .fid import attach as _attach
 
@@ -146,10 +145,7 @@ class GroupFile:
         return A.get(self.agg[0], **self.agg[1])
 
     def _settings(self, count):
-        sync = {"all": "sync all", "nowait": "sync nowait"}.get(self.sync) or \
-            "sync timeout %g" % self.timeout
-        return ("agg %s" % format_agg(*self.agg), sync,
-                "seek %d count %s" % (self.offset, "all" if count is None else count))
+        return settings(self.agg, self.sync, self.timeout, self.offset, count)
 
     def _done(self, p, what):
         self.last = p
@@ -249,115 +245,44 @@ class _RemoteGroup:
 
     def __init__(self, client, g):
         self.g = g
-        conn = client.conn
-        self.conn = conn
         aname = client.aname or ""
-        an = "groups:" + aname if aname else "groups"
-        self.fids = []
-        self.root = root = _attach(conn, client.uname or "", an, client.n_uname)
-        self.fids.append(root)
+        self.root = _attach(client.conn, client.uname or "", "groups:" + aname if aname
+                            else "groups", client.n_uname)
         try:
-            f, _ = root.twalk(["features"])
-            self.fids.append(f)
-            f.lopen(os.O_RDONLY)
-            if not f.read(0, 64).startswith(FEATURES.split()[0]):
+            if not offers_groups(self.root):
                 raise nine_error(errno.EOPNOTSUPP, "no group service")
-            clone, _ = root.twalk(["clone"])
-            self.fids.append(clone)
-            clone.lopen(os.O_RDWR)
-            self.gid = clone.read(0, 64).decode().strip()
-            self.ctl = self._open([self.gid, "ctl"], os.O_WRONLY)
-            self.partial = self._open([self.gid, "partial"], g.flags)
-            self.errors = self._open([self.gid, "errors"], os.O_RDONLY)
-            self._ctl(["add %s %s" % (m, p) for m, p in g.members])
+            self.h = GroupHandle(self.root, g.members, g.flags)
         except BaseException:
-            self.close()
+            self.root.clunk_nowait()
             raise
-        self.sent = (None, None, None)
-
-    def _open(self, names, flags):
-        f, _ = self.root.twalk(names)
-        self.fids.append(f)
-        f.lopen(flags)
-        return f
-
-    def _ctl(self, lines):
-        iou = self.conn.msize - 24
-        buf, size = [], 0
-        for line in lines:
-            b = (line + "\n").encode("utf-8", "surrogateescape")
-            if buf and size + len(b) > iou:
-                self.ctl.write(0, b"".join(buf))
-                buf, size = [], 0
-            buf.append(b)
-            size += len(b)
-        if buf:
-            self.ctl.write(0, b"".join(buf))
-
-    def _configure(self, count):
-        want = self.g._settings(count)
-        lines = [w for w, o in zip(want, self.sent) if w != o]
-        if lines:
-            try:
-                self._ctl(lines)
-            except BaseException:
-                self.sent = (None, None, None)
-                raise
-            self.sent = want
 
     def _rpc_timeout(self):
         g = self.g
         return None if g.timeout is None else g.timeout + 10.0
 
+    def _configure(self, count):
+        self.h.configure(self.g._settings(count))
+
     def read(self, count):
         self._configure(count)
-        agg = self.g.aggregator()
-        iou = self.conn.msize - 24
-        t = self._rpc_timeout()
-        data = self.partial.read(0, iou, timeout=t)
-        if len(data) == iou:
-            parts = [data]
-            off = len(data)
-            while True:
-                more = self.partial.read(off, iou, timeout=t)
-                parts.append(more)
-                off += len(more)
-                if len(more) < iou:
-                    break
-            data = b"".join(parts)
-        return agg.decode(data)
+        return self.h.read(self.g.aggregator(), self._rpc_timeout())
 
     def write(self, offset, data):
         self._configure(None)
-        t = self._rpc_timeout()
-        if len(data) > self.conn.msize - 24:
-            n = self.partial.pwrite(offset, data, timeout=t)
-        else:
-            n = self.partial.write(offset, data, timeout=t)
-        if n == len(data):
-            return {}
-        return decode_errors(self.errors.read(0, self.conn.msize - 24))
+        return self.h.write(offset, data, self._rpc_timeout())
 
     def next_batch(self, timeout):
         self._configure(None)
-        agg = self.g.aggregator()
         try:
-            data = self.partial.read(0, self.conn.msize - 24, timeout=timeout)
+            return self.h.next_batch(self.g.aggregator(), timeout)
         except NineError as e:
             if isinstance(e, TimeoutError):
                 return None
             raise
-        if not data:
-            return None
-        return agg.decode(data)
 
     def close(self):
-        for f in reversed(self.fids):
-            try:
-                f.clunk_nowait()
-            except Exception:
-                pass
-        self.fids = []
+        self.h.close()
+        self.root.clunk_nowait()
 
 
 class _LocalGroup:
@@ -387,11 +312,7 @@ class _LocalGroup:
     def _run(self, fn, agg=None):
         g = self.g
         jobs = [(m, gevent.spawn(fn, f)) for m, f in self.files.items()]
-        try:
-            gevent.joinall([j for _, j in jobs], timeout=g.timeout)
-        except BaseException:
-            gevent.killall([j for _, j in jobs], block=False)
-            raise
+        join([j for _, j in jobs], g.timeout)
         ok, errors = {}, {}
         for m, r in self.fail.items():
             errors.setdefault(r, set()).add(m)
@@ -412,18 +333,7 @@ class _LocalGroup:
         off = g.offset
 
         def rd(f):
-            want = MAX_WHOLE if count is None else count
-            out, got = [], 0
-            while got < want:
-                n = min(want - got, f._iou(), CHUNK)
-                d = f.read(off + got, n)
-                if not d:
-                    break
-                out.append(d)
-                got += len(d)
-                if len(d) < n:
-                    break
-            return b"".join(out)
+            return read_whole(f.read, off, count, min(f._iou(), CHUNK))
         ok, errors = self._run(rd)
         parts = [agg.leaf(m, d) for m, d in ok.items()]
         parts.append(A.Partial(None, errors))
@@ -448,26 +358,10 @@ class _LocalGroup:
             for m, r in self.fail.items():
                 q.put(agg.fail(m, r))
 
-            def follow(m, f, off):
-                held = b""
-                try:
-                    while True:
-                        d = f.read(off, STREAM_CHUNK)
-                        if d:
-                            off += len(d)
-                            held += d
-                            cut = held.rfind(b"\n") + 1
-                            if cut:
-                                q.put(agg.leaf(m, held[:cut]))
-                                held = held[cut:]
-                            continue
-                        if held:
-                            q.put(agg.leaf(m, held))
-                            held = b""
-                        gevent.sleep(POLL)
-                except Exception as e:
-                    q.put(agg.fail(m, getattr(e, "strerror", None) or str(e)))
-            self.followers = [gevent.spawn(follow, m, f, g.offset) for m, f in self.files.items()]
+            def reason(e):
+                return getattr(e, "strerror", None) or str(e)
+            self.followers = [gevent.spawn(follow, f.read, m, g.offset, agg, q.put, 0, reason)
+                              for m, f in self.files.items()]
         q = self.stream_q
         try:
             items = [q.get(timeout=timeout)]

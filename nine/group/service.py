@@ -60,18 +60,13 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.queue import Queue, Empty
 
-from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY, L_O_WRONLY
+from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY
 from ..server.node import Node, Attr, Dirent, StatFS, error
 from . import aggregate as A
+from .handle import (FEATURES, MAX_WHOLE, CHUNK, GroupHandle, format_agg, settings,
+                     read_whole, follow, join)
 
-FEATURES = b"nine-groups 1\n"
-MAX_WHOLE = 1 << 20          # "count all" reads at most this much of each member
-CHUNK = 1 << 16
 MAX_MEMBERS = 1 << 20
-STREAM_CHUNK = 8192          # nowait: member data per item
-POLL = 0.25                  # nowait: how often a member at end of file is read again
-
-
 def _qp():
     from ..synth import files
     return next(files._qpaths)
@@ -109,16 +104,6 @@ def parse_agg(args):
         params[k] = _parse_value(v)
     A.get(args[0], **params)      # refuses an unknown name or parameter now
     return args[0], params
-
-
-def format_agg(name, params):
-    def fv(v):
-        if isinstance(v, tuple):
-            return ":".join(repr(x) for x in v)
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return str(v)
-    return " ".join([name] + ["%s=%s" % (k, fv(v)) for k, v in sorted(params.items())])
 
 
 def _reason(e):
@@ -275,117 +260,21 @@ class Group:
                           separators=(",", ":")).encode()
 
 
-def decode_errors(data):
-    out = {}
-    for r, ms in json.loads(bytes(data).decode()):
-        out.setdefault(r, set()).update(A._unfold_wire(ms))
-    return out
-
-
 # ---------------------------------------------------------------------------------------
 # a child's group service, used by a mux for the members under that child
 
-class ChildGroup:
+class ChildGroup(GroupHandle):
     """A private group on a child (through its `groups` aname): one per open here."""
 
     def __init__(self, child, ctx, members, flags):
         self.child = child
-        self.members = members            # [(label, path in the child)]
-        self.labels = [m for m, _ in members]
-        self.sent = None                  # settings last written to the child's ctl
         self.ln, root = child.group_root(ctx)
-        conn = root.conn
-        self.conn = conn
-        self.fids = []
-        try:
-            clone, _ = root.twalk(["clone"])
-            self.fids.append(clone)
-            clone.lopen(os.O_RDWR)
-            gid = clone.read(0, 64).decode().strip()
-            self.ctl = self._open(root, [gid, "ctl"], os.O_WRONLY)
-            self.partial = self._open(root, [gid, "partial"], flags & L_O_ACCMODE)
-            self.errors = self._open(root, [gid, "errors"], os.O_RDONLY)
-            self._write_lines(["add %s %s" % (m, p) for m, p in members])
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(root, members, flags)
 
-    def _open(self, root, names, flags):
-        f, _ = root.twalk(names)
-        self.fids.append(f)
-        f.lopen(flags)
-        return f
-
-    def _write_lines(self, lines):
-        iou = self.conn.msize - 24
-        buf = []
-        size = 0
-        for line in lines:
-            b = (line + "\n").encode("utf-8", "surrogateescape")
-            if buf and size + len(b) > iou:
-                self.ctl.write(0, b"".join(buf))
-                buf, size = [], 0
-            buf.append(b)
-            size += len(b)
-        if buf:
-            self.ctl.write(0, b"".join(buf))
-
-    def configure(self, group, timeout):
-        """Send the settings a read needs (only what changed since the last time)."""
-        if group.sync == "nowait":
-            sync = "sync nowait"
-        elif timeout is not None:
-            sync = "sync timeout %.3f" % max(0.01, timeout)
-        else:
-            sync = "sync all"
-        want = ("agg %s" % format_agg(*group.agg), sync,
-                "seek %d count %s" % (group.offset,
-                                      "all" if group.count is None else group.count))
-        old = self.sent or (None, None, None)
-        lines = [w for w, o in zip(want, old) if w != o]
-        if lines:
-            self._write_lines(lines)
-            self.sent = want
-
-    def read(self, agg, timeout):
-        """One partial result for all of this child's members: a read at offset 0 runs
-        the child's group read; a full-size answer is continued at later offsets."""
-        iou = self.conn.msize - 24
-        data = self.partial.read(0, iou)
-        if len(data) < iou:
-            return agg.decode(data)
-        parts = [data]
-        off = len(data)
-        while True:
-            more = self.partial.read(off, iou)
-            parts.append(more)
-            off += len(more)
-            if len(more) < iou:
-                break
-        return agg.decode(b"".join(parts))
-
-    def read_stream(self, agg):
-        """nowait: the next batch (blocks until the child has one); None at the end."""
-        data = self.partial.read(0, self.conn.msize - 24)
-        if not data:
-            return None
-        return agg.decode(data)
-
-    def write(self, offset, data):
-        """Write every member; returns {reason: members} of those that failed."""
-        n = self.partial.pwrite(offset, data) if len(data) > self.conn.msize - 24 else \
-            self.partial.write(offset, data)
-        if n == len(data):
-            return {}
-        return decode_errors(self.errors.read(0, self.conn.msize - 24))
-
-    def close(self):
-        for f in reversed(self.fids):
-            try:
-                f.clunk_nowait()
-            except Exception:
-                pass
-        self.fids = []
+    def configure_for(self, group, timeout):
+        """The settings of a read of `group` with a child's timeout."""
+        self.configure(settings(group.agg, group.sync, timeout and max(0.01, timeout),
+                                group.offset, group.count))
 
 
 # ---------------------------------------------------------------------------------------
@@ -504,19 +393,9 @@ class GroupOpen:
 
     # -- reads --------------------------------------------------------------------
     def _read_member(self, node, offset, count):
-        want = MAX_WHOLE if count is None else count
-        out = []
-        got = 0
-        while got < want:
-            n = min(want - got, node.iounit or CHUNK, CHUNK)
-            data = node.read(self.ctx, offset + got, n)
-            if not data:
-                break
-            out.append(bytes(data))
-            got += len(data)
-            if len(data) < n:
-                break
-        return b"".join(out)
+        ctx = self.ctx
+        return read_whole(lambda off, n: node.read(ctx, off, n), offset, count,
+                          min(node.iounit or CHUNK, CHUNK))
 
     def read(self):
         """A group read with the group's settings: the merged Partial."""
@@ -534,14 +413,10 @@ class GroupOpen:
                              "m", label))
             for c in self.children:
                 def one(c=c):
-                    c.configure(g, child_t)
-                    return c.read(agg, child_t)
+                    c.configure_for(g, child_t)
+                    return c.read(agg)
                 jobs.append((gevent.spawn(one), "c", c))
-            try:
-                gevent.joinall([j for j, _, _ in jobs], timeout=timeout)
-            except BaseException:
-                gevent.killall([j for j, _, _ in jobs], block=False)
-                raise
+            join([j for j, _, _ in jobs], timeout)
             for j, kind, who in jobs:
                 if not j.ready():
                     j.kill(block=False)
@@ -580,9 +455,9 @@ class GroupOpen:
         for c in self.children:
             def follow_child(c=c):
                 try:
-                    c.configure(g, None)
+                    c.configure_for(g, None)
                     while True:
-                        p = c.read_stream(agg)
+                        p = c.next_batch(agg)
                         if p is None:
                             return
                         q.put(p)
@@ -593,30 +468,10 @@ class GroupOpen:
         self.stream = (agg, q, greenlets)
 
     def _follow(self, label, node, offset, agg, q):
-        """tail -f of one member: read on from its offset; poll at end of file."""
-        held = b""
-        held_since = None
-        try:
-            while True:
-                data = node.read(self.ctx, offset, STREAM_CHUNK)
-                if data:
-                    offset += len(data)
-                    held += bytes(data)
-                    # hand on whole lines; a partial line waits for its end (or 1 s)
-                    cut = held.rfind(b"\n") + 1
-                    if cut:
-                        q.put(agg.leaf(label, held[:cut]))
-                        held = held[cut:]
-                    held_since = time.monotonic() if held else None
-                    continue
-                if held and held_since is not None and time.monotonic() - held_since > 1:
-                    q.put(agg.leaf(label, held))
-                    held, held_since = b"", None
-                gevent.sleep(POLL)
-        except Exception as e:
-            if held:
-                q.put(agg.leaf(label, held))
-            q.put(agg.fail(label, _reason(e)))
+        """tail -f of one member (a partial line waits up to 1 s for its end)."""
+        ctx = self.ctx
+        follow(lambda off, n: node.read(ctx, off, n), label, offset, agg, q.put, hold=1.0,
+               reason=_reason)
 
     def stop_stream(self):
         s = self.stream
@@ -659,11 +514,7 @@ class GroupOpen:
                 jobs.append((gevent.spawn(self._write_member, node, offset, data), "m", label))
             for c in self.children:
                 jobs.append((gevent.spawn(c.write, offset, data), "c", c))
-            try:
-                gevent.joinall([j for j, _, _ in jobs], timeout=timeout)
-            except BaseException:
-                gevent.killall([j for j, _, _ in jobs], block=False)
-                raise
+            join([j for j, _, _ in jobs], timeout)
             for j, kind, who in jobs:
                 labels = {who} if kind == "m" else set(who.labels)
                 if not j.ready():
@@ -818,8 +669,7 @@ class _GNode(Node):
         if self.kind == "root":
             ents = [("clone", QTFILE, 8, svc.qpaths["clone"]),
                     ("features", QTFILE, 8, svc.qpaths["features"])]
-            ents += [(n, QTDIR, 4, g.qpath) for n, g in sorted(svc.groups.items())
-                     if not g.private or True]
+            ents += [(n, QTDIR, 4, g.qpath) for n, g in sorted(svc.groups.items())]
         else:
             g = self.group
             ents = [(n, QTFILE, 8, g.files[n]) for n in ("ctl", "data", "errors",

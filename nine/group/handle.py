@@ -1,0 +1,210 @@
+"""The 9P side of a group, shared by a mux (the members under one child) and by the
+Python client (Client.gopen): a private group made on a group service through a client
+Fid of the service's root, and the helpers both use to run a group operation.
+"""
+
+import json
+import os
+import time
+
+import gevent
+
+from . import aggregate as A
+
+FEATURES = b"nine-groups 1\n"
+MAX_WHOLE = 1 << 20          # "count all" reads at most this much of each member
+CHUNK = 1 << 16
+STREAM_CHUNK = 8192          # nowait: member data per item
+POLL = 0.25                  # nowait: how often a member at end of file is read again
+
+
+def format_agg(name, params):
+    def fv(v):
+        if isinstance(v, tuple):
+            return ":".join(repr(x) for x in v)
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return str(v)
+    return " ".join([name] + ["%s=%s" % (k, fv(v)) for k, v in sorted(params.items())])
+
+
+def settings(agg, sync, timeout, offset, count):
+    """The three ctl lines that fix a group read: aggregator, sync, seek/count."""
+    if sync == "nowait":
+        s = "sync nowait"
+    elif timeout is not None:
+        s = "sync timeout %g" % timeout
+    else:
+        s = "sync all"
+    return ("agg %s" % format_agg(*agg), s,
+            "seek %d count %s" % (offset, "all" if count is None else count))
+
+
+def decode_errors(data):
+    out = {}
+    for r, ms in json.loads(bytes(data).decode()):
+        out.setdefault(r, set()).update(A._unfold_wire(ms))
+    return out
+
+
+def offers_groups(root, timeout=None):
+    """Whether the tree under client Fid `root` is a group service (its features file)."""
+    f, _ = root.twalk(["features"])
+    try:
+        f.lopen(os.O_RDONLY)
+        return f.read(0, 64, timeout=timeout).startswith(FEATURES.split()[0] + b" ")
+    finally:
+        f.clunk_nowait()
+
+
+def read_whole(read, offset, count, chunk=CHUNK):
+    """count bytes (None: the whole file, up to MAX_WHOLE) by read(offset, n) calls,
+    stopping at the first short read (end of file, or one event of a stream)."""
+    want = MAX_WHOLE if count is None else count
+    out = []
+    got = 0
+    while got < want:
+        n = min(want - got, chunk)
+        data = read(offset + got, n)
+        if not data:
+            break
+        out.append(bytes(data))
+        got += len(data)
+        if len(data) < n:
+            break
+    return b"".join(out)
+
+
+def follow(read, label, offset, agg, put, hold=1.0, reason=str):
+    """tail -f of one member: read on from offset, poll at end of file, put() partial
+    results of whole lines; a partial line waits up to `hold` seconds for its end."""
+    held = b""
+    held_since = None
+    try:
+        while True:
+            data = read(offset, STREAM_CHUNK)
+            if data:
+                offset += len(data)
+                held += bytes(data)
+                cut = held.rfind(b"\n") + 1
+                if cut:
+                    put(agg.leaf(label, held[:cut]))
+                    held = held[cut:]
+                held_since = time.monotonic() if held else None
+                continue
+            if held and time.monotonic() - held_since >= hold:
+                put(agg.leaf(label, held))
+                held, held_since = b"", None
+            gevent.sleep(POLL)
+    except Exception as e:
+        if held:
+            put(agg.leaf(label, held))
+        put(agg.fail(label, reason(e)))
+
+
+def join(greenlets, timeout):
+    """Wait for greenlets up to timeout; if the wait itself is killed (a Tflush from
+    above), kill them too."""
+    try:
+        gevent.joinall(greenlets, timeout=timeout)
+    except BaseException:
+        gevent.killall(greenlets, block=False)
+        raise
+
+
+class GroupHandle:
+    """A private group on a group service: `clone` kept open (the group lives as long),
+    its ctl, partial and errors files open, the members added.  root: a client Fid of
+    the service's root (not owned)."""
+
+    def __init__(self, root, members, flags):
+        self.conn = root.conn
+        self.labels = [m for m, _ in members]
+        self.sent = None                  # the settings last written to its ctl
+        self.fids = []
+        try:
+            clone, _ = root.twalk(["clone"])
+            self.fids.append(clone)
+            clone.lopen(os.O_RDWR)
+            self.gid = clone.read(0, 64).decode().strip()
+            self.ctl = self._open(root, [self.gid, "ctl"], os.O_WRONLY)
+            self.partial = self._open(root, [self.gid, "partial"], flags & os.O_ACCMODE)
+            self.errors = self._open(root, [self.gid, "errors"], os.O_RDONLY)
+            self.send(["add %s %s" % (m, p) for m, p in members])
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, root, names, flags):
+        f, _ = root.twalk(names)
+        self.fids.append(f)
+        f.lopen(flags)
+        return f
+
+    @property
+    def iounit(self):
+        return self.conn.msize - 24
+
+    def send(self, lines):
+        """ctl lines, as few writes as the message size allows."""
+        iou = self.iounit
+        buf, size = [], 0
+        for line in lines:
+            b = (line + "\n").encode("utf-8", "surrogateescape")
+            if buf and size + len(b) > iou:
+                self.ctl.write(0, b"".join(buf))
+                buf, size = [], 0
+            buf.append(b)
+            size += len(b)
+        if buf:
+            self.ctl.write(0, b"".join(buf))
+
+    def configure(self, want):
+        """Send the settings (a `settings()` tuple) that changed since the last time."""
+        old = self.sent or (None,) * len(want)
+        lines = [w for w, o in zip(want, old) if w != o]
+        if lines:
+            self.sent = None            # unknown until the write is done
+            self.send(lines)
+        self.sent = want
+
+    def read(self, agg, timeout=None):
+        """One merged partial result for all members: a read at offset 0 runs the group
+        read; a full-size answer is continued at later offsets."""
+        iou = self.iounit
+        data = self.partial.read(0, iou, timeout=timeout)
+        if len(data) == iou:
+            parts = [data]
+            off = len(data)
+            while True:
+                more = self.partial.read(off, iou, timeout=timeout)
+                parts.append(more)
+                off += len(more)
+                if len(more) < iou:
+                    break
+            data = b"".join(parts)
+        return agg.decode(data)
+
+    def next_batch(self, agg, timeout=None):
+        """sync nowait: the next batch (blocks until there is one); None at the end."""
+        data = self.partial.read(0, self.iounit, timeout=timeout)
+        return agg.decode(data) if data else None
+
+    def write(self, offset, data, timeout=None):
+        """Write every member; {reason: members} of those that failed (a short count
+        says that some did)."""
+        if len(data) > self.iounit:
+            n = self.partial.pwrite(offset, data, timeout=timeout)
+        else:
+            n = self.partial.write(offset, data, timeout=timeout)
+        if n == len(data):
+            return {}
+        return decode_errors(self.errors.read(0, self.iounit, timeout=timeout))
+
+    def close(self):
+        for f in reversed(self.fids):
+            try:
+                f.clunk_nowait()
+            except Exception:
+                pass
+        self.fids = []
