@@ -57,6 +57,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from interop import vm  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+import vmhost  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux ptrace"),
@@ -235,26 +237,12 @@ def parse_classes(lines: list[str]) -> dict[int, set[str]]:
 # --------------------------------------------------------------------------
 # the host side
 
-def _ptrace_ok() -> bool:
-    if os.geteuid() == 0:
-        return True
-    try:
-        return Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip() == "0"
-    except OSError:
-        return True
-
-
-def _proc_field(pid: int, name: str) -> str:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(name + ":"):
-            return line.split(":", 1)[1].strip()
-    return ""
+_ptrace_ok = vmhost.ptrace_ok
+_proc_field = vmhost.proc_field
 
 
 def _peek8(pid: int, addr: int) -> int:
-    with open(f"/proc/{pid}/mem", "rb", buffering=0) as f:
-        f.seek(addr)
-        return int.from_bytes(f.read(8), "little", signed=True)
+    return vmhost.peek8(pid, addr, signed=True)
 
 
 TOPOLOGY = """[tree]
@@ -381,13 +369,10 @@ def run():
 
 
 def _get(run) -> vm.GuestResult:
-    if run.error:
-        pytest.fail(f"setup failed: {run.error}\n--- tree log ---\n{run.log()[-3000:]}", pytrace=False)
-    return run.result
+    return vmhost.guest_result(run, "tree")
 
 
-def _tail(text: str, n: int = 40) -> str:
-    return "\n".join(text.splitlines()[-n:])
+_tail = vmhost.tail
 
 
 def test_tree(run):
