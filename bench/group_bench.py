@@ -64,7 +64,6 @@ import platform
 import resource
 import signal
 import statistics
-import subprocess
 import sys
 import time
 
@@ -72,8 +71,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import gevent  # noqa: E402
-from gevent.socket import wait_read  # noqa: E402
 
+import benchleaves  # noqa: E402
 from nine.client import Client  # noqa: E402
 from nine.group.service import install  # noqa: E402
 from nine.mux.mux import Mux  # noqa: E402
@@ -101,103 +100,28 @@ def leaf_content(i, n, classes, interleave):
     return b"version 1.2.%d-bench\n" % leaf_class(i, n, classes, interleave)
 
 
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def start_leaves(indices, n, classes, interleave):
-    """A light leaf server per index in this process: [(index, "127.0.0.1:PORT")]."""
-    out, keep = [], []
-    for i in indices:
-        data = leaf_content(i, n, classes, interleave)
-        srv = Server({None: SynthFS(Dir("", [File("v", read=lambda ctx, d=data: d)])).attach},
-                     name=leaf_name(i))
-        install(srv)                       # as `nine serve` does (unused by this read)
-        ss = srv.listen("127.0.0.1:0")
-        keep.append(srv)
-        out.append((i, "%s:%d" % ss.address[:2]))
-    return out, keep
+def make_leaf(i, n, classes, interleave):
+    data = leaf_content(i, n, classes, interleave)
+    srv = Server({None: SynthFS(Dir("", [File("v", read=lambda ctx, d=data: d)])).attach},
+                 name=leaf_name(i))
+    install(srv)                       # as `nine serve` does (unused by this read)
+    return srv
 
 
 def worker_main(spec):
-    """A leaf worker process: hosts leaves i < n with i % nworkers == k, prints
-    'INDEX ADDR' lines and 'ready', then serves until its stdin reaches EOF."""
+    """A leaf worker process: hosts leaves i < n with i % nworkers == k."""
     k, nworkers, n, classes, interleave = (int(x) for x in spec.split(","))
-    raise_nofile()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent stops us (stdin EOF)
-    addrs, keep = start_leaves(range(k, n, nworkers), n, classes, bool(interleave))
-    w = sys.stdout
-    for i, a in addrs:
-        w.write("%d %s\n" % (i, a))
-    w.write("ready\n")
-    w.flush()
-    wait_read(sys.stdin.fileno())        # the hub serves the leaves meanwhile
-    os._exit(0)
+    benchleaves.worker_main(range(k, n, nworkers),
+                            lambda i: make_leaf(i, n, classes, bool(interleave)))
 
 
-class Leaves:
+def Leaves(n, nworkers, classes, interleave):
     """N light leaf servers in K worker processes (K = 0: in this process)."""
-
-    def __init__(self, n, nworkers, classes, interleave):
-        self.n = n
-        self.procs = []
-        self.keep = []
-        addrs = {}
-        t0 = time.perf_counter()
-        try:
-            if nworkers == 0:
-                got, self.keep = start_leaves(range(n), n, classes, interleave)
-                addrs.update(got)
-            else:
-                for k in range(min(nworkers, n)):
-                    self.procs.append(subprocess.Popen(
-                        [sys.executable, os.path.abspath(__file__), "--leaf-worker",
-                         "%d,%d,%d,%d,%d" % (k, min(nworkers, n), n, classes,
-                                             int(interleave))],
-                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-                for p in self.procs:
-                    for line in p.stdout:
-                        line = line.strip()
-                        if line == "ready":
-                            break
-                        i, a = line.split()
-                        addrs[int(i)] = a
-                    else:
-                        raise RuntimeError("leaf worker exited with %s" % p.wait())
-        except BaseException:
-            self.stop()
-            raise
-        self.addrs = [addrs[i] for i in range(n)]
-        self.start_s = time.perf_counter() - t0
-
-    def children(self):
-        return [(leaf_name(i), self.addrs[i]) for i in range(self.n)]
-
-    def pids(self):
-        return [p.pid for p in self.procs]
-
-    def stop(self):
-        for p in self.procs:
-            try:
-                p.stdin.close()
-            except OSError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        self.procs = []
-        for s in self.keep:
-            s.stop()
-        self.keep = []
+    return benchleaves.Leaves(
+        n, nworkers,
+        lambda k, nw: [sys.executable, os.path.abspath(__file__), "--leaf-worker",
+                       "%d,%d,%d,%d,%d" % (k, nw, n, classes, int(interleave))],
+        lambda i: make_leaf(i, n, classes, interleave), name=leaf_name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -237,33 +161,18 @@ class CPU:
         return out
 
 
-class CountingSocket:
-    """Wraps a client connection's socket: counts the bytes received and sent."""
+class ByteCount:
+    """The bytes a client connection received and sent (its Connection's counters)."""
 
-    def __init__(self, sock):
-        self._sock = sock
-        self.rx = 0
-        self.tx = 0
+    def __init__(self, client):
+        self.conn = client.conn
 
-    def recv_into(self, buf, *a):
-        n = self._sock.recv_into(buf, *a)
-        self.rx += n
-        return n
-
-    def send(self, data, *a):
-        n = self._sock.send(data, *a)
-        self.tx += n
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
+    rx = property(lambda self: self.conn.bytes_in)
+    tx = property(lambda self: self.conn.bytes_out)
 
 
 def count_bytes(client):
-    # nine.client.conn.Connection keeps no byte counters: count on its socket
-    cs = CountingSocket(client.conn._sock)
-    client.conn._sock = cs
-    return cs
+    return ByteCount(client)
 
 
 def check_classes(what, got, expected, errors):
@@ -475,7 +384,7 @@ def main():
     main_greenlet = gevent.getcurrent()
     gevent.signal_handler(signal.SIGTERM,
                           lambda: main_greenlet.throw(SystemExit(128 + signal.SIGTERM)))
-    soft, _ = raise_nofile()
+    soft, _ = benchleaves.raise_nofile()
     info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": platform.node(), "cpus": os.cpu_count(),

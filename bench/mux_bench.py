@@ -56,7 +56,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -65,8 +64,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 
 import gevent  # noqa: E402
-from gevent.socket import wait_read  # noqa: E402
 
+import benchleaves  # noqa: E402
 from nine.client import Client  # noqa: E402
 from nine.mux.mux import Mux  # noqa: E402
 from nine.server.core import Server  # noqa: E402
@@ -94,104 +93,17 @@ def leaf_tree(i):
     ])).attach
 
 
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
+def make_leaf(i):
+    return Server({None: leaf_tree(i)}, name=leaf_name(i))
 
 
-def start_leaves(indices):
-    """Start a light leaf server per index in this process; [(index, "127.0.0.1:PORT")]."""
-    out = []
-    keep = []
-    for i in indices:
-        srv = Server({None: leaf_tree(i)}, name=leaf_name(i))
-        ss = srv.listen("127.0.0.1:0")
-        keep.append(srv)
-        out.append((i, "%s:%d" % ss.address[:2]))
-    return out, keep
-
-
-def worker_main(k, nworkers, total):
-    """A leaf worker process: hosts leaves i < total with i % nworkers == k, prints
-    'INDEX ADDR' lines and 'ready', then serves until its stdin reaches EOF."""
-    raise_nofile()
-    addrs, keep = start_leaves(range(k, total, nworkers))
-    w = sys.stdout
-    for i, a in addrs:
-        w.write("%d %s\n" % (i, a))
-    w.write("ready\n")
-    w.flush()
-    wait_read(sys.stdin.fileno())        # the hub serves the leaves meanwhile
-    os._exit(0)
-
-
-class Leaves:
+def Leaves(total, nworkers):
     """N light leaf servers, in K worker processes or (K = 0) in this process."""
-
-    def __init__(self, total, nworkers):
-        self.total = total
-        self.nworkers = nworkers
-        self.procs = []
-        self.keep = []
-        addrs = {}
-        t0 = time.perf_counter()
-        if nworkers == 0:
-            got, self.keep = start_leaves(range(total))
-            addrs.update(got)
-        else:
-            for k in range(nworkers):
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, os.path.abspath(__file__), "--leaf-worker",
-                     "%d,%d,%d" % (k, nworkers, total)],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-            for p in self.procs:
-                for line in p.stdout:
-                    line = line.strip()
-                    if line == "ready":
-                        break
-                    i, a = line.split()
-                    addrs[int(i)] = a
-                else:
-                    raise RuntimeError("leaf worker exited with %s" % p.wait())
-        self.addrs = [addrs[i] for i in range(total)]
-        self.start_s = time.perf_counter() - t0
-
-    def children(self, n):
-        return [(leaf_name(i), self.addrs[i]) for i in range(n)]
-
-    def cpu(self):
-        """CPU seconds (user + system) used so far by the leaves' worker processes."""
-        tck = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for p in self.procs:
-            try:
-                with open("/proc/%d/stat" % p.pid) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                return None
-        return total / tck
-
-    def stop(self):
-        for p in self.procs:
-            try:
-                p.stdin.close()
-            except OSError:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        self.procs = []
-        for s in self.keep:
-            s.stop()
-        self.keep = []
+    return benchleaves.Leaves(
+        total, nworkers,
+        lambda k, nw: [sys.executable, os.path.abspath(__file__), "--leaf-worker",
+                       "%d,%d,%d" % (k, nw, total)],
+        make_leaf, name=leaf_name)
 
 
 def rss():
@@ -251,7 +163,8 @@ def run_simple(kids, a):
         addr = serve(mux)
         t_att, cl = timed(lambda: Client(addr, aname=""))
         t_root, names = timed(lambda: cl.listdir(""))
-        assert len(names) == len(kids), (len(names), len(kids))
+        # the children, and the mux's own groups/ (nine.group.service)
+        assert len(names) == len(kids) + 1 and "groups" in names, (len(names), len(kids))
         assert untouched(mux), "listing the per-server root contacted a child"
     finally:
         if cl is not None:
@@ -403,12 +316,12 @@ def main():
     a = ap.parse_args()
     if a.leaf_worker:
         k, nw, total = (int(x) for x in a.leaf_worker.split(","))
-        worker_main(k, nw, total)
+        benchleaves.worker_main(range(k, total, nw), make_leaf)
         return
 
     sizes = [int(x) for x in a.sizes.split(",") if x] + a.n
     sizes = sorted(set(sizes))
-    soft, hard = raise_nofile()
+    soft, hard = benchleaves.raise_nofile()
     from nine.mux.remote import DEFAULT_MSIZE
     child_msize = a.child_msize or DEFAULT_MSIZE
     info = {

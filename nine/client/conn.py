@@ -232,6 +232,7 @@ class Connection:
         self._enc = codec._ENCODERS[version]
         self.requests = 0
         self.bytes_in = 0           # bytes received from the server (frames and all)
+        self.bytes_out = 0          # bytes sent to it
         if sock is None:
             if addr is None:
                 raise ValueError("need addr or sock")
@@ -593,6 +594,7 @@ class Connection:
         except OSError as e:
             self._die(e.errno or errno.EPIPE, "send: %s" % (e.strerror or e))
             return
+        self.bytes_out += n
         if n < len(data):
             self._wpend = memoryview(data)[n:]
             self._wblocked = True
@@ -608,6 +610,7 @@ class Connection:
             except OSError as e:
                 self._die(e.errno or errno.EPIPE, "send: %s" % (e.strerror or e))
                 return
+            self.bytes_out += n
             if n < len(data):
                 self._wpend = data[n:]
                 return
