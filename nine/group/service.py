@@ -67,6 +67,8 @@ from .handle import (FEATURES, MAX_WHOLE, CHUNK, GroupHandle, format_agg, settin
                      read_whole, follow, join)
 
 MAX_MEMBERS = 1 << 20
+PRIME_BATCH = 256            # members resolved per listing of their shared directories
+PRIME_MIN = 8                # a directory is listed first when this many members share it
 def _qp():
     from ..synth import files
     return next(files._qpaths)
@@ -311,18 +313,28 @@ class GroupOpen:
         by_child = {}
         results = {}
 
-        def resolve(label, target):
+        def resolve(label, target, bases):
             try:
-                results[label] = self.svc.resolve(ctx, root, g, target)
+                results[label] = self.svc.resolve(ctx, root, g, target, bases)
             except Exception as e:
                 results[label] = e
 
         from gevent.pool import Pool
         pool = Pool(64)
+        items = list(g.members.items())
         try:
-            for label, target in list(g.members.items()):
-                pool.spawn(resolve, label, target)
-            pool.join()
+            for i in range(0, len(items), PRIME_BATCH):
+                batch = items[i:i + PRIME_BATCH]
+                # list the directories many members share first: a union then walks a
+                # name only in the child that has it, not in every child
+                bases = self.svc.prime(ctx, root, g, [t for _, t in batch])
+                try:
+                    for label, target in batch:
+                        pool.spawn(resolve, label, target, bases)
+                    pool.join()
+                finally:
+                    for b in bases.values():
+                        b.close(ctx)
         finally:
             pool.kill()
             root.close(ctx)
@@ -888,18 +900,63 @@ class GroupService:
         names = _names(posixpath.normpath(target))
         return [names[i:] for i in range(0, min(len(names), 9))]
 
-    def resolve(self, ctx, root, g, target):
-        """(node, names) of a member's file; the node is not open."""
+    def resolve(self, ctx, root, g, target, bases=None):
+        """(node, names) of a member's file; the node is not open.  bases: walked
+        directories {names: Node} to start from (prime())."""
         last = None
         for names in self.candidates(g, target):
             if not names:
                 continue
+            start, rest = root, names
+            if bases:
+                for k in range(len(names) - 1, 0, -1):
+                    b = bases.get(tuple(names[:k]))
+                    if b is not None:
+                        start, rest = b, names[k:]
+                        break
             try:
-                return self._walk(ctx, root, names), names
+                return self._walk(ctx, start, rest), names
             except OSError as e:
                 if last is None or e.errno != errno.ENOENT:
                     last = e
         raise last or error(errno.ENOENT, "no such member file %r" % target)
+
+    def prime(self, ctx, root, g, targets):
+        """Walk and list the directories that PRIME_MIN or more of these members share
+        (at most 16, parents first); returns {names: walked Node} to resolve from (the
+        caller closes them).  Each member then walks only the rest of its path from the
+        longest such directory, and the listing of a FiNAL union is cached for a while:
+        a walk in it asks only the child that holds the name.  So resolving N members
+        costs about N child walks, not N times the number of children."""
+        from collections import Counter
+        counts = Counter()
+        for t in targets:
+            names = self.candidates(g, t)[0]
+            for k in range(1, len(names)):
+                counts[tuple(names[:k])] += 1
+        dirs = sorted((p for p, c in counts.most_common(16) if c >= PRIME_MIN), key=len)
+        bases = {}
+        for d in dirs:
+            try:
+                bases[d] = self._walk(ctx, root, list(d))
+            except OSError:
+                continue
+            lister = None
+            try:
+                lister = bases[d].clone(ctx)
+                lister.open(ctx, os.O_RDONLY)
+                off = 0
+                while True:
+                    ents = lister.readdir(ctx, off, 1 << 16)
+                    if not ents:
+                        break
+                    off = ents[-1].offset
+            except OSError:
+                pass
+            finally:
+                if lister is not None:
+                    lister.close(ctx)
+        return bases
 
     def _walk(self, ctx, root, names):
         cur = root.clone(ctx)
