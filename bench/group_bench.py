@@ -3,7 +3,13 @@ through one flat mux, and by serial iteration from a client.
 
     python bench/group_bench.py [--sizes 16,64,256,1024] [--fanout 16] [--reads 20]
                                 [--open-reads 5] [--workers K] [--classes 4]
-                                [--interleave] [--quick] [--json FILE]
+                                [--interleave] [--latency MS] [--quick] [--json FILE]
+
+--latency MS (a simulation, off by default) makes every leaf answer a read after MS
+milliseconds, as a host across a network does (a LAN round trip plus the remote
+server's work): serial iteration pays it N times, a group read about once per level.
+On loopback (the default) a round trip costs tens of microseconds, so serial iteration
+is bounded by CPU, like the tree.
 
 For each N it starts N LIGHT LEAF SERVERS (simulation): each a real nine Server
 (nine.server.core, with the group service installed as `nine serve` does) on its own
@@ -100,28 +106,37 @@ def leaf_content(i, n, classes, interleave):
     return b"version 1.2.%d-bench\n" % leaf_class(i, n, classes, interleave)
 
 
-def make_leaf(i, n, classes, interleave):
+def make_leaf(i, n, classes, interleave, latency_us=0):
     data = leaf_content(i, n, classes, interleave)
-    srv = Server({None: SynthFS(Dir("", [File("v", read=lambda ctx, d=data: d)])).attach},
-                 name=leaf_name(i))
+    if latency_us:
+        # --latency: the leaf answers after that long (gevent.sleep: the leaf server keeps
+        # serving its other clients meanwhile), a stand-in for a remote host's round trip
+        def read(ctx, d=data, t=latency_us / 1e6):
+            gevent.sleep(t)
+            return d
+        f = File("v", read=read, blocking=True)
+    else:
+        f = File("v", read=lambda ctx, d=data: d)
+    srv = Server({None: SynthFS(Dir("", [f])).attach}, name=leaf_name(i))
     install(srv)                       # as `nine serve` does (unused by this read)
     return srv
 
 
 def worker_main(spec):
     """A leaf worker process: hosts leaves i < n with i % nworkers == k."""
-    k, nworkers, n, classes, interleave = (int(x) for x in spec.split(","))
+    k, nworkers, n, classes, interleave, lat = (int(x) for x in spec.split(","))
     benchleaves.worker_main(range(k, n, nworkers),
-                            lambda i: make_leaf(i, n, classes, bool(interleave)))
+                            lambda i: make_leaf(i, n, classes, bool(interleave), lat))
 
 
-def Leaves(n, nworkers, classes, interleave):
+def Leaves(n, nworkers, classes, interleave, latency_us=0):
     """N light leaf servers in K worker processes (K = 0: in this process)."""
     return benchleaves.Leaves(
         n, nworkers,
         lambda k, nw: [sys.executable, os.path.abspath(__file__), "--leaf-worker",
-                       "%d,%d,%d,%d,%d" % (k, nw, n, classes, int(interleave))],
-        lambda i: make_leaf(i, n, classes, interleave), name=leaf_name)
+                       "%d,%d,%d,%d,%d,%d" % (k, nw, n, classes, int(interleave),
+                                              latency_us)],
+        lambda i: make_leaf(i, n, classes, interleave, latency_us), name=leaf_name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,7 +313,7 @@ def run_serial(leaves, expected, reads, open_reads, cpu, errors):
 
 def run_size(n, a, errors):
     row = {"n": n}
-    leaves = Leaves(n, a.workers, a.classes, a.interleave)
+    leaves = Leaves(n, a.workers, a.classes, a.interleave, int(a.latency * 1000))
     tree = None
     flat = None
     try:
@@ -368,6 +383,9 @@ def main():
                     help="distinct file contents (equivalence classes)")
     ap.add_argument("--interleave", action="store_true",
                     help="leaf i has class i %% classes (default: contiguous blocks)")
+    ap.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                    help="SIMULATED: every leaf answers a read after MS milliseconds (a "
+                    "stand-in for a remote host's round trip; default 0: loopback only)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--leaf-worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -399,6 +417,9 @@ def main():
               "in %d worker process%s" % (a.workers, "es" if a.workers != 1 else "")
               if a.workers else "in this process", a.classes,
               "interleaved" if a.interleave else "contiguous"))
+    if a.latency:
+        print("  SIMULATED LATENCY: every leaf answers a read after %g ms (gevent.sleep)"
+              % a.latency)
     print("tree: fanout %d, `nine mux` processes, root in this process; flat: one mux "
           "in this process;\nserial: one Tread per file in turn on pre-opened fids, one "
           "connection per leaf;\nserial+open: walk+open+read+clunk per file "
@@ -454,8 +475,9 @@ def main():
     at = {r["n"]: r for r in rows}
     if 256 in at:
         x = at[256]["serial_over_tree"]
-        print("at N=256: serial/tree %.1fx (the issue asks > 20x): %s on %d cpus" % (
-            x, "met" if x > 20 else "NOT met", os.cpu_count()))
+        print("at N=256: serial/tree %.1fx (the issue asks > 20x): %s on %d cpus%s" % (
+            x, "met" if x > 20 else "NOT met", os.cpu_count(),
+            ", with a SIMULATED leaf latency of %g ms" % a.latency if a.latency else ""))
     if len(rows) > 1:
         a0, a1 = rows[0], rows[-1]
         print("tree time x%.1f from N=%d to N=%d (depth %d -> %d; N x%.0f)" % (
