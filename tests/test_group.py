@@ -542,3 +542,30 @@ def test_flushed_group_read_frees_everything(world):
     assert c2.read_file("/nodes/n2/v") == b"value 0\n"
     c2.close()
     c.close()
+
+
+def test_restarted_leaf_comes_back_into_the_group(world):
+    """A leaf that goes away is named; once it serves again (same address) the open
+    group picks it up again by itself: its members are resolved anew."""
+    n = 8
+    t = world(lambda: build_tree({"n%d" % i: value_files(i, 2, n) for i in range(n)}))
+    c = Client(t["addr"])
+    g = c.gopen(None, "r", members=members(n), aggregator="count")
+    assert g.read().strip() == b"8"
+    srv, addr = t["leaves"]["n5"]
+    world.last.call(srv.stop)
+
+    def wait_for(pred, what):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            out = g.read().decode()
+            if pred(out):
+                return out
+            time.sleep(0.2)
+        pytest.fail("%s: last read %r" % (what, out))
+    out = wait_for(lambda o: "errors: n5" in o, "the dead leaf is named")
+    assert out.splitlines()[0] == "7"
+    world.last.call(lambda: srv.listen(addr))
+    out = wait_for(lambda o: o == "8\n", "the restarted leaf answers again")
+    assert g.failed == {}
+    c.close()

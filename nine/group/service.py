@@ -68,6 +68,7 @@ from .handle import (FEATURES, MAX_WHOLE, CHUNK, GroupHandle, format_agg, settin
 
 MAX_MEMBERS = 1 << 20
 PRIME_BATCH = 256            # members resolved per listing of their shared directories
+REPAIR_EVERY = 1.0           # failed members are resolved again at most this often (s)
 PRIME_MIN = 8                # a directory is listed first when this many members share it
 def _qp():
     from ..synth import files
@@ -114,6 +115,19 @@ def _reason(e):
     if isinstance(e, OSError):
         return e.strerror or os.strerror(e.errno or errno.EIO)
     return "%s: %s" % (type(e).__name__, e)
+
+
+_HEALABLE = {errno.EHOSTDOWN, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE,
+             errno.ESTALE, errno.ENOTCONN}
+
+
+def _healable(e):
+    """A failure that resolving the member again may cure: its child's connection went
+    (the child is down, or back on a new connection that the old node cannot use)."""
+    if isinstance(e, OSError) and e.errno in _HEALABLE:
+        return True
+    from ..mux.remote import ChildDown, StaleNode
+    return isinstance(e, (ChildDown, StaleNode))
 
 
 def _names(path):
@@ -297,18 +311,29 @@ class GroupOpen:
         self.stream = None
         self.pause_at = None
         self.buf = b""
+        self.broken = set()        # labels whose child connection failed: resolve again
+        self.broken_children = set()   # ChildGroups that failed: make them again
+        self.repair_at = 0.0
         self.plan()
 
     # -- opening the members -----------------------------------------------------
     def plan(self):
         self.release()
+        self.gen = self.group.gen
+        self.repair_at = time.monotonic() + REPAIR_EVERY
+        self._place(list(self.group.members))
+
+    def _place(self, labels):
+        """Resolve these members: open the local ones, hand the others on to their
+        children's group services."""
         g = self.group
-        self.gen = g.gen
         ctx = self.ctx
+        items = [(label, g.members[label]) for label in labels if label in g.members]
         try:
             root = self.svc.ns_attach(ctx)
         except OSError as e:
-            self.openfail = {m: "name space: " + _reason(e) for m in g.members}
+            for label, _ in items:
+                self.openfail[label] = "name space: " + _reason(e)
             return
         by_child = {}
         results = {}
@@ -321,7 +346,6 @@ class GroupOpen:
 
         from gevent.pool import Pool
         pool = Pool(64)
-        items = list(g.members.items())
         try:
             for i in range(0, len(items), PRIME_BATCH):
                 batch = items[i:i + PRIME_BATCH]
@@ -390,6 +414,34 @@ class GroupOpen:
             c.close()
         self.children = []
         self.openfail = {}
+        self.broken = set()
+        self.broken_children = set()
+
+    def _repair(self):
+        """Members that could not be opened, or whose child's connection failed (a
+        restarted leaf or mux), are resolved again, at most every REPAIR_EVERY s."""
+        labels = set(self.openfail) | self.broken
+        for c in self.broken_children:
+            labels.update(c.labels)
+        now = time.monotonic()
+        if not labels or now < self.repair_at:
+            return
+        self.repair_at = now + REPAIR_EVERY
+        for label in labels:
+            self.openfail.pop(label, None)
+            node = self.local.pop(label, None)
+            if node is not None:
+                try:
+                    node.close(self.ctx)
+                except Exception:
+                    pass
+        for c in self.broken_children:
+            c.close()
+            if c in self.children:
+                self.children.remove(c)
+        self.broken.clear()
+        self.broken_children.clear()
+        self._place(labels)
 
     def refresh(self):
         if self.gen != self.group.gen:
@@ -413,6 +465,7 @@ class GroupOpen:
         """A group read with the group's settings: the merged Partial."""
         with self.lock:
             self.refresh()
+            self._repair()
             g = self.group
             agg = g.aggregator()
             t0 = time.monotonic()
@@ -446,7 +499,10 @@ class GroupOpen:
                     e = j.exception
                     if kind == "m":
                         parts.append(agg.fail(who, _reason(e)))
+                        if _healable(e):
+                            self.broken.add(who)
                     else:
+                        self.broken_children.add(who)
                         who.sent = None
                         parts.append(A.Partial(None, {"%s: %s" % (who.child.name, _reason(e)):
                                                       set(who.labels)}))
@@ -515,6 +571,7 @@ class GroupOpen:
     def write(self, offset, data):
         with self.lock:
             self.refresh()
+            self._repair()
             g = self.group
             t0 = time.monotonic()
             timeout = g.timeout if g.sync == "timeout" else None
@@ -536,6 +593,9 @@ class GroupOpen:
                     why = _reason(j.exception)
                     if kind == "c":
                         why = "%s: %s" % (who.child.name, why)
+                        self.broken_children.add(who)
+                    elif _healable(j.exception):
+                        self.broken.add(who)
                     errors.setdefault(why, set()).update(labels)
                 elif kind == "c":
                     for r, ms in j.value.items():
