@@ -70,6 +70,8 @@ MAX_MEMBERS = 1 << 20
 PRIME_BATCH = 256            # members resolved per listing of their shared directories
 REPAIR_EVERY = 1.0           # failed members are resolved again at most this often (s)
 PRIME_MIN = 8                # a directory is listed first when this many members share it
+
+
 def _qp():
     from ..synth import files
     return next(files._qpaths)
