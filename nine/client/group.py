@@ -54,16 +54,17 @@ def members_of(client, path):
     ents = [e for e in client.readdir(path) if e.name not in (".", "..")]
     names = {e.name for e in ents}
     skip = set(GROUP_FILES) if set(GROUP_FILES) <= names else set()
+    ents = [e for e in sorted(ents, key=lambda e: A.natural_key(e.name))
+            if e.name not in skip and (e.is_symlink() or not e.is_dir())]
+    paths = [posixpath.join(base, e.name) for e in ents]
+    links = [gevent.spawn(client.readlink, p) if e.is_symlink() else None
+             for e, p in zip(ents, paths)]       # one round trip for all the symlinks
+    gevent.joinall([g for g in links if g is not None], raise_error=True)
     out = []
-    for e in sorted(ents, key=lambda e: A.natural_key(e.name)):
-        if e.name in skip:
-            continue
-        p = posixpath.join(base, e.name)
-        if e.is_symlink():
-            t = client.readlink(p)
+    for e, p, g in zip(ents, paths, links):
+        if g is not None:
+            t = g.value
             p = t if t.startswith("/") else posixpath.normpath(posixpath.join(base, t))
-        elif e.is_dir():
-            continue
         out.append((e.name, p))
     return out
 
