@@ -1,7 +1,6 @@
 """The `nine` command: serve, and client verbs in the style of plan9port's 9p(1)."""
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -95,11 +94,7 @@ def cmd_serve(args):
                 _fmt_listen(srv, a)))
         _write_address(args, srv, a)
     sys.stderr.flush()
-    import gevent
-    try:
-        gevent.wait()
-    except KeyboardInterrupt:
-        pass
+    _serve_forever()
     return 0
 
 
@@ -356,6 +351,23 @@ def cmd_mux(args):
                              "mux of %d children" % len(children), args)
 
 
+def _serve_forever():
+    """Serve until Ctrl-C (SIGINT) or SIGTERM, then return (quietly: the callers clean
+    up in their `finally`)."""
+    import signal
+    import gevent
+    import gevent.event
+    done = gevent.event.Event()
+    handlers = [gevent.signal_handler(sig, done.set) for sig in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for h in handlers:
+            h.cancel()
+
+
 def _write_address(args, srv, a):
     """--address-file: write the address really listened on (port 0 picks a free one),
     atomically, for whoever started this server (nine tree)."""
@@ -369,7 +381,6 @@ def _write_address(args, srv, a):
 
 
 def _serve_until_done(server, addrs, quiet, what, args=None):
-    import gevent
     for a in addrs:
         try:
             srv = server.listen(a)
@@ -379,10 +390,7 @@ def _serve_until_done(server, addrs, quiet, what, args=None):
             sys.stderr.write("nine: serving %s on %s\n" % (what, _fmt_listen(srv, a)))
         _write_address(args, srv, a)
     sys.stderr.flush()
-    try:
-        gevent.wait()
-    except KeyboardInterrupt:
-        pass
+    _serve_forever()
     return 0
 
 
@@ -423,16 +431,7 @@ def cmd_tree(args):
         if args.once:
             return 0
         sys.stdout.flush()
-        import signal
-        import gevent
-        import gevent.event
-        done = gevent.event.Event()
-        # SIGTERM ends the tree like Ctrl-C: its servers stop, its scratch dir goes
-        gevent.signal_handler(signal.SIGTERM, done.set)
-        try:
-            done.wait()
-        except KeyboardInterrupt:
-            pass
+        _serve_forever()        # then its servers stop and its scratch dir goes
         return 0
     finally:
         tree.stop()
@@ -542,10 +541,7 @@ def cmd_demo(args):
             return 0
         print("Serving until Ctrl-C.")
         sys.stdout.flush()
-        try:
-            gevent.wait()
-        except KeyboardInterrupt:
-            pass
+        _serve_forever()
         return 0
     finally:
         tree.stop()
