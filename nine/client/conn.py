@@ -470,7 +470,8 @@ class Connection:
         """Send a T-message and do not wait; ``callback(reply_or_None)`` runs in the hub.
 
         Never blocks (safe from __del__ and hub callbacks); returns False when it could
-        not send (connection dead, or all tags busy)."""
+        not send (connection dead, or all tags busy), else a handle for cancel()
+        (which flushes the request; the callback then never runs)."""
         if self._dead is not None:
             return False
         free = self._free_tags
@@ -483,10 +484,10 @@ class Connection:
         except Exception:
             free.append(tag)
             return False
-        self._waiters[tag] = _Callback(self, tag, callback)
+        h = self._waiters[tag] = _Callback(self, tag, callback)
         self._send(frame)
         self.requests += 1
-        return True
+        return h
 
     def _get_timeout(self, tag, w, msg, timeout):
         t = Timeout.start_new(timeout)

@@ -948,6 +948,11 @@ class TNode(Node):
     def read(self, ctx, offset, count):
         return self._n().read(ctx, offset, count)
 
+    @property
+    def post_read(self):
+        """The backend's greenlet-free read (a remote child's post_read), or None."""
+        return getattr(self._n(), "post_read", None)
+
     def write(self, ctx, offset, data):
         return self._n().write(ctx, offset, data)
 

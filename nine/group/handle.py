@@ -8,6 +8,7 @@ import os
 import time
 
 import gevent
+from gevent.event import Event
 
 from . import aggregate as A
 
@@ -100,6 +101,86 @@ def follow(read, label, offset, agg, put, hold=1.0, reason=str):
         if held:
             put(agg.leaf(label, held))
         put(agg.fail(label, reason(e)))
+
+
+class _Whole:
+    """One member of a Gather: its reads chained in hub callbacks, as read_whole."""
+    __slots__ = ("g", "label", "post", "offset", "want", "chunk", "got", "parts", "n")
+
+    def __init__(self, g, label, post, offset, want, chunk):
+        self.g, self.label, self.post = g, label, post
+        self.offset, self.want, self.chunk = offset, want, chunk
+        self.got = 0
+        self.parts = []
+
+    def start(self):
+        self.n = n = min(self.want - self.got, self.chunk)
+        self.g.pending[self.label] = self.post(self.offset + self.got, n, self.reply)
+
+    def reply(self, data, exc):
+        if exc is None and data:
+            self.parts.append(data)
+            self.got += len(data)
+            if self.got < self.want and len(data) == self.n:
+                try:
+                    return self.start()
+                except Exception as e:
+                    exc = e
+        p = self.parts
+        self.g.done(self.label, exc if exc is not None else
+                    p[0] if len(p) == 1 else b"".join(p))
+
+
+class Gather:
+    """Whole reads (read_whole's rule) of many members at once without a greenlet per
+    member: add(label, post, ...) with a node's post_read sends the first request, the
+    next ones are sent from the reply callbacks, and wait() blocks the one calling
+    greenlet until every member is done or the timeout passes.  results: {label: bytes
+    or the exception}; the members still pending after wait() are flushed and listed
+    in its return value."""
+
+    def __init__(self):
+        self.results = {}
+        self.pending = {}            # label -> cancel()
+        self.left = 0
+        self.ev = Event()
+
+    def add(self, label, post, offset, count, chunk):
+        self.left += 1
+        w = _Whole(self, label, post, offset, MAX_WHOLE if count is None else count,
+                   chunk)
+        try:
+            w.start()
+        except Exception as e:
+            self.done(label, e)
+
+    def done(self, label, value):
+        self.pending.pop(label, None)
+        self.results[label] = value
+        self.left -= 1
+        if self.left <= 0:
+            self.ev.set()
+
+    def wait(self, timeout=None):
+        """[labels that did not finish in time] (flushed).  If the wait is killed (a
+        Tflush from above), every pending request is flushed and the kill goes on."""
+        try:
+            if self.left > 0:
+                self.ev.wait(timeout)
+        except BaseException:
+            self.cancel()
+            raise
+        return self.cancel()
+
+    def cancel(self):
+        late = list(self.pending)
+        for cancel in self.pending.values():
+            try:
+                cancel()
+            except Exception:
+                pass
+        self.pending.clear()
+        return late
 
 
 def join(greenlets, timeout):

@@ -63,7 +63,8 @@ from gevent.queue import Queue, Empty
 from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY
 from ..server.node import Node, Attr, Dirent, StatFS, error
 from . import aggregate as A
-from .handle import (FEATURES, MAX_WHOLE, CHUNK, GroupHandle, format_agg, settings,
+from .handle import (FEATURES, MAX_WHOLE, CHUNK, Gather, GroupHandle, format_agg,
+                     settings,
                      read_whole, follow, join)
 
 MAX_MEMBERS = 1 << 20
@@ -475,15 +476,36 @@ class GroupOpen:
             child_t = None if timeout is None else max(0.01, timeout * 0.8 - 0.02)
             parts = [agg.fail(m, "open: " + r) for m, r in self.openfail.items()]
             jobs = []
+            gather = Gather()        # members on a remote child: no greenlet each
             for label, node in self.local.items():
-                jobs.append((gevent.spawn(self._read_member, node, g.offset, g.count),
-                             "m", label))
+                post = getattr(node, "post_read", None)
+                if post is not None:
+                    gather.add(label, post, g.offset, g.count,
+                               min(node.iounit or CHUNK, CHUNK))
+                else:
+                    jobs.append((gevent.spawn(self._read_member, node, g.offset,
+                                              g.count), "m", label))
             for c in self.children:
                 def one(c=c):
                     c.configure_for(g, child_t)
                     return c.read(agg)
                 jobs.append((gevent.spawn(one), "c", c))
-            join([j for j, _, _ in jobs], timeout)
+            try:
+                join([j for j, _, _ in jobs], timeout)
+            except BaseException:
+                gather.cancel()
+                raise
+            late = gather.wait(None if timeout is None else
+                               max(0.0, timeout - (time.monotonic() - t0)))
+            for label in late:
+                parts.append(agg.fail(label, "timed out after %gs" % timeout))
+            for label, v in gather.results.items():
+                if isinstance(v, BaseException):
+                    parts.append(agg.fail(label, _reason(v)))
+                    if _healable(v):
+                        self.broken.add(label)
+                else:
+                    parts.append(agg.leaf(label, v))
             for j, kind, who in jobs:
                 if not j.ready():
                     j.kill(block=False)

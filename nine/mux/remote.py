@@ -75,6 +75,7 @@ DEFAULT_QIDMAP = QidMap()
 _Tread = codec.BY_NAME["Tread"]
 _Twrite = codec.BY_NAME["Twrite"]
 _Treaddir = codec.BY_NAME["Treaddir"]
+_RREAD = codec.BY_NAME["Rread"].mtype
 _Tgetattr = codec.BY_NAME["Tgetattr"]
 _DIRENT = struct.Struct("<BIQQBH")
 _DIRENT_SIZE = _DIRENT.size
@@ -645,6 +646,38 @@ class RemoteNode(Node):
             return conn.rpc(_Tread(fid=f.fid, offset=offset, count=count)).data
         except NineError as e:
             raise self.child.error(ln, e) from None
+
+    def post_read(self, offset, count, done):
+        """read() without a greenlet: sends the Tread and returns at once; done(data,
+        None) or done(None, error) runs later in the hub (it must not block).  Returns
+        a cancel() callable (the request is flushed; done never runs).  Raises at once
+        (like read) when the node is not open or its connection is gone.  A group read
+        of many members uses this: one greenlet waits for all of them."""
+        f, ln, conn = self._open_link()
+        iou = self.iounit or conn.msize - IOHDRSZ
+        if count > iou:
+            count = iou
+        msg = _Tread(fid=f.fid, offset=offset, count=count)
+        child = self.child
+
+        def reply(r):
+            if r is None:                      # the connection died, or a bad reply
+                done(None, child.lost(ln) if conn._dead is not None else
+                     nine_error(errno.EPROTO, "child %s: undecodable reply" % child.name))
+            elif r.mtype == _RREAD:
+                done(r.data, None)
+            else:
+                try:
+                    conn._bad_reply(msg, r)          # raises the error it carries
+                    raise nine_error(errno.EPROTO, "child %s: unexpected reply %s" % (
+                        child.name, type(r).__name__))
+                except NineError as e:
+                    done(None, child.error(ln, e))
+
+        h = conn.post(msg, reply)
+        if not h:
+            raise nine_error(errno.EAGAIN, "child %s: no free tag" % child.name)
+        return lambda: conn.cancel(msg, h)
 
     def write(self, ctx, offset, data):
         f, ln, conn = self._open_link()

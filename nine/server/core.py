@@ -183,6 +183,17 @@ class Connection:
         self._writing = False
         self._wlock = Semaphore()
         self.framer = P.Framer(server.msize)
+        # the hot path does its I/O on the gevent socket's own non-blocking socket and
+        # waits for readability on one watcher of its own (gevent's recv_into/sendall
+        # wrappers cost more than the syscalls for small 9P messages)
+        raw = getattr(sock, "_sock", None)
+        if raw is not None and getattr(sock, "timeout", 0) is None and \
+                raw.gettimeout() == 0.0:
+            self._raw = raw
+            self._hub = gevent.get_hub()
+            self._rwatch = self._hub.loop.io(sock.fileno(), 1)
+        else:
+            self._raw = self._rwatch = None
         self.handlers = {}
         for name in dir(self):
             if name.startswith("h_"):
@@ -196,6 +207,7 @@ class Connection:
         receive buffer; a large frame (a big Twrite) is received straight into a buffer
         of its own and handed on as a memoryview, so its payload is never copied again."""
         sock = self.sock
+        recv_into = sock.recv_into if self._raw is None else self._recv_into
         buf = bytearray(RECVBUF)
         mv = memoryview(buf)
         start = end = 0
@@ -206,7 +218,7 @@ class Connection:
                         buf[:end - start] = mv[start:end]
                         end -= start
                         start = 0
-                n = sock.recv_into(mv[end:])
+                n = recv_into(mv[end:])
                 if not n:
                     break
                 end += n
@@ -241,11 +253,39 @@ class Connection:
         finally:
             self.close()
 
+    def _recv_into(self, buf):
+        raw = self._raw
+        while True:
+            try:
+                return raw.recv_into(buf)
+            except BlockingIOError:
+                pass
+            if self.closed:
+                return 0
+            self._hub.wait(self._rwatch)
+
+    def _send_all(self, data):
+        raw = self._raw
+        if raw is not None:
+            try:
+                n = raw.send(data)
+            except BlockingIOError:
+                n = 0
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
+        self.sock.sendall(data)
+
     def close(self):
         if self.closed:
             return
         self.closed = True
         self.abort_all()
+        w = self._rwatch
+        if w is not None:
+            self._rwatch = None
+            self._hub.cancel_wait(w, OSError(errno.EBADF, "connection closed"))
+            w.close()
         try:
             self.sock.close()
         except OSError:
@@ -370,11 +410,11 @@ class Connection:
                 out = self._out
                 self._out = []
                 if len(out) == 1:
-                    self.sock.sendall(out[0])
+                    self._send_all(out[0])
                 elif len(out) <= 64 and sum(map(len, out)) > 32768:
                     self._sendv(out)    # large payloads: no copy into one buffer
                 else:
-                    self.sock.sendall(b"".join(out))
+                    self._send_all(b"".join(out))
         except OSError:
             self._out = []
             self.closed = True
