@@ -395,6 +395,74 @@ def test_group_directory_interface(world):
     c.close()
 
 
+def test_ctl_write_is_all_or_nothing(world):
+    n = 3
+    t = world(lambda: build_tree({"n%d" % i: value_files(i, 2, n) for i in range(n)}))
+    c = Client(t["addr"])
+    c.mkdir("/groups/g")
+    c.write_file("/groups/g/ctl", b"agg count\nadd n0 /nodes/n0/v\nadd n1 /nodes/n1/v\n")
+    before = c.read_file("/groups/g/ctl")
+    assert b"agg count" in before and b"members 2" in before
+    for bad in (b"agg sum\nadd n2 /nodes/n2/v\nseek 5\nfrobnicate\n",
+                b"del n0\nsync timeout 3\nadd n1 /nodes/n1/v\n",      # n1 exists
+                b"del n1\nadd n1 /elsewhere\nagg nosuch\n"):
+        with pytest.raises(NineError) as ei:
+            c.write_file("/groups/g/ctl", bad)
+        assert ei.value.errno in (errno.EINVAL, errno.EEXIST), bad
+        assert c.read_file("/groups/g/ctl") == before, bad
+        assert sorted(x for x in c.listdir("/groups/g") if x.startswith("n")) == ["n0", "n1"]
+        assert c.readlink("/groups/g/n1") == "/nodes/n1/v"
+    assert c.read_file("/groups/g/data").strip() == b"2"
+    c.close()
+
+
+def test_a_group_belongs_to_its_maker(world):
+    n = 4
+    t = world(lambda: build_tree({"n%d" % i: value_files(i, 2, n) for i in range(n)}))
+    alice = Client(t["addr"], uname="alice", n_uname=4001)
+    bob = Client(t["addr"], uname="bob", n_uname=4002)
+    root = Client(t["addr"], uname="root", n_uname=0)
+    alice.mkdir("/groups/a")
+    for i in range(n):
+        alice.symlink("/nodes/n%d/v" % i, "/groups/a/n%d" % i)
+    alice.write_file("/groups/a/ctl", b"agg equiv\n")
+    st = bob.stat("/groups/a")
+    assert (st.st_uid, st.st_mode & 0o7777) == (4001, 0o755)
+    assert bob.stat("/groups/a/ctl").st_mode & 0o777 == 0o644
+    assert bob.stat("/groups/a/data").st_uid == 4001
+    # others may look and read (each member is read as the reader) ...
+    assert b"n[0-1] (2)" in bob.read_file("/groups/a/data")
+    g = bob.gopen("/groups/a", "r", aggregator="count")
+    assert g.read().strip() == b"4"
+    g.close()
+    # ... but not change, drive or remove it
+    for what, fn, eno in (
+            ("ctl", lambda: bob.write_file("/groups/a/ctl", b"agg count\n"), errno.EACCES),
+            ("data", lambda: bob.write_file("/groups/a/data", b"stop\n"), errno.EACCES),
+            ("add", lambda: bob.symlink("/nodes/n0/v", "/groups/a/x"), errno.EACCES),
+            ("del", lambda: bob.remove("/groups/a/n0"), errno.EACCES),
+            ("rmdir", lambda: bob.remove("/groups/a"), errno.EPERM)):
+        with pytest.raises(NineError) as ei:
+            fn()
+        assert ei.value.errno == eno, what
+    assert b"agg equiv" in alice.read_file("/groups/a/ctl")
+    assert len([x for x in bob.listdir("/groups/a") if x.startswith("n")]) == n
+    # bob's own groups are his; a private group (members=) needs no directory
+    bob.mkdir("/groups/b")
+    bob.symlink("/nodes/n1/v", "/groups/b/n1")
+    assert bob.stat("/groups/b").st_uid == 4002
+    g = bob.gopen(None, "r", members=members(n), aggregator="count")
+    assert g.read().strip() == b"4"
+    g.close()
+    # root may change anything; the owner may remove her group
+    root.write_file("/groups/a/ctl", b"agg count\n")
+    root.remove("/groups/b")
+    alice.remove("/groups/a")
+    assert sorted(bob.listdir("/groups")) == ["clone", "features"]
+    for c in (alice, bob, root):
+        c.close()
+
+
 def test_dead_leaf_is_named_and_others_answer(world):
     n = 8
     t = world(lambda: build_tree({"n%d" % i: value_files(i, 2, n) for i in range(n)}))

@@ -60,7 +60,7 @@ import gevent
 from gevent.lock import Semaphore
 from gevent.queue import Queue, Empty
 
-from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY
+from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY, L_O_TRUNC
 from ..server.node import Node, Attr, Dirent, StatFS, error
 from . import aggregate as A
 from .handle import (FEATURES, MAX_WHOLE, CHUNK, Gather, GroupHandle, format_agg,
@@ -133,6 +133,18 @@ def _healable(e):
     return isinstance(e, (ChildDown, StaleNode))
 
 
+def _uid(ctx):
+    u = getattr(ctx, "uid", None)
+    return 0 if u is None else u
+
+
+def _gid(ctx, gid):
+    if gid is not None and gid != 0xFFFFFFFF:
+        return gid
+    g = getattr(ctx, "gid", None)
+    return 0 if g is None else g
+
+
 def _names(path):
     return [p for p in path.split("/") if p and p != "."]
 
@@ -141,9 +153,11 @@ def _names(path):
 # a group: its members and settings (shared by every open of its files)
 
 class Group:
-    def __init__(self, name, private=False):
+    def __init__(self, name, private=False, uid=0, gid=0):
         self.name = name
         self.private = private
+        self.uid = uid             # the owner (who made it): only the owner, or root,
+        self.gid = gid             # changes it (ctl, members, data writes, removal)
         self.members = {}          # label -> target as given (symlink text or ctl path)
         self.agg = ("concat", {})
         self.sync = "all"
@@ -158,6 +172,7 @@ class Group:
         self.mtime = time.time_ns()
         self.last = None           # (what, members, Partial, seconds)
         self.gen = 0               # bumped when members or settings change
+        self._undo = None          # during ctl(): what to take back if a line fails
 
     def changed(self):
         self.gen += 1
@@ -176,25 +191,52 @@ class Group:
             raise error(errno.ENOSPC, "too many members")
         self.members[label] = target
         self.mqpaths[label] = _qp()
+        if self._undo is not None:
+            self._undo.append(("add", label, target, None))
         self.changed()
 
     def remove(self, label):
         if label not in self.members:
             raise error(errno.ENOENT, "no member %r" % label)
-        del self.members[label]
-        self.mqpaths.pop(label, None)
+        target = self.members.pop(label)
+        qp = self.mqpaths.pop(label, None)
+        if self._undo is not None:
+            self._undo.append(("del", label, target, qp))
         self.changed()
 
+    _SETTINGS = ("agg", "sync", "timeout", "offset", "count", "root")
+
     def ctl(self, text):
-        for line in text.splitlines():
-            words = line.split()
-            if not words or words[0].startswith("#"):
-                continue
-            cmd, args = words[0], words[1:]
-            try:
-                self._command(cmd, args, line)
-            except (ValueError, LookupError, TypeError) as e:
-                raise error(errno.EINVAL, "%s: %s" % (cmd, e))
+        """Run the ctl lines of one write, all or nothing: if a line fails, the
+        settings and members are as they were before the write."""
+        saved = [getattr(self, k) for k in self._SETTINGS]
+        gen = self.gen
+        self._undo = undo = []
+        try:
+            for line in text.splitlines():
+                words = line.split()
+                if not words or words[0].startswith("#"):
+                    continue
+                cmd, args = words[0], words[1:]
+                try:
+                    self._command(cmd, args, line)
+                except (ValueError, LookupError, TypeError) as e:
+                    raise error(errno.EINVAL, "%s: %s" % (cmd, e))
+        except BaseException:
+            for k, v in zip(self._SETTINGS, saved):
+                setattr(self, k, v)
+            for op, label, target, qp in reversed(undo):
+                if op == "add":
+                    self.members.pop(label, None)
+                    self.mqpaths.pop(label, None)
+                else:
+                    self.members[label] = target
+                    self.mqpaths[label] = qp
+            if self.gen != gen:
+                self.changed()
+            raise
+        finally:
+            self._undo = None
 
     def _command(self, cmd, args, line):
         if cmd == "add":
@@ -727,8 +769,13 @@ class _GNode(Node):
 
     def getattr(self, ctx):
         k = self.kind
-        uid = self.svc.uid if self.svc.uid is not None else (ctx.uid or 0)
-        gid = self.svc.gid if self.svc.gid is not None else (ctx.gid or 0)
+        g = self.group
+        if self.svc.uid is not None:
+            uid, gid = self.svc.uid, self.svc.gid or 0
+        elif g is not None:
+            uid, gid = g.uid, g.gid
+        else:
+            uid, gid = 0, 0                # the groups directory: root's, mode 1777
         mt = self.group.mtime if self.group is not None else self.svc.mtime
         size = 0
         if k == "root":
@@ -742,10 +789,10 @@ class _GNode(Node):
             mode = S.S_IFREG | 0o444
         elif k == "clone":
             mode = S.S_IFREG | 0o666
-        elif k == "ctl":
-            mode = S.S_IFREG | 0o664
+        elif k in ("ctl", "data"):
+            mode = S.S_IFREG | 0o644      # the owner changes and drives the group
         else:
-            mode = S.S_IFREG | 0o666
+            mode = S.S_IFREG | 0o666      # partial: the protocol between muxes
         return Attr(qid=self.qid, mode=mode, uid=uid, gid=gid,
                     nlink=2 if S.S_ISDIR(mode) else 1, size=size, blksize=4096,
                     atime=mt, mtime=mt, ctime=mt)
@@ -782,12 +829,20 @@ class _GNode(Node):
     def mkdir(self, ctx, name, mode, gid):
         if self.kind != "root":
             raise error(errno.EPERM, "groups are made in the groups directory")
-        g = self.svc.new_group(name)
+        g = self.svc.new_group(name, uid=_uid(ctx), gid=_gid(ctx, gid))
         return Qid(QTDIR, 0, g.qpath)
+
+    def _owner(self, ctx, eno=errno.EACCES):
+        """Only the group's owner (or root) may change it."""
+        g = self.group
+        uid = _uid(ctx)
+        if g is not None and uid != 0 and uid != g.uid:
+            raise error(eno, "group %s belongs to uid %d" % (g.name, g.uid))
 
     def symlink(self, ctx, name, target, gid):
         if self.kind != "dir":
             raise error(errno.EPERM, "members are symlinks in a group's directory")
+        self._owner(ctx)
         self.group.add(name, target)
         return Qid(QTSYMLINK, 0, self.group.mqpaths[name])
 
@@ -804,11 +859,13 @@ class _GNode(Node):
             g = self.svc.groups.get(name)
             if g is None:
                 raise error(errno.ENOENT)
+            _GNode(self.svc, "dir", g)._owner(ctx, errno.EPERM)    # a sticky directory
             self.svc.drop_group(g)
             return
         if self.kind == "dir":
             if name in self.group.files:
                 raise error(errno.EPERM, "a group's own files cannot be removed")
+            self._owner(ctx)
             self.group.remove(name)
             return
         raise error(errno.ENOTDIR)
@@ -816,8 +873,10 @@ class _GNode(Node):
     def remove(self, ctx):
         k = self.kind
         if k == "dir":
+            self._owner(ctx, errno.EPERM)
             self.svc.drop_group(self.group)
         elif k == "member":
+            self._owner(ctx)
             self.group.remove(self.member)
         else:
             raise error(errno.EPERM)
@@ -840,10 +899,14 @@ class _GNode(Node):
         elif k in ("features", "status", "errors") and acc != L_O_RDONLY:
             raise error(errno.EACCES)
         elif k == "clone":
-            self.state = self.svc.new_group(None, private=True)
-        elif k in ("data", "partial"):
+            self.state = self.svc.new_group(None, private=True, uid=_uid(ctx),
+                                            gid=_gid(ctx, None))
+        elif k in ("data", "partial", "ctl"):
             if self.svc.groups.get(self.group.name) is not self.group:
                 raise error(errno.ENOENT, "the group is gone")
+            if acc != L_O_RDONLY or flags & L_O_TRUNC:
+                self._owner(ctx)
+        if k in ("data", "partial"):
             self.state = GroupOpen(self.svc, self.group, ctx, flags)
         self.opened = True
 
@@ -952,7 +1015,7 @@ class GroupService:
     def attach(self, ctx):
         return _GNode(self, "root")
 
-    def new_group(self, name, private=False):
+    def new_group(self, name, private=False, uid=0, gid=0):
         if name is None:
             while True:
                 self.seq += 1
@@ -963,7 +1026,7 @@ class GroupService:
             raise error(errno.EINVAL, "bad group name %r" % name)
         elif name in self.groups:
             raise error(errno.EEXIST)
-        g = Group(name, private)
+        g = Group(name, private, uid, gid)
         self.groups[name] = g
         self.version = (self.version + 1) & 0xFFFFFFFF
         self.mtime = time.time_ns()
