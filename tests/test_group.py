@@ -193,6 +193,65 @@ def test_equiv_through_tree_one_request_per_child(world):
     c.close()
 
 
+def test_group_open_hands_members_on_without_walking_them(world):
+    """Opening a group of members under primed directories costs the root a constant
+    number of requests per child (a listing, the child group's files, its add lines),
+    not one walk per member; members the child cannot open are still named."""
+    n = 64
+    t = world(lambda: build_tree({"n%d" % i: value_files(i, 2, n) for i in range(n)},
+                                 fanout=16))
+    c = Client(t["addr"])
+    conns = root_children_conns(t)
+    sent = []
+    for step in (3, 2, 1):   # a first open (links made), then 32 and 64 members
+        ms = members(n)[::step]
+        before = sum(x.requests for x in conns)
+        g = c.gopen(None, "r", members=ms, aggregator="count")
+        assert g.read().strip() == b"%d" % len(ms)
+        sent.append(sum(x.requests for x in conns) - before)
+        g.close()
+    assert sent[2] <= 20 * len(conns) and sent[2] - sent[1] <= 2, sent
+    # ghosts: a file a leaf does not have (handed on, named by the child), a leaf that
+    # does not exist (walked here: not in the listing)
+    ms = members(16) + [("g1", "/nodes/n3/nosuch"), ("g2", "/nodes/n40/nosuch"),
+                        ("g3", "/nodes/n999/v")]
+    g = c.gopen(None, "r", members=ms, aggregator="count")
+    out = g.read().decode()
+    assert out.splitlines()[0] == "16", out
+    assert set(g.failed) == {"g1", "g2", "g3"}
+    assert all("No such file" in r for r in g.failed.values()), g.failed
+    g.close()
+    c.close()
+
+
+def test_final_rules_below_a_member_are_kept(world):
+    """A root whose FiNAL program hides files below the leaves: such members are not
+    handed on by path (the child would show them), they fail as hidden."""
+    def build():
+        n = 8
+        leaves = {"n%d" % i: _leaf(value_files(i, 2, n) + [
+            File("secret", read=lambda ctx: b"s\n")]) for i in range(n)}
+        mids = []
+        names = list(leaves)
+        for j in range(0, n, 4):
+            kids = [(x, leaves[x][1]) for x in names[j:j + 4]]
+            mids.append(("mux%d" % (j // 4),) + _mux(kids, "simple *:/ at /nodes\n"))
+        root, raddr = _mux([(x, a) for x, _, a in mids],
+                           "insert *:/ at /\nremove /nodes/*/secret\n")
+        return {"leaves": leaves, "mids": mids, "root": root, "addr": raddr}
+    t = world(build)
+    c = Client(t["addr"])
+    with pytest.raises(NineError):
+        c.read_file("/nodes/n1/secret")
+    g = c.gopen(None, "r", members=members(8) +
+                [("s%d" % i, "/nodes/n%d/secret" % i) for i in range(8)],
+                aggregator="count")
+    assert g.read().decode().splitlines()[0] == "8"
+    assert set(g.failed) == {"s%d" % i for i in range(8)}
+    g.close()
+    c.close()
+
+
 @pytest.mark.parametrize("k", [2, 5])
 def test_root_bytes_follow_classes_not_members(world, k):
     """The bytes the root mux receives from its 4 child muxes for an equivalence-class

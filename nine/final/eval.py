@@ -791,6 +791,44 @@ def make_node(s, h, vp):
     return VDir(s, h, vp, q)
 
 
+def locate(node, names):
+    """(child, path in the child) that `names` walked from node leads to, when that is
+    known without asking any child: from node on, the path lies in one child and no rule
+    applies below that point (a TNode; a per-server directory of a view; a name that a
+    cached union listing shows in one layer only, a child's own directory).  None when
+    it cannot be known so: walk instead.  The path is not checked to exist.  The group
+    service hands members on to a child's own group service by this, without walking
+    each member through the tree."""
+    names = tuple(names)
+    if any(n in (".", "..", "") for n in names):
+        return None
+    if isinstance(node, TNode):
+        return (node.child, tuple(node.cpath) + names) if not node.closed else None
+    if not isinstance(node, VDir):
+        return None
+    s, h, vp = node.s, node.h, node.vp
+    for i, name in enumerate(names):
+        t = type(h)
+        if t is TreeH:
+            return h.child, tuple(h.cpath) + names[i:]
+        if t is SimpleH:
+            p = h.index.get(name)
+            return None if p is None else (name, tuple(p) + names[i + 1:])
+        if t is not UnionH:
+            return None
+        got = s.comp.peek(("u", vp, s.uid))
+        if got is None:
+            return None
+        prov = got[0][0].get(name)
+        if not prov or len(prov) != 1:
+            return None                   # absent (let a walk say so), or a union below
+        layer = h.layers[prov[0][0]]
+        if type(layer) is not TreeH or layer.lazy:
+            return None
+        return layer.child, tuple(layer.cpath) + names[i:]
+    return None
+
+
 def _walk(start, ctx, names):
     """Walk with '..' resolved in the virtual name space (never into a child's parent)."""
     out = []

@@ -62,6 +62,7 @@ from gevent.queue import Queue, Empty
 
 from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY, L_O_TRUNC
 from ..server.node import Node, Attr, Dirent, StatFS, error
+from ..final.eval import locate as _final_locate
 from . import aggregate as A
 from .handle import (FEATURES, MAX_WHOLE, CHUNK, Gather, GroupHandle, format_agg,
                      settings,
@@ -131,6 +132,15 @@ def _healable(e):
         return True
     from ..mux.remote import ChildDown, StaleNode
     return isinstance(e, (ChildDown, StaleNode))
+
+
+def _remote_child(node, name):
+    """The remote child (a mux's Child) called name in the FiNAL composition node
+    belongs to, or None."""
+    comp = getattr(getattr(node, "s", None), "comp", None)
+    attach = getattr(comp, "children", {}).get(name) if comp is not None else None
+    owner = getattr(attach, "__self__", None)
+    return owner if owner is not None and hasattr(owner, "group_root") else None
 
 
 def _uid(ctx):
@@ -391,19 +401,38 @@ class GroupOpen:
 
         from gevent.pool import Pool
         pool = Pool(64)
+        located = {}                  # label -> (child, path in it): not walked here
         try:
             for i in range(0, len(items), PRIME_BATCH):
                 batch = items[i:i + PRIME_BATCH]
-                # list the directories many members share first: a union then walks a
-                # name only in the child that has it, not in every child
+                # list the directories many members share first: a member whose child
+                # the listing shows is handed on without a walk; a walk in a union asks
+                # only the child that has the name, not every child
                 bases = self.svc.prime(ctx, root, g, [t for _, t in batch])
                 try:
                     for label, target in batch:
-                        pool.spawn(resolve, label, target, bases)
+                        loc = self.svc.locate(g, target, bases) if bases else None
+                        if loc is not None:
+                            located[label] = loc
+                        else:
+                            pool.spawn(resolve, label, target, bases)
                     pool.join()
                 finally:
                     for b in bases.values():
                         b.close(ctx)
+            # located members whose child takes fewer than two of them, or has no group
+            # service, are walked and opened here after all
+            per = {}
+            for label, (child, path) in located.items():
+                per.setdefault(child, []).append(label)
+            for child, labels in per.items():
+                if len(labels) >= 2 and self.svc.child_offers_groups(child, ctx):
+                    by_child[child] = [(label, "/" + "/".join(located[label][1]))
+                                       for label in labels]
+                else:
+                    for label in labels:
+                        pool.spawn(resolve, label, g.members[label], None)
+            pool.join()
         finally:
             pool.kill()
             root.close(ctx)
@@ -420,7 +449,8 @@ class GroupOpen:
                 self._open_local(label, node)
         for child, items in delegable.items():
             if len(items) >= 2 and self.svc.child_offers_groups(child, ctx):
-                by_child[child] = [(label, "/" + "/".join(path)) for label, _, path in items]
+                by_child.setdefault(child, []).extend(
+                    (label, "/" + "/".join(path)) for label, _, path in items)
                 for _, node, _ in items:
                     node.close(ctx)
             else:
@@ -1105,6 +1135,26 @@ class GroupService:
                     lister.close(ctx)
         return bases
 
+    def locate(self, g, target, bases):
+        """(child, path in it) of a member below a primed directory when the name
+        space's cached listings show which child holds it (nine.final.eval.locate), or
+        None: then the member is walked."""
+        names = self.candidates(g, target)[0]
+        for k in range(len(names) - 1, 0, -1):
+            b = bases.get(tuple(names[:k]))
+            if b is None:
+                continue
+            rest = tuple(names[k:])
+            child = getattr(b, "child", None)
+            if hasattr(child, "group_root"):                      # a RemoteNode
+                return child, tuple(b.path) + rest
+            loc = _final_locate(b, rest)
+            if loc is None:
+                return None
+            owner = _remote_child(b, loc[0])
+            return None if owner is None else (owner, loc[1])
+        return None
+
     def _walk(self, ctx, root, names):
         cur = root.clone(ctx)
         try:
@@ -1135,14 +1185,10 @@ class GroupService:
             return None
         if hasattr(child, "group_root"):                      # a RemoteNode
             return child, tuple(node.path)
-        comp = getattr(getattr(node, "s", None), "comp", None)   # a FiNAL TNode
-        if comp is None or not hasattr(node, "cpath"):
+        if not hasattr(node, "cpath"):                       # a FiNAL TNode
             return None
-        attach = getattr(comp, "children", {}).get(child)
-        owner = getattr(attach, "__self__", None)
-        if owner is None or not hasattr(owner, "group_root"):
-            return None
-        return owner, tuple(node.cpath)
+        owner = _remote_child(node, child)
+        return None if owner is None else (owner, tuple(node.cpath))
 
     def child_offers_groups(self, child, ctx):
         try:
