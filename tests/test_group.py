@@ -407,6 +407,41 @@ def test_nowait_streams_as_members_grow(world):
     c.close()
 
 
+def test_nowait_stream_goes_on_after_a_leaf_restarts(world):
+    """tail -f over a group: a leaf that goes away is named in the stream; once it
+    serves again its member is reopened and followed from where it stopped."""
+    n = 4
+    logs = {i: bytearray(b"start %d\n" % i) for i in range(n)}
+
+    def files(i):
+        return [File("log", pread=lambda ctx, off, count, i=i: bytes(logs[i][off:off + count]),
+                     blocking=False)]
+    t = world(lambda: build_tree({"n%d" % i: files(i) for i in range(n)}, fanout=2))
+    c = Client(t["addr"])
+    g = c.gopen(None, "r", members=members(n, "log"), sync="nowait")
+    s = g.stream(timeout=20)
+    lines = []
+    while len(lines) < n:
+        lines += next(s).decode().splitlines()
+    srv, addr = t["leaves"]["n1"]
+    t0 = time.monotonic()
+    world.last.call(srv.stop)
+    got = []
+    while not any(x.startswith("errors: n1") for x in got):
+        got += next(s).decode().splitlines()
+    logs[1] += b"while down\n"
+    world.last.call(lambda: srv.listen(addr))
+    logs[1] += b"after restart\n"
+    logs[3] += b"others go on\n"
+    more = []
+    while len(more) < 3:
+        more += [x for x in next(s).decode().splitlines() if not x.startswith("errors:")]
+    assert sorted(more) == ["n1: after restart", "n1: while down", "n3: others go on"]
+    assert time.monotonic() - t0 < 15
+    g.close()
+    c.close()
+
+
 # --- the shell's interface: mkdir, symlinks, ctl, data ----------------------------------
 
 def test_group_directory_interface(world):

@@ -78,7 +78,9 @@ def read_whole(read, offset, count, chunk=CHUNK):
 
 def follow(read, label, offset, agg, put, hold=1.0, reason=str):
     """tail -f of one member: read on from offset, poll at end of file, put() partial
-    results of whole lines; a partial line waits up to `hold` seconds for its end."""
+    results of whole lines; a partial line waits up to `hold` seconds for its end.
+    Runs until killed or a read fails: then the failure is put() and (offset reached,
+    the exception) returned, so that the caller may reopen the member and go on."""
     held = b""
     held_since = None
     try:
@@ -101,6 +103,7 @@ def follow(read, label, offset, agg, put, hold=1.0, reason=str):
         if held:
             put(agg.leaf(label, held))
         put(agg.fail(label, reason(e)))
+        return offset, e
 
 
 class _Whole:

@@ -632,10 +632,59 @@ class GroupOpen:
         self.stream = (agg, q, greenlets)
 
     def _follow(self, label, node, offset, agg, q):
-        """tail -f of one member (a partial line waits up to 1 s for its end)."""
+        """tail -f of one member (a partial line waits up to 1 s for its end).  When its
+        child's connection fails (a restarted host), the failure is passed on and the
+        member is resolved and opened again every REPAIR_EVERY s; the stream then goes
+        on from where it stopped, or from 0 if it is another file now (a new qid, or
+        shorter than that offset)."""
         ctx = self.ctx
-        follow(lambda off, n: node.read(ctx, off, n), label, offset, agg, q.put, hold=1.0,
-               reason=_reason)
+        while True:
+            offset, e = follow(lambda off, n: node.read(ctx, off, n), label, offset, agg,
+                               q.put, hold=1.0, reason=_reason)
+            if not _healable(e):
+                return
+            while True:
+                gevent.sleep(REPAIR_EVERY)
+                try:
+                    fresh = self._reopen(label)
+                    break
+                except Exception:
+                    continue
+            if self.local.get(label) is node:
+                self.local[label] = fresh
+            try:
+                old_path = node.qid.path
+            except Exception:
+                old_path = None
+            try:
+                node.close(ctx)
+            except Exception:
+                pass
+            node = fresh
+            try:         # a new file (another qid), or a shorter one: from its start
+                size = node.getattr(ctx).size
+                if node.qid.path != old_path or 0 < size < offset:
+                    offset = 0
+            except Exception:
+                pass
+
+    def _reopen(self, label):
+        """A new open node of a member (walked again from the name space's root)."""
+        g, ctx = self.group, self.ctx
+        target = g.members.get(label)
+        if target is None:
+            raise error(errno.ENOENT, "%s is no longer a member" % label)
+        root = self.svc.ns_attach(ctx)
+        try:
+            node, _ = self.svc.resolve(ctx, root, g, target)
+        finally:
+            root.close(ctx)
+        try:
+            node.open(ctx, self.flags & ~(os.O_CREAT | os.O_EXCL))
+        except BaseException:
+            node.close(ctx)
+            raise
+        return node
 
     def stop_stream(self):
         s = self.stream
