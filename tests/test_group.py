@@ -370,6 +370,16 @@ def test_writes_go_down_the_tree(world):
     g.lseek(4096)
     g.write(b"\xcc")
     assert all(got[i][-1] == (4096, b"\xcc") for i in range(n))
+    # a write larger than one message reaches every member whole, in order
+    big = bytes(range(256)) * 1200                       # 300 KiB
+    for i in range(n):
+        got[i].clear()
+    g.lseek(0)
+    assert g.write(big) == len(big)
+    for i in range(n):
+        offs = [o for o, _ in got[i]]
+        assert len(offs) > 1 and offs == sorted(offs), offs
+        assert b"".join(d for _, d in got[i]) == big
     # every member failing is an error of the write itself
     g2 = c.gopen(None, "w", members=[("bad", "/nodes/n1/ro"), ("bad2", "/nodes/n2/ro")])
     with pytest.raises(OSError):

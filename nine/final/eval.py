@@ -991,6 +991,11 @@ class TNode(Node):
         """The backend's greenlet-free read (a remote child's post_read), or None."""
         return getattr(self._n(), "post_read", None)
 
+    @property
+    def post_write(self):
+        """The backend's greenlet-free write (a remote child's post_write), or None."""
+        return getattr(self._n(), "post_write", None)
+
     def write(self, ctx, offset, data):
         return self._n().write(ctx, offset, data)
 

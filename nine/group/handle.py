@@ -3,6 +3,7 @@ Python client (Client.gopen): a private group made on a group service through a 
 Fid of the service's root, and the helpers both use to run a group operation.
 """
 
+import errno
 import json
 import os
 import time
@@ -134,6 +135,33 @@ class _Whole:
                     p[0] if len(p) == 1 else b"".join(p))
 
 
+class _WholeWrite:
+    """One member of a Gather's write: data written in as many requests as it takes."""
+    __slots__ = ("g", "label", "post", "offset", "data", "done")
+
+    def __init__(self, g, label, post, offset, data):
+        self.g, self.label, self.post = g, label, post
+        self.offset, self.data = offset, data
+        self.done = 0
+
+    def start(self):
+        d = self.done
+        self.g.pending[self.label] = self.post(self.offset + d, self.data[d:], self.reply)
+
+    def reply(self, n, exc):
+        if exc is None:
+            if not n or n < 0:
+                exc = OSError(errno.EIO, "short write")
+            else:
+                self.done += n
+                if self.done < len(self.data):
+                    try:
+                        return self.start()
+                    except Exception as e:
+                        exc = e
+        self.g.done(self.label, exc if exc is not None else self.done)
+
+
 class Gather:
     """Whole reads (read_whole's rule) of many members at once without a greenlet per
     member: add(label, post, ...) with a node's post_read sends the first request, the
@@ -152,6 +180,15 @@ class Gather:
         self.left += 1
         w = _Whole(self, label, post, offset, MAX_WHOLE if count is None else count,
                    chunk)
+        try:
+            w.start()
+        except Exception as e:
+            self.done(label, e)
+
+    def add_write(self, label, post, offset, data):
+        """Write data at offset with a node's post_write; the result is the count."""
+        self.left += 1
+        w = _WholeWrite(self, label, post, offset, data)
         try:
             w.start()
         except Exception as e:

@@ -724,11 +724,30 @@ class GroupOpen:
             for m, r in self.openfail.items():
                 errors.setdefault("open: " + r, set()).add(m)
             jobs = []
+            gather = Gather()        # members on a remote child: no greenlet each
             for label, node in self.local.items():
-                jobs.append((gevent.spawn(self._write_member, node, offset, data), "m", label))
+                post = getattr(node, "post_write", None)
+                if post is not None:
+                    gather.add_write(label, post, offset, data)
+                else:
+                    jobs.append((gevent.spawn(self._write_member, node, offset, data),
+                                 "m", label))
             for c in self.children:
                 jobs.append((gevent.spawn(c.write, offset, data), "c", c))
-            join([j for j, _, _ in jobs], timeout)
+            try:
+                join([j for j, _, _ in jobs], timeout)
+            except BaseException:
+                gather.cancel()
+                raise
+            late = gather.wait(None if timeout is None else
+                               max(0.0, timeout - (time.monotonic() - t0)))
+            if late:
+                errors.setdefault("timed out after %gs" % timeout, set()).update(late)
+            for label, v in gather.results.items():
+                if isinstance(v, BaseException):
+                    errors.setdefault(_reason(v), set()).add(label)
+                    if _healable(v):
+                        self.broken.add(label)
             for j, kind, who in jobs:
                 labels = {who} if kind == "m" else set(who.labels)
                 if not j.ready():

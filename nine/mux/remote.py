@@ -76,6 +76,7 @@ _Tread = codec.BY_NAME["Tread"]
 _Twrite = codec.BY_NAME["Twrite"]
 _Treaddir = codec.BY_NAME["Treaddir"]
 _RREAD = codec.BY_NAME["Rread"].mtype
+_RWRITE = codec.BY_NAME["Rwrite"].mtype
 _Tgetattr = codec.BY_NAME["Tgetattr"]
 _DIRENT = struct.Struct("<BIQQBH")
 _DIRENT_SIZE = _DIRENT.size
@@ -669,6 +670,36 @@ class RemoteNode(Node):
             else:
                 try:
                     conn._bad_reply(msg, r)          # raises the error it carries
+                    raise nine_error(errno.EPROTO, "child %s: unexpected reply %s" % (
+                        child.name, type(r).__name__))
+                except NineError as e:
+                    done(None, child.error(ln, e))
+
+        h = conn.post(msg, reply)
+        if not h:
+            raise nine_error(errno.EAGAIN, "child %s: no free tag" % child.name)
+        return lambda: conn.cancel(msg, h)
+
+    def post_write(self, offset, data, done):
+        """write() of at most one message's worth without a greenlet (as post_read):
+        done(count, None) or done(None, error) runs in the hub; a longer data is cut
+        to the iounit (a short count, which the caller continues)."""
+        f, ln, conn = self._open_link()
+        iou = self.iounit or conn.msize - IOHDRSZ
+        if len(data) > iou:
+            data = data[:iou]
+        msg = _Twrite(fid=f.fid, offset=offset, data=data)
+        child = self.child
+
+        def reply(r):
+            if r is None:
+                done(None, child.lost(ln) if conn._dead is not None else
+                     nine_error(errno.EPROTO, "child %s: undecodable reply" % child.name))
+            elif r.mtype == _RWRITE:
+                done(r.count, None)
+            else:
+                try:
+                    conn._bad_reply(msg, r)
                     raise nine_error(errno.EPROTO, "child %s: unexpected reply %s" % (
                         child.name, type(r).__name__))
                 except NineError as e:
