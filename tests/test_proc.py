@@ -6,6 +6,7 @@ proc/PID/{ctl,mem,regs,wait,...} served by a ThreadServer, over plain 9P (RawCon
 
 import errno
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -52,10 +53,16 @@ class Counter:
         assert int(first[2], 16) == syms["tick"]
 
     def stop(self):
-        # the tracer may have reaped the child already (returncode then reads 0)
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(10)
+        # the tracer may have reaped a stop or the exit already (Popen's returncode then
+        # can read 0 while the process lives on): kill by pid in any case
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.p.wait(10)
+        except (ChildProcessError, subprocess.TimeoutExpired):
+            pass
 
 
 @pytest.fixture
