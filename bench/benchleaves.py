@@ -124,3 +124,77 @@ class Leaves:
         for s in self.keep:
             s.stop()
         self.keep = []
+
+
+# ---------------------------------------------------------------------------------------
+# simulated link latency (--latency of group_bench.py)
+
+DELAY_ENV = "NINE_BENCH_LINK_DELAY_US"
+SIMNET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "simnet")
+
+
+class DelayLine:
+    """Every reply a server of this process sends goes out `delay` seconds after it was
+    made, as over a network link with that round trip: the server keeps serving
+    meanwhile and its own work is unchanged.  One FIFO and one hub timer per process:
+    a delayed reply costs an append, not a greenlet or a timer of its own."""
+
+    def __init__(self, delay):
+        from collections import deque
+        self.delay = delay
+        self.q = deque()
+        self.timer = None
+
+    def push(self, send, data):
+        due = time.monotonic() + self.delay
+        self.q.append((due, send, data))
+        if self.timer is None:
+            self._arm(due)
+
+    def _arm(self, due):
+        import gevent
+        self.timer = gevent.get_hub().loop.timer(max(0.0, due - time.monotonic()))
+        self.timer.start(self._fire)
+
+    def _fire(self):
+        self.timer.close()
+        self.timer = None
+        q = self.q
+        now = time.monotonic()
+        while q and q[0][0] <= now:
+            _, send, data = q.popleft()
+            try:
+                send(data)
+            except Exception:
+                pass
+        if q:
+            self._arm(q[0][0])
+
+
+_installed = None
+
+
+def install_delay(us):
+    """Make every nine Server of this process (made before or after) send its replies
+    through one DelayLine of `us` microseconds."""
+    global _installed
+    if _installed is not None:
+        return
+    from nine.server import core
+    line = DelayLine(us / 1e6)
+    base = core.Connection
+
+    class DelayedConnection(base):
+        def send_raw(self, data, _send=base.send_raw, _line=line):
+            _line.push(lambda d, self=self: _send(self, d), data)
+    core.Server.connection_class = DelayedConnection
+    _installed = us
+
+
+def delay_child_processes(us):
+    """The `nine mux` processes this process starts from now on delay their replies too
+    (through bench/simnet/sitecustomize.py, found on PYTHONPATH)."""
+    os.environ[DELAY_ENV] = str(int(us))
+    pp = os.environ.get("PYTHONPATH", "")
+    if SIMNET not in pp.split(os.pathsep):
+        os.environ["PYTHONPATH"] = SIMNET + (os.pathsep + pp if pp else "")

@@ -5,9 +5,11 @@ through one flat mux, and by serial iteration from a client.
                                 [--open-reads 5] [--workers K] [--classes 4]
                                 [--interleave] [--latency MS] [--quick] [--json FILE]
 
---latency MS (a simulation, off by default) makes every leaf answer a read after MS
-milliseconds, as a host across a network does (a LAN round trip plus the remote
-server's work): serial iteration pays it N times, a group read about once per level.
+--latency MS (a simulation, off by default) delays every reply of every 9P server of
+the benchmark (the leaves, the `nine mux` processes, the root and the flat mux) by MS
+milliseconds, as hosts across a network do: each link becomes a round trip of MS (the
+server's own work is unchanged, and it keeps serving meanwhile).  Serial iteration pays
+it N times; a group read once per level of the tree plus once to the root.
 On loopback (the default) a round trip costs tens of microseconds, so serial iteration
 is bounded by CPU, like the tree.
 
@@ -108,16 +110,10 @@ def leaf_content(i, n, classes, interleave):
 
 def make_leaf(i, n, classes, interleave, latency_us=0):
     data = leaf_content(i, n, classes, interleave)
-    if latency_us:
-        # --latency: the leaf answers after that long (gevent.sleep: the leaf server keeps
-        # serving its other clients meanwhile), a stand-in for a remote host's round trip
-        def read(ctx, d=data, t=latency_us / 1e6):
-            gevent.sleep(t)
-            return d
-        f = File("v", read=read, blocking=True)
-    else:
-        f = File("v", read=lambda ctx, d=data: d)
+    f = File("v", read=lambda ctx, d=data: d)
     srv = Server({None: SynthFS(Dir("", [f])).attach}, name=leaf_name(i))
+    if latency_us:
+        benchleaves.install_delay(latency_us)   # every server of this process
     install(srv)                       # as `nine serve` does (unused by this read)
     return srv
 
@@ -384,8 +380,9 @@ def main():
     ap.add_argument("--interleave", action="store_true",
                     help="leaf i has class i %% classes (default: contiguous blocks)")
     ap.add_argument("--latency", type=float, default=0.0, metavar="MS",
-                    help="SIMULATED: every leaf answers a read after MS milliseconds (a "
-                    "stand-in for a remote host's round trip; default 0: loopback only)")
+                    help="SIMULATED: every reply of every leaf is delayed by MS "
+                    "milliseconds (a stand-in for the round trip to a remote host; "
+                    "default 0: loopback only)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     ap.add_argument("--leaf-worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -397,6 +394,12 @@ def main():
     sizes = sorted({int(x) for x in a.sizes.split(",") if x})
     if a.fanout < 2 or a.reads < 1 or a.classes < 1 or not sizes or min(sizes) < 1:
         ap.error("need --fanout >= 2, --reads >= 1, --classes >= 1 and sizes >= 1")
+    if a.latency < 0:
+        ap.error("--latency must be >= 0")
+    if a.latency:
+        us = int(a.latency * 1000)
+        benchleaves.install_delay(us)            # the root and the flat mux (here)
+        benchleaves.delay_child_processes(us)    # the `nine mux` processes, the workers
 
     # SIGTERM ends the run like Ctrl-C does: the finally clauses stop every process
     main_greenlet = gevent.getcurrent()
@@ -418,8 +421,9 @@ def main():
               if a.workers else "in this process", a.classes,
               "interleaved" if a.interleave else "contiguous"))
     if a.latency:
-        print("  SIMULATED LATENCY: every leaf answers a read after %g ms (gevent.sleep)"
-              % a.latency)
+        print("  SIMULATED LATENCY: every reply of every 9P server here (leaves, muxes, "
+              "the root)\n  leaves it %g ms after it was made (a delay line): each link "
+              "is a %g ms round trip" % (a.latency, a.latency))
     print("tree: fanout %d, `nine mux` processes, root in this process; flat: one mux "
           "in this process;\nserial: one Tread per file in turn on pre-opened fids, one "
           "connection per leaf;\nserial+open: walk+open+read+clunk per file "
@@ -477,7 +481,7 @@ def main():
         x = at[256]["serial_over_tree"]
         print("at N=256: serial/tree %.1fx (the issue asks > 20x): %s on %d cpus%s" % (
             x, "met" if x > 20 else "NOT met", os.cpu_count(),
-            ", with a SIMULATED leaf latency of %g ms" % a.latency if a.latency else ""))
+            ", with a SIMULATED link latency of %g ms" % a.latency if a.latency else ""))
     if len(rows) > 1:
         a0, a1 = rows[0], rows[-1]
         print("tree time x%.1f from N=%d to N=%d (depth %d -> %d; N x%.0f)" % (

@@ -149,7 +149,7 @@ class Server:
             sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         except OSError:
             pass
-        conn = Connection(self, sock, address)
+        conn = self.connection_class(self, sock, address)
         self.conns.add(conn)
         try:
             conn.run()
@@ -1104,3 +1104,8 @@ def _dm_to_suid(perm):
     if perm & P.DMSETVTX:
         m |= S.S_ISVTX
     return m
+
+
+#: the per-connection state machine a Server makes for each client (a subclass may
+#: change how replies go out, as bench/group_bench.py's simulated link latency does)
+Server.connection_class = Connection
