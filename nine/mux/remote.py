@@ -658,27 +658,8 @@ class RemoteNode(Node):
         iou = self.iounit or conn.msize - IOHDRSZ
         if count > iou:
             count = iou
-        msg = _Tread(fid=f.fid, offset=offset, count=count)
-        child = self.child
-
-        def reply(r):
-            if r is None:                      # the connection died, or a bad reply
-                done(None, child.lost(ln) if conn._dead is not None else
-                     nine_error(errno.EPROTO, "child %s: undecodable reply" % child.name))
-            elif r.mtype == _RREAD:
-                done(r.data, None)
-            else:
-                try:
-                    conn._bad_reply(msg, r)          # raises the error it carries
-                    raise nine_error(errno.EPROTO, "child %s: unexpected reply %s" % (
-                        child.name, type(r).__name__))
-                except NineError as e:
-                    done(None, child.error(ln, e))
-
-        h = conn.post(msg, reply)
-        if not h:
-            raise nine_error(errno.EAGAIN, "child %s: no free tag" % child.name)
-        return lambda: conn.cancel(msg, h)
+        return self._post(ln, conn, _Tread(fid=f.fid, offset=offset, count=count),
+                          _RREAD, lambda r: r.data, done)
 
     def post_write(self, offset, data, done):
         """write() of at most one message's worth without a greenlet (as post_read):
@@ -688,18 +669,21 @@ class RemoteNode(Node):
         iou = self.iounit or conn.msize - IOHDRSZ
         if len(data) > iou:
             data = data[:iou]
-        msg = _Twrite(fid=f.fid, offset=offset, data=data)
+        return self._post(ln, conn, _Twrite(fid=f.fid, offset=offset, data=data),
+                          _RWRITE, lambda r: r.count, done)
+
+    def _post(self, ln, conn, msg, rtype, value, done):
         child = self.child
 
         def reply(r):
-            if r is None:
+            if r is None:                      # the connection died, or a bad reply
                 done(None, child.lost(ln) if conn._dead is not None else
                      nine_error(errno.EPROTO, "child %s: undecodable reply" % child.name))
-            elif r.mtype == _RWRITE:
-                done(r.count, None)
+            elif r.mtype == rtype:
+                done(value(r), None)
             else:
                 try:
-                    conn._bad_reply(msg, r)
+                    conn._bad_reply(msg, r)          # raises the error it carries
                     raise nine_error(errno.EPROTO, "child %s: unexpected reply %s" % (
                         child.name, type(r).__name__))
                 except NineError as e:
