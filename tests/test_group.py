@@ -288,6 +288,27 @@ def test_root_bytes_follow_classes_not_members(world, k):
     assert cat[256] > 10 * got[256], (cat, got)
 
 
+def test_the_seeds_c_style_calls(world):
+    """gfd = gopen(dir, flags); gbindaggr(gfd, OP_READ, EQUIV_CLASS_AGG); lseek; read."""
+    from nine.client.group import gopen, gbindaggr, OP_READ, OP_WRITE, EQUIV_CLASS_AGG
+    n = 6
+    t = world(lambda: build_tree({"n%d" % i: [File("m", read=lambda ctx, i=i: b"hdr:%d\n" % (i % 2))]
+                                  for i in range(n)}, fanout=3))
+    c = Client(t["addr"])
+    c.mkdir("/groups/m")
+    for i in range(n):
+        c.symlink("/nodes/n%d/m" % i, "/groups/m/n%d" % i)
+    gfd = gopen(c, "/groups/m", os.O_RDONLY)
+    assert gfd.read().decode().splitlines()[0] == "n0: hdr:0"      # concat by default
+    assert gbindaggr(gfd, OP_READ, EQUIV_CLASS_AGG) is gfd
+    gfd.lseek(4)
+    assert gfd.classes(1) == {b"0": {"n0", "n2", "n4"}, b"1": {"n1", "n3", "n5"}}
+    with pytest.raises(ValueError):
+        gbindaggr(gfd, OP_WRITE, EQUIV_CLASS_AGG)       # writes are not aggregated
+    gfd.close()
+    c.close()
+
+
 def test_concat_labels_and_offsets(world):
     n = 6
     t = world(lambda: build_tree({"n%d" % i: [File("f", read=lambda ctx, i=i: b"0123456789-%d\n" % i)]

@@ -35,6 +35,23 @@ from .fid import attach as _attach
 GROUP_FILES = ("ctl", "data", "partial", "status", "errors")
 READ, WRITE = "read", "write"
 
+# the seed's C-style names: gfd = gopen(client, "dir", os.O_RDWR);
+# gbindaggr(gfd, OP_READ, EQUIV_CLASS_AGG); gfd.lseek(addr); gfd.read(8)
+OP_READ, OP_WRITE = READ, WRITE
+EQUIV_CLASS_AGG, CONCAT_AGG, SUM_AGG, COUNT_AGG = "equiv", "concat", "sum", "count"
+
+
+def gopen(client, directory, flags=os.O_RDONLY, **kw):
+    """The seed's gopen(directory, flags) on a Client: a GroupFile (its read, write,
+    lseek and close act on every member; its status says how each member fared)."""
+    return client.gopen(directory, flags, **kw)
+
+
+def gbindaggr(gfd, operation, aggregator, **params):
+    """The seed's gbindaggr(gfd, operation, aggregator, params)."""
+    gfd.bindaggr(operation, aggregator, **params)
+    return gfd
+
 
 def _flags(mode):
     m = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR, "r+": os.O_RDWR,
