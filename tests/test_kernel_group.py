@@ -28,6 +28,11 @@ root of the tree (aname "", the merged name space with /groups) on /mnt/tree,
   through a nine Client at the root (test_classes);
 - abs_links: a group whose symlinks are absolute (/mnt/tree/nodes/...) reads the same
   classes; rmdir of the group (with its members) removes it;
+- ownership: users alice and bob of the guest (each its own attach, access=user):
+  alice's group (mkdir, ln -s, ctl as alice) shows uid 4001, 0755 and ctl 0644; bob reads
+  its data (the members, status files, read as bob) but cannot write its ctl, add or
+  remove members or rmdir it (the kernel refuses on the attributes the server gives);
+  bob's own group of ctl files (root's, 0600) names each member `Permission denied`;
 - resume: the byte back, `rip STEP` into dbg-regs/data, detach: the processes run on
   untraced (test_processes_after looks at them on the host);
 - clean: rmdir of the groups;
@@ -174,6 +179,43 @@ check_abs_links() {
     if ls "$DBG_G" | grep -qx "$DBG_P-abs"; then fail "$DBG_P-abs still listed"; fi
 }
 
+check_ownership() {
+    # two users of the guest, each on its own attach (access=user): a group is its
+    # maker's; others read it (members read as themselves), cannot change or remove it
+    mkdir -p /etc
+    grep -q '^root:' /etc/passwd 2>/dev/null || echo 'root:x:0:0:root:/:/bin/sh' >> /etc/passwd
+    echo 'alice:x:4001:4001:alice:/tmp:/bin/sh' >> /etc/passwd
+    echo 'bob:x:4002:4002:bob:/tmp:/bin/sh' >> /etc/passwd
+    g=$DBG_G/$DBG_P-own
+    i=0
+    links=""
+    for t in $TARGETS; do
+        [ $i -lt 4 ] || break
+        links="$links ln -s ../../nodes/${t%%:*}/proc/${t##*:}/status $g/p$i;"
+        i=$((i + 1))
+    done
+    su alice -c "mkdir $g && $links echo 'agg count' > $g/ctl" || fail "alice could not make $g"
+    ls -ln "$g" | head -n 3
+    expect_eq "owner of $g" "$(stat -c '%u %a' "$g")" "4001 755"
+    expect_eq "owner of $g/ctl" "$(stat -c '%u %a' "$g/ctl")" "4001 644"
+    expect_eq "bob reads alice's group" "$(su bob -c "cat $g/data")" "4"
+    if su bob -c "echo 'agg concat' > $g/ctl" 2>/dev/null; then fail "bob wrote alice's ctl"; fi
+    if su bob -c "ln -s ../../nodes/x $g/px" 2>/dev/null; then fail "bob added a member"; fi
+    if su bob -c "rm $g/p0" 2>/dev/null; then fail "bob removed a member"; fi
+    if su bob -c "rmdir $g" 2>/dev/null; then fail "bob removed alice's group"; fi
+    expect_eq "ctl after bob" "$(head -n 1 "$g/ctl")" "agg count"
+    # bob's own group of the processes' ctl files (0600, root's): bob may make it, and
+    # reading it fails member by member (each is opened as bob)
+    b=$DBG_G/$DBG_P-bob
+    su bob -c "mkdir $b && ln -s ../../nodes/${t%%:*}/proc/${t##*:}/ctl $b/c0 && cat $b/data" \
+        > /tmp/bob.out 2>&1 || true
+    cat /tmp/bob.out
+    grep -q "errors: c0: open: Permission denied" /tmp/bob.out || fail "bob read a ctl file"
+    su alice -c "rmdir $g" || fail "alice could not remove her group"
+    su bob -c "rmdir $b" || fail "bob could not remove his group"
+    expect_eq "ls $DBG_G" "$(ls "$DBG_G" | grep -c -e '-own$' -e '-bob$' || true)" 0
+}
+
 check_resume() {
     dbg_resume
     every_ctl untraced
@@ -201,7 +243,7 @@ check_umount_root() {
 '''
 
 CHECKS = ["mount_root", "targets", "groups", "stop", "breakpoint", "run", "read", "abs_links",
-          "resume", "clean", "example", "umount_root"]
+          "ownership", "resume", "clean", "example", "umount_root"]
 
 SCRIPT = "".join(f"run_check {c}\n" for c in CHECKS) + (
     # after a failed check: the tree's mount must not keep /mnt busy
