@@ -396,6 +396,9 @@ def main():
         ap.error("need --fanout >= 2, --reads >= 1, --classes >= 1 and sizes >= 1")
     if a.latency < 0:
         ap.error("--latency must be >= 0")
+    if a.latency and a.latency != int(a.latency):
+        print("note: the event loop's timers wait whole milliseconds (epoll): --latency %g "
+              "acts as about %d ms" % (a.latency, -(-a.latency // 1)), file=sys.stderr)
     if a.latency:
         us = int(a.latency * 1000)
         benchleaves.install_delay(us)            # the root and the flat mux (here)
