@@ -143,6 +143,20 @@ def _remote_child(node, name):
     return owner if owner is not None and hasattr(owner, "group_root") else None
 
 
+def _wait_all(jobs, gather, timeout, t0):
+    """Wait for the greenlet jobs [(greenlet, kind, who)] and the Gather's members until
+    `timeout` seconds after t0 (None: for ever); returns the members the Gather still
+    waited for (their requests flushed).  A kill of the wait (a Tflush from above)
+    flushes the Gather's requests and kills the jobs."""
+    try:
+        join([j for j, _, _ in jobs], timeout)
+    except BaseException:
+        gather.cancel()
+        raise
+    return gather.wait(None if timeout is None else
+                       max(0.0, timeout - (time.monotonic() - t0)))
+
+
 def _uid(ctx):
     u = getattr(ctx, "uid", None)
     return 0 if u is None else u
@@ -562,13 +576,7 @@ class GroupOpen:
                     c.configure_for(g, child_t)
                     return c.read(agg)
                 jobs.append((gevent.spawn(one), "c", c))
-            try:
-                join([j for j, _, _ in jobs], timeout)
-            except BaseException:
-                gather.cancel()
-                raise
-            late = gather.wait(None if timeout is None else
-                               max(0.0, timeout - (time.monotonic() - t0)))
+            late = _wait_all(jobs, gather, timeout, t0)
             for label in late:
                 parts.append(agg.fail(label, "timed out after %gs" % timeout))
             for label, v in gather.results.items():
@@ -734,13 +742,7 @@ class GroupOpen:
                                  "m", label))
             for c in self.children:
                 jobs.append((gevent.spawn(c.write, offset, data), "c", c))
-            try:
-                join([j for j, _, _ in jobs], timeout)
-            except BaseException:
-                gather.cancel()
-                raise
-            late = gather.wait(None if timeout is None else
-                               max(0.0, timeout - (time.monotonic() - t0)))
+            late = _wait_all(jobs, gather, timeout, t0)
             if late:
                 errors.setdefault("timed out after %gs" % timeout, set()).update(late)
             for label, v in gather.results.items():
