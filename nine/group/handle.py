@@ -163,12 +163,13 @@ class _WholeWrite:
 
 
 class Gather:
-    """Whole reads (read_whole's rule) of many members at once without a greenlet per
-    member: add(label, post, ...) with a node's post_read sends the first request, the
-    next ones are sent from the reply callbacks, and wait() blocks the one calling
-    greenlet until every member is done or the timeout passes.  results: {label: bytes
-    or the exception}; the members still pending after wait() are flushed and listed
-    in its return value."""
+    """Whole reads (read_whole's rule) or writes of many members at once without a
+    greenlet per member: add(label, post, ...) with a node's post_read (add_write: its
+    post_write) sends the first request, the next ones are sent from the reply
+    callbacks, and wait() blocks the one calling greenlet until every member is done or
+    the timeout passes (spawn(): a member whose node has no such method, in a greenlet).
+    results: {label: the bytes read, the count written, or the exception}; the members
+    still pending after wait() are flushed (or killed) and listed in its return value."""
 
     def __init__(self):
         self.results = {}
@@ -184,6 +185,22 @@ class Gather:
             w.start()
         except Exception as e:
             self.done(label, e)
+
+    def spawn(self, label, fn, *args):
+        """A member without post_read/post_write: fn(*args) in a greenlet of its own;
+        its value (or exception) is the member's result, like the others'."""
+        self.left += 1
+
+        def run():
+            try:
+                v = fn(*args)
+            except gevent.GreenletExit:
+                raise
+            except BaseException as e:
+                v = e
+            self.done(label, v)
+        g = gevent.spawn(run)
+        self.pending[label] = lambda: g.kill(block=False)
 
     def add_write(self, label, post, offset, data):
         """Write data at offset with a node's post_write; the result is the count."""

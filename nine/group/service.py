@@ -65,8 +65,7 @@ from ..server.node import Node, Attr, Dirent, StatFS, error
 from ..final.eval import locate as _final_locate
 from . import aggregate as A
 from .handle import (FEATURES, MAX_WHOLE, CHUNK, Gather, GroupHandle, format_agg,
-                     settings,
-                     read_whole, follow, join)
+                     settings, read_whole, follow, join)
 
 MAX_MEMBERS = 1 << 20
 PRIME_BATCH = 256            # members resolved per listing of their shared directories
@@ -144,17 +143,24 @@ def _remote_child(node, name):
 
 
 def _wait_all(jobs, gather, timeout, t0):
-    """Wait for the greenlet jobs [(greenlet, kind, who)] and the Gather's members until
+    """Wait for the greenlet jobs [(greenlet, child group)] and the Gather's members until
     `timeout` seconds after t0 (None: for ever); returns the members the Gather still
     waited for (their requests flushed).  A kill of the wait (a Tflush from above)
     flushes the Gather's requests and kills the jobs."""
     try:
-        join([j for j, _, _ in jobs], timeout)
+        join([j for j, _ in jobs], timeout)
     except BaseException:
         gather.cancel()
         raise
     return gather.wait(None if timeout is None else
                        max(0.0, timeout - (time.monotonic() - t0)))
+
+
+def _check_owner(g, ctx, eno=errno.EACCES):
+    """Only a group's owner (or root) may change it."""
+    uid = _uid(ctx)
+    if g is not None and uid != 0 and uid != g.uid:
+        raise error(eno, "group %s belongs to uid %d" % (g.name, g.uid))
 
 
 def _uid(ctx):
@@ -562,20 +568,19 @@ class GroupOpen:
             child_t = None if timeout is None else max(0.01, timeout * 0.8 - 0.02)
             parts = [agg.fail(m, "open: " + r) for m, r in self.openfail.items()]
             jobs = []
-            gather = Gather()        # members on a remote child: no greenlet each
+            gather = Gather()    # members on a remote child: no greenlet each
             for label, node in self.local.items():
                 post = getattr(node, "post_read", None)
                 if post is not None:
                     gather.add(label, post, g.offset, g.count,
                                min(node.iounit or CHUNK, CHUNK))
                 else:
-                    jobs.append((gevent.spawn(self._read_member, node, g.offset,
-                                              g.count), "m", label))
+                    gather.spawn(label, self._read_member, node, g.offset, g.count)
             for c in self.children:
                 def one(c=c):
                     c.configure_for(g, child_t)
                     return c.read(agg)
-                jobs.append((gevent.spawn(one), "c", c))
+                jobs.append((gevent.spawn(one), c))
             late = _wait_all(jobs, gather, timeout, t0)
             for label in late:
                 parts.append(agg.fail(label, "timed out after %gs" % timeout))
@@ -586,30 +591,20 @@ class GroupOpen:
                         self.broken.add(label)
                 else:
                     parts.append(agg.leaf(label, v))
-            for j, kind, who in jobs:
+            for j, who in jobs:                       # the child groups
                 if not j.ready():
                     j.kill(block=False)
-                    reason = "timed out after %gs" % timeout
-                    if kind == "m":
-                        parts.append(agg.fail(who, reason))
-                    else:
-                        parts.append(A.Partial(None, {reason: set(who.labels)}))
-                    if kind == "c":
-                        who.sent = None     # its state is unknown now: resend settings
+                    parts.append(A.Partial(None, {"timed out after %gs" % timeout:
+                                                  set(who.labels)}))
+                    who.sent = None         # its state is unknown now: resend settings
                 elif j.successful():
-                    v = j.value
-                    parts.append(agg.leaf(who, v) if kind == "m" else v)
+                    parts.append(j.value)
                 else:
-                    e = j.exception
-                    if kind == "m":
-                        parts.append(agg.fail(who, _reason(e)))
-                        if _healable(e):
-                            self.broken.add(who)
-                    else:
-                        self.broken_children.add(who)
-                        who.sent = None
-                        parts.append(A.Partial(None, {"%s: %s" % (who.child.name, _reason(e)):
-                                                      set(who.labels)}))
+                    self.broken_children.add(who)
+                    who.sent = None
+                    parts.append(A.Partial(None, {"%s: %s" % (who.child.name,
+                                                              _reason(j.exception)):
+                                                  set(who.labels)}))
             p = agg.merge(parts)
             g.last = ("read", self.members(), p, time.monotonic() - t0)
             return agg, p
@@ -732,16 +727,15 @@ class GroupOpen:
             for m, r in self.openfail.items():
                 errors.setdefault("open: " + r, set()).add(m)
             jobs = []
-            gather = Gather()        # members on a remote child: no greenlet each
+            gather = Gather()    # members on a remote child: no greenlet each
             for label, node in self.local.items():
                 post = getattr(node, "post_write", None)
                 if post is not None:
                     gather.add_write(label, post, offset, data)
                 else:
-                    jobs.append((gevent.spawn(self._write_member, node, offset, data),
-                                 "m", label))
+                    gather.spawn(label, self._write_member, node, offset, data)
             for c in self.children:
-                jobs.append((gevent.spawn(c.write, offset, data), "c", c))
+                jobs.append((gevent.spawn(c.write, offset, data), c))
             late = _wait_all(jobs, gather, timeout, t0)
             if late:
                 errors.setdefault("timed out after %gs" % timeout, set()).update(late)
@@ -750,20 +744,16 @@ class GroupOpen:
                     errors.setdefault(_reason(v), set()).add(label)
                     if _healable(v):
                         self.broken.add(label)
-            for j, kind, who in jobs:
-                labels = {who} if kind == "m" else set(who.labels)
+            for j, who in jobs:                       # the child groups
+                labels = set(who.labels)
                 if not j.ready():
                     j.kill(block=False)
                     errors.setdefault("timed out after %gs" % timeout, set()).update(labels)
                 elif not j.successful():
-                    why = _reason(j.exception)
-                    if kind == "c":
-                        why = "%s: %s" % (who.child.name, why)
-                        self.broken_children.add(who)
-                    elif _healable(j.exception):
-                        self.broken.add(who)
-                    errors.setdefault(why, set()).update(labels)
-                elif kind == "c":
+                    self.broken_children.add(who)
+                    errors.setdefault("%s: %s" % (who.child.name, _reason(j.exception)),
+                                      set()).update(labels)
+                else:
                     for r, ms in j.value.items():
                         errors.setdefault(r, set()).update(ms)
             p = A.Partial(None, errors)
@@ -933,11 +923,7 @@ class _GNode(Node):
         return Qid(QTDIR, 0, g.qpath)
 
     def _owner(self, ctx, eno=errno.EACCES):
-        """Only the group's owner (or root) may change it."""
-        g = self.group
-        uid = _uid(ctx)
-        if g is not None and uid != 0 and uid != g.uid:
-            raise error(eno, "group %s belongs to uid %d" % (g.name, g.uid))
+        _check_owner(self.group, ctx, eno)
 
     def symlink(self, ctx, name, target, gid):
         if self.kind != "dir":
@@ -959,7 +945,7 @@ class _GNode(Node):
             g = self.svc.groups.get(name)
             if g is None:
                 raise error(errno.ENOENT)
-            _GNode(self.svc, "dir", g)._owner(ctx, errno.EPERM)    # a sticky directory
+            _check_owner(g, ctx, errno.EPERM)         # as in a sticky directory
             self.svc.drop_group(g)
             return
         if self.kind == "dir":
