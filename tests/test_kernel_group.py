@@ -53,7 +53,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -65,12 +64,7 @@ from interop import vm  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 import vmhost  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux ptrace"),
-    pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("nm") is None,
-                       reason="needs gcc and nm"),
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64"),
-]
+pytestmark = vmhost.PTRACE_VM_MARKS
 
 N_PROCS = 32
 N_LEAVES = 8
@@ -389,25 +383,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run():
-    if not _ptrace_ok():
-        pytest.skip("ptrace of a sibling process needs root or kernel.yama.ptrace_scope=0")
-    work = Path(tempfile.mkdtemp(prefix="nine-vm-group-"))
-    os.chmod(work, 0o755)
-    r = Run(work)
-    try:
-        r.start()
-    except vm.VMError as e:
-        r.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        pytest.skip(f"cannot boot the test VM here: {e}")
-    except Exception as e:  # noqa: BLE001  reported by every test
-        r.error = f"{type(e).__name__}: {e}"
-    yield r
-    r.stop()
-    if os.environ.get("NINE_VM_KEEP"):
-        print(f"\nkernel-VM work directory kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    yield from vmhost.run_fixture(Run, "nine-vm-group-", skip_unbootable=True)
 
 
 def _get(run) -> vm.GuestResult:
@@ -428,30 +404,12 @@ def test_tree(run):
 
 def test_boot(run):
     """The guest booted, mounted, ran every check, unmounted and powered off."""
-    r = _get(run)
-    print(f"{r.summary()}; boot to /init {r.boot_seconds}s; boot + checks {run.seconds:.1f}s")
-    for c in CHECKS:
-        if c in r.checks:
-            print(f"  {c}: {r.checks[c].seconds:.2f}s")
-    assert not r.timed_out, f"guest timed out\n{_tail(r.console)}"
-    assert r.mounted, f"mount failed\n{_tail(r.console)}"
-    assert r.done, f"guest did not finish\n{_tail(r.console)}"
-    assert not [w for w in r.warnings if "umount" in w], f"unmount failed: {r.warnings}"
+    vmhost.check_booted(_get(run), CHECKS, run.seconds)
 
 
 @pytest.mark.parametrize("check", CHECKS)
 def test_check(run, check):
-    r = _get(run)
-    res = r.checks.get(check)
-    if res is None:
-        why = "mount failed" if not r.mounted else ("guest timed out" if r.timed_out else "no result")
-        pytest.fail(f"{check}: {why}\n{_tail(r.console)}", pytrace=False)
-    reqs = dict(r.requests_by_check.get(check, {}))
-    errs = [f"{e.request}->{e.errname} x{e.count}" for e in r.errors if e.check == check]
-    print(f"{check}: {res.seconds:.2f}s, requests {reqs}, error replies {errs}")
-    print(res.detail)
-    assert res.passed, (f"guest check {check} failed (rc {res.rc}):\n{res.detail}\n"
-                        f"requests: {reqs}\nerror replies: {errs}")
+    vmhost.check_result(_get(run), check)
 
 
 @pytest.mark.parametrize("check", ["read", "example"])
@@ -511,14 +469,6 @@ def test_server_after(run):
     assert "Traceback" not in run.log(), run.log()[-3000:]
 
 
-#: the only error replies expected: walks of names that do not exist yet (mkdir -p,
-#: mkdir, ln -s, test -e) and the kernel's security.capability probe before a write
-EXPECTED_ERRORS = {("Twalk", "ENOENT"), ("Txattrwalk", "ENODATA")}
-
-
 def test_error_replies(run):
     """No request of the guest was answered with an unexpected error."""
-    r = _get(run)
-    bad = [f"{e.check}: {e.request} -> {e.errname} x{e.count}" for e in r.errors
-           if (e.request, e.errname) not in EXPECTED_ERRORS]
-    assert not bad, "unexpected error replies:\n" + "\n".join(bad)
+    vmhost.check_error_replies(_get(run))

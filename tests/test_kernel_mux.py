@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import test_kernel_vm as kvm  # noqa: E402
+import vmhost  # noqa: E402
 from interop import battery, servers  # noqa: E402
 
 KIND = "tree"
@@ -78,34 +77,13 @@ class TreeRuns(kvm.VMRuns):
 def _needed(items) -> dict[tuple[str, str], set[str]]:
     """Which checks each (dialect, cache) boot must run for the selected tests
     of this module."""
-    needed: dict[tuple[str, str], set[str]] = {}
-    for item in items:
-        cs = getattr(item, "callspec", None)
-        if item.module is None or item.module.__name__ != __name__ or cs is None:
-            continue
-        p = cs.params
-        if "check" in p:
-            needed.setdefault((p["dialect"], p["cache"]), set()).add(p["check"])
-        elif "cache" in p:
-            needed.setdefault((p["dialect"], p["cache"]), set()).add(ALL)
-        else:
-            for d, c in COMBOS:
-                if d == p["dialect"]:
-                    needed.setdefault((d, c), set()).add(ALL)
-    return needed
+    return vmhost.needed_checks(items, __name__, COMBOS, ALL)
 
 
 @pytest.fixture(scope="session")
 def mux_runs(request):
-    work = Path(tempfile.mkdtemp(prefix="nine-vm-mux-test-"))
-    os.chmod(work, 0o755)
-    runs = TreeRuns(work, _needed(request.session.items))
-    yield runs
-    runs.close()
-    if os.environ.get("NINE_VM_KEEP"):
-        print(f"\nkernel-VM (tree) work directory kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    yield from vmhost.runs_fixture(lambda work: TreeRuns(work, _needed(request.session.items)),
+                                   "nine-vm-mux-test-", "kernel-VM (tree)")
 
 
 IDS = [f"{d}-{c}" for d, c in COMBOS]

@@ -43,11 +43,9 @@ Two facts of the Linux client shape the guest commands:
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -59,12 +57,7 @@ from interop import servers, vm  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 import vmhost  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux ptrace"),
-    pytest.mark.skipif(shutil.which("gcc") is None or shutil.which("nm") is None,
-                       reason="needs gcc and nm"),
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64"),
-]
+pytestmark = vmhost.PTRACE_VM_MARKS
 
 # --------------------------------------------------------------------------
 # the guest side: checks (run by run_check, `set -e`, cwd /mnt/NAME on the export)
@@ -346,21 +339,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run():
-    if not _ptrace_ok():
-        pytest.skip("ptrace of a sibling process needs root or kernel.yama.ptrace_scope=0")
-    work = Path(tempfile.mkdtemp(prefix="nine-vm-synth-"))
-    os.chmod(work, 0o755)
-    r = Run(work)
-    try:
-        r.start()
-    except Exception as e:  # noqa: BLE001  reported by every test
-        r.error = f"{type(e).__name__}: {e}"
-    yield r
-    r.stop()
-    if os.environ.get("NINE_VM_KEEP"):
-        print(f"\nkernel-VM work directory kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    yield from vmhost.run_fixture(Run, "nine-vm-synth-")
 
 
 def _get(run) -> vm.GuestResult:
@@ -372,30 +351,12 @@ _tail = vmhost.tail
 
 def test_boot(run):
     """The guest booted, mounted, ran every check, unmounted and powered off."""
-    r = _get(run)
-    print(f"{r.summary()}; boot to /init {r.boot_seconds}s; boot + checks {run.seconds:.1f}s")
-    for c in CHECKS:
-        if c in r.checks:
-            print(f"  {c}: {r.checks[c].seconds:.2f}s")
-    assert not r.timed_out, f"guest timed out\n{_tail(r.console)}"
-    assert r.mounted, f"mount failed\n{_tail(r.console)}"
-    assert r.done, f"guest did not finish\n{_tail(r.console)}"
-    assert not [w for w in r.warnings if "umount" in w], f"unmount failed: {r.warnings}"
+    vmhost.check_booted(_get(run), CHECKS, run.seconds)
 
 
 @pytest.mark.parametrize("check", CHECKS)
 def test_check(run, check):
-    r = _get(run)
-    res = r.checks.get(check)
-    if res is None:
-        why = "mount failed" if not r.mounted else ("guest timed out" if r.timed_out else "no result")
-        pytest.fail(f"{check}: {why}\n{_tail(r.console)}", pytrace=False)
-    reqs = dict(r.requests_by_check.get(check, {}))
-    errs = [f"{e.request}->{e.errname} x{e.count}" for e in r.errors if e.check == check]
-    print(f"{check}: {res.seconds:.2f}s, requests {reqs}, error replies {errs}")
-    print(res.detail)
-    assert res.passed, (f"guest check {check} failed (rc {res.rc}):\n{res.detail}\n"
-                        f"requests: {reqs}\nerror replies: {errs}")
+    reqs = vmhost.check_result(_get(run), check)
     if check in FLUSHES:
         assert reqs.get("Tflush", 0) >= FLUSHES[check], f"no Tflush sent: {reqs}"
 
@@ -421,14 +382,6 @@ def test_server_after(run):
     assert "Traceback" not in run.log(), run.log()[-3000:]
 
 
-#: the only error replies expected: walks of names that do not exist yet (mkdir -p, test
-#: -e) and the kernel's security.capability probe before a write
-EXPECTED_ERRORS = {("Twalk", "ENOENT"), ("Txattrwalk", "ENODATA")}
-
-
 def test_error_replies(run):
     """No request of the guest was answered with an unexpected error."""
-    r = _get(run)
-    bad = [f"{e.check}: {e.request} -> {e.errname} x{e.count}" for e in r.errors
-           if (e.request, e.errname) not in EXPECTED_ERRORS]
-    assert not bad, "unexpected error replies:\n" + "\n".join(bad)
+    vmhost.check_error_replies(_get(run))

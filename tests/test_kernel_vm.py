@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +31,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from interop import battery, servers, vm  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vmhost  # noqa: E402
 
 CHECKS = battery.check_names()
 COMBOS = battery.combos()
@@ -114,39 +114,18 @@ class VMRuns:
 
 
 def _needed(items) -> dict[tuple[str, str], set[str]]:
-    """Which checks each (dialect, cache) boot must run for the selected tests."""
-    needed: dict[tuple[str, str], set[str]] = {}
-    for item in items:
-        cs = getattr(item, "callspec", None)
-        if item.module is None or item.module.__name__ != __name__ or cs is None:
-            continue
-        p = cs.params
-        if "check" in p:
-            needed.setdefault((p["dialect"], p["cache"]), set()).add(p["check"])
-        elif "cache" in p:
-            needed.setdefault((p["dialect"], p["cache"]), set()).add(ALL)
-        else:
-            for d, c in COMBOS:
-                if d == p["dialect"]:
-                    needed.setdefault((d, c), set()).add(ALL)
-    return needed
+    """Which checks each (dialect, cache) boot must run for the selected tests
+    of this module."""
+    return vmhost.needed_checks(items, __name__, COMBOS, ALL)
 
 
 @pytest.fixture(scope="session")
 def vm_runs(request):
-    work = Path(tempfile.mkdtemp(prefix="nine-vm-test-"))
-    os.chmod(work, 0o755)  # servers that switch to the attaching user must reach the export
-    runs = VMRuns(work, _needed(request.session.items))
-    yield runs
-    runs.close()
-    if os.environ.get("NINE_VM_KEEP"):
-        print(f"\nkernel-VM work directory kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+    yield from vmhost.runs_fixture(lambda work: VMRuns(work, _needed(request.session.items)),
+                                   "nine-vm-test-")
 
 
-def _tail(text: str, n: int = 40) -> str:
-    return "\n".join(text.splitlines()[-n:])
+_tail = vmhost.tail
 
 
 @pytest.mark.parametrize("dialect,cache", COMBOS, ids=[f"{d}-{c}" for d, c in COMBOS])
