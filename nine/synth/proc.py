@@ -189,7 +189,7 @@ class ProcRoot(Dir):
         if d is None or d.start != start or (d.uid, d.gid) != (st.st_uid, st.st_gid):
             # new, or the pid was reused, or a setuid exec changed its owner
             if not listed:
-                tgid = _tgid(pid)
+                tgid = PT._tgid_of(pid)
                 if tgid is not None and tgid != pid:
                     return None         # a thread id: threads live under task/
             d = ProcDir(pid, start, st.st_uid, st.st_gid)
@@ -327,17 +327,6 @@ class ThreadDir(Dir):
             self.children[e.name] = e
         for e in _control_files(th, uid, gid, with_mem=False):
             self.children[e.name] = e
-
-
-def _tgid(pid):
-    try:
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 # --- the control files -----------------------------------------------------------------
