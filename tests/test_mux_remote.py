@@ -2,6 +2,7 @@
 Child.attach as its export; children are real `python -m nine serve` processes (or
 ThreadServers with synthetic trees where the test must see what the child did)."""
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -564,7 +565,10 @@ def test_child_never_up_fails_fast():
         m.stop()
 
 
-def test_outstanding_request_fails_when_child_dies():
+@contextlib.contextmanager
+def _blocky_mux(**child_kw):
+    """A mux over one child whose file `block` never answers a read: (mux, Child, child
+    server, the child's state {"reads", "cancelled"}); everything stops afterwards."""
     holder = {}
 
     def make():
@@ -572,17 +576,32 @@ def test_outstanding_request_fails_when_child_dies():
         holder["state"] = st
         return ex
     child = ThreadServer(make)
-    ch = Child("blocky", child.addr)
+    ch = Child("blocky", child.addr, **child_kw)
     m = Mux([ch])
     try:
-        c = _raw(m.port)
-        _ok(c.rpc(P.Twalk(fid=0, newfid=1, wnames=["block"], tag=2)), P.Rwalk)
-        _ok(c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=2)), P.Rlopen)
-        c.send(P.Tread(fid=1, offset=0, count=100, tag=7))
-        t0 = time.time()
-        while holder["state"]["reads"] == 0:
-            assert time.time() - t0 < 5
-            time.sleep(0.01)
+        yield m, ch, child, holder["state"]
+    finally:
+        m.stop()
+        child.stop()
+
+
+def _read_blocked(m, st):
+    """A raw 9P2000.L connection to the mux with a Tread (tag 7) of `block` in flight,
+    arrived at the child."""
+    c = _raw(m.port)
+    _ok(c.rpc(P.Twalk(fid=0, newfid=1, wnames=["block"], tag=2)), P.Rwalk)
+    _ok(c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=2)), P.Rlopen)
+    c.send(P.Tread(fid=1, offset=0, count=100, tag=7))
+    t0 = time.time()
+    while st["reads"] == 0:
+        assert time.time() - t0 < 5
+        time.sleep(0.01)
+    return c
+
+
+def test_outstanding_request_fails_when_child_dies():
+    with _blocky_mux() as (m, ch, child, st):
+        c = _read_blocked(m, st)
         _drop_connections(child)   # the child goes away with the read in flight
         t0 = time.time()
         r = c.recv()
@@ -590,31 +609,11 @@ def test_outstanding_request_fails_when_child_dies():
         assert r.tag == 7
         _err(r, errno.EHOSTDOWN)
         c.close()
-    finally:
-        m.stop()
-        child.stop()
 
 
 def test_tflush_through_mux_reaches_child():
-    holder = {}
-
-    def make():
-        ex, st = blocking_tree()
-        holder["state"] = st
-        return ex
-    child = ThreadServer(make)
-    ch = Child("blocky", child.addr)
-    m = Mux([ch])
-    try:
-        c = _raw(m.port)
-        _ok(c.rpc(P.Twalk(fid=0, newfid=1, wnames=["block"], tag=2)), P.Rwalk)
-        _ok(c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=2)), P.Rlopen)
-        c.send(P.Tread(fid=1, offset=0, count=100, tag=7))
-        st = holder["state"]
-        t0 = time.time()
-        while st["reads"] == 0:
-            assert time.time() - t0 < 5
-            time.sleep(0.01)
+    with _blocky_mux() as (m, ch, child, st):
+        c = _read_blocked(m, st)
         assert st["cancelled"] == 0
         r = c.rpc(P.Tflush(oldtag=7, tag=8))
         assert isinstance(r, P.Rflush) and r.tag == 8
@@ -630,22 +629,10 @@ def test_tflush_through_mux_reaches_child():
             b"hello\n"
         assert ch._link.conn.inflight() == 0
         c.close()
-    finally:
-        m.stop()
-        child.stop()
 
 
 def test_op_timeout_flushes_the_child_request():
-    holder = {}
-
-    def make():
-        ex, st = blocking_tree()
-        holder["state"] = st
-        return ex
-    child = ThreadServer(make)
-    ch = Child("blocky", child.addr, op_timeout=0.3)
-    m = Mux([ch])
-    try:
+    with _blocky_mux(op_timeout=0.3) as (m, ch, child, st):
         c = _raw(m.port, dialect=P.V9P2000U)
         _ok(c.rpc(P.Twalk(fid=0, newfid=1, wnames=["block"], tag=2)), P.Rwalk)
         _ok(c.rpc(P.Topen(fid=1, mode=P.OREAD, tag=2)), P.Ropen)
@@ -655,14 +642,11 @@ def test_op_timeout_flushes_the_child_request():
         assert isinstance(r, P.Rerror) and r.errno == errno.ETIMEDOUT
         assert "blocky" in r.ename, r.ename
         t0 = time.time()
-        while holder["state"]["cancelled"] == 0:
+        while st["cancelled"] == 0:
             assert time.time() - t0 < 5
             time.sleep(0.01)
         assert ch.state == "up"        # a slow request is not a dead child
         c.close()
-    finally:
-        m.stop()
-        child.stop()
 
 
 # --- concurrency ------------------------------------------------------------------------------
