@@ -353,7 +353,9 @@ def cmd_mux(args):
 
 def _serve_forever():
     """Serve until Ctrl-C (SIGINT) or SIGTERM, then return (quietly: the callers clean
-    up in their `finally`)."""
+    up in their `finally`).  A second Ctrl-C or SIGTERM then (an impatient user; `timeout`
+    signals the process and its group, so twice) does not cut that clean-up short: the
+    callers stop their children and remove their temporary directories, then exit."""
     import signal
     import gevent
     import gevent.event
@@ -366,6 +368,8 @@ def _serve_forever():
     finally:
         for h in handlers:
             h.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _write_address(args, srv, a):
@@ -452,6 +456,7 @@ def cmd_demo(args):
     import gevent
     import tempfile
     from .mux.tree import Topology, Tree
+    made_dir = not args.dir
     root_dir = args.dir or tempfile.mkdtemp(prefix="nine-demo-")
     topo = Topology.local(args.leaves, fanout=args.fanout, listen=args.listen,
                           leaf_export=root_dir)
@@ -473,7 +478,8 @@ def cmd_demo(args):
         print("nine %s: %d leaf servers, %d levels of muxes, root on %s" % (
             __version__, len(topo.leaves), len(tree.levels), addr))
         print(tree.describe())
-        print("leaf files under %s\n" % root_dir)
+        print("leaf files under %s%s\n" % (
+            root_dir, " (removed at exit; --dir DIR keeps them)" if made_dir else ""))
         first = topo.leaves[0][0]
 
         def tour():
@@ -545,6 +551,9 @@ def cmd_demo(args):
         return 0
     finally:
         tree.stop()
+        if made_dir:                  # a temporary directory of our own: not left behind
+            import shutil
+            shutil.rmtree(root_dir, ignore_errors=True)
 
 
 def _add_client_opts(p):

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -109,6 +110,39 @@ def test_demo_once():
     assert "node1 node2 node3 node4 node5 node6 node7 node8" in out  # /nodes, /proc/1 ...
     assert "hello from node1" in out and "load1 " in out and "mount -t 9p" in out
     assert out.count(" up since=") == 2                              # both muxes up
+    # its temporary directory of leaf files is gone at exit
+    d = out.split("leaf files under ", 1)[1].split()[0]
+    assert d.startswith(tempfile.gettempdir()) and "nine-demo-" in d, d
+    assert not os.path.exists(d), d
+
+
+def test_demo_ctrl_c_twice_still_cleans_up():
+    """Ctrl-C ends `nine demo`; a second one during its clean-up (an impatient user, or
+    `timeout`, which signals the process and its group) does not cut the clean-up short:
+    its processes are gone and its temporary directory too."""
+    import signal
+    p = subprocess.Popen([sys.executable, "-m", "nine", "demo", "--listen", "127.0.0.1:0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+                         start_new_session=True)
+    try:
+        d = None
+        for line in p.stdout:
+            line = line.decode()
+            if line.startswith("leaf files under "):
+                d = line.split()[3]
+            if line.startswith("Serving until Ctrl-C"):
+                break
+        assert d and os.path.isdir(d), d
+        os.killpg(p.pid, signal.SIGINT)         # Ctrl-C: the whole process group
+        time.sleep(0.05)
+        os.kill(p.pid, signal.SIGINT)           # and once more
+        assert p.wait(30) == 0, p.stderr.read().decode()[-2000:]
+        assert not os.path.exists(d), d
+        assert b"Traceback" not in p.stderr.read()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def test_gread_gwrite_over_a_tree(tmp_path):
