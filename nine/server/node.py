@@ -121,6 +121,25 @@ def qtype_of_mode(mode):
     return QTFILE
 
 
+class Unreachable(OSError):
+    """The backend holding a node cannot be reached now (a mux's child is down, or the
+    node was made on a connection that has since been replaced).  Upper floors treat it
+    as healable: resolving the node again (walking from a fresh root) may cure it."""
+
+
+class Remote:
+    """A backend reached over a link (a mux's child), as the upper floors may use it.
+    Node.origin() and Node.locate() name one."""
+
+    #: the child's name in its mux
+    name = ""
+
+    def group_root(self, ctx):
+        """(link, root Fid) of the child's own group service for ctx's user; raises
+        EOPNOTSUPP when the child offers none.  May block (a network round trip)."""
+        raise error(errno.EOPNOTSUPP)
+
+
 class Node:
     """Base class: every method raises EOPNOTSUPP unless a backend overrides it."""
 
@@ -134,6 +153,36 @@ class Node:
     #: statfs/xattr reads on this node never wait (no network, no blocking callback), so
     #: the core may answer them without a greenlet of their own
     may_block = True
+    #: True when the backend maps its qids into the mux's QidMap itself (a mux's remote
+    #: node): a composition must not map them a second time
+    maps_qids = False
+    #: True when post_read/post_write are implemented (requests without a greenlet)
+    can_post = False
+
+    # --- where a node comes from (used by the mux, FiNAL and group floors) ---------
+    def origin(self):
+        """(Remote, path tuple in it) when this node lives on a remote child, else None.
+        Never blocks."""
+        return None
+
+    def locate(self, names):
+        """(Remote, path tuple in it) that `names` walked from this directory lead to,
+        when that is known without asking anyone (no rule applies below, the path lies
+        in one child); None when it cannot be known so: walk instead.  The path is not
+        checked to exist.  Never blocks."""
+        return None
+
+    def post_read(self, offset, count, done):
+        """read() without a greenlet (only where can_post): send the request and return
+        a cancel() callable at once; done(data, None) or done(None, error) runs later in
+        the hub and must not block.  Raises at once when the node is not open."""
+        raise error(errno.EOPNOTSUPP)
+
+    def post_write(self, offset, data, done):
+        """write() of at most one message's worth without a greenlet (as post_read);
+        done(count, None) or done(None, error).  A short count is continued by the
+        caller."""
+        raise error(errno.EOPNOTSUPP)
 
     # --- name space -------------------------------------------------------
     def walk(self, ctx, names):
