@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,27 +25,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, proc, timeout=15):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited with %s" % proc.returncode)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start on port %d" % port)
+from nine.netwait import free_port, wait_port  # noqa: E402
 
 
 def diodload(port, seconds, threads, getattr_):
@@ -118,8 +99,8 @@ def main():
                                  "127.0.0.1:%d" % nport, "--export", export, "--ctl",
                                  "--squash", "root", "-q"], env=env)
         procs.append(nine)
-        wait_port(dport, diod)
-        wait_port(nport, nine)
+        wait_port(dport, 15, proc=diod)
+        wait_port(nport, 15, proc=nine)
         # warm the page cache
         with open(os.path.join(export, "big"), "rb") as f:
             while f.read(1 << 24):

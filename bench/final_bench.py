@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import gevent  # noqa: E402
 
 from nine.final import compose  # noqa: E402
-from nine.mux.qidmap import QidMap  # noqa: E402
+from nine.server.qidmap import QidMap  # noqa: E402
 from nine.protocol import L_O_RDONLY  # noqa: E402
 from nine.server.node import Context, Node  # noqa: E402
 from nine.synth.files import Dir, File, SynthFS  # noqa: E402

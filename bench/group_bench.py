@@ -26,7 +26,7 @@ Then, in the same run, it times the same group read (aggregator equiv, members
 (leafNNNNN, /nodes/leafNNNNN/v), one whole read of every member per group read) three
 ways:
 
-  tree    a TBON started by nine.mux.tree.Tree over the leaves: muxes of --fanout
+  tree    a TBON started by nine.launch.Tree over the leaves: muxes of --fanout
           children each, levels added until the root has at most --fanout children.
           The muxes above the leaves (`simple *:/ at /nodes`) and the inner muxes
           (`insert *:/ at /`) are `nine mux` processes, so they run in parallel; the
@@ -83,8 +83,8 @@ import gevent  # noqa: E402
 import benchleaves  # noqa: E402
 from nine.client import Client  # noqa: E402
 from nine.group.service import install  # noqa: E402
-from nine.mux.mux import Mux  # noqa: E402
-from nine.mux.tree import Topology, Tree  # noqa: E402
+from nine.assembly import MuxConfig, build_mux  # noqa: E402
+from nine.launch import Topology, Tree  # noqa: E402
 from nine.protocol.const import L_O_RDONLY  # noqa: E402
 from nine.server.core import Server  # noqa: E402
 from nine.synth.files import Dir, File, SynthFS  # noqa: E402
@@ -326,7 +326,7 @@ def run_size(n, a, errors):
                               CPU({"leaves": leaves.pids()}), errors))
 
         # (b) one flat mux over all N leaves (in this process)
-        flat = Mux(kids, final_text=LEAF_FINAL, child_aname="", name="flat")
+        flat = build_mux(MuxConfig(kids, final_text=LEAF_FINAL, child_aname="", name="flat"))
         r = time_group(serve(flat), members, expected, a.reads,
                        CPU({"leaves": leaves.pids(), "muxes": []}), "flat", errors)
         row.update({"flat_" + k: v for k, v in r.items()})

@@ -15,7 +15,7 @@ mux under test (nine.mux.Mux, children = the N leaf addresses, child aname "") a
 client (nine.client.Client, over loopback TCP to the mux) run in the main process: every
 child request is real 9P2000.L on a real socket.  For each N it prints:
 
-  compose     Mux(children, final_text): parse, check, build the composition and the
+  compose     build_mux(children, final_text): parse, check, build the composition and the
               server core (checked: no child contacted)
   root/       first listing of the merged root of the per-server view
               (`simple *:/ at /`: one directory per child; checked: no child contacted)
@@ -67,7 +67,7 @@ import gevent  # noqa: E402
 
 import benchleaves  # noqa: E402
 from nine.client import Client  # noqa: E402
-from nine.mux.mux import Mux  # noqa: E402
+from nine.assembly import MuxConfig, build_mux  # noqa: E402
 from nine.server.core import Server  # noqa: E402
 from nine.synth.files import Dir, File, SynthFS  # noqa: E402
 
@@ -156,7 +156,8 @@ def tune(mux, a):
 def run_simple(kids, a):
     """The per-server view: compose, then the first listing of the merged root."""
     gc.collect()
-    t_comp, mux = timed(lambda: Mux(kids, final_text=SIMPLE, child_aname="", name="mux"))
+    t_comp, mux = timed(lambda: build_mux(MuxConfig(kids, final_text=SIMPLE, child_aname="",
+                                                    name="mux")))
     assert untouched(mux), "composing contacted a child"
     cl = None
     try:
@@ -183,7 +184,8 @@ def run_merge(kids, a, leaves, profile=False):
     n = len(kids)
     gc.collect()
     r0 = rss()
-    t_comp, mux = timed(lambda: Mux(kids, final_text=MERGE, child_aname="", name="mux"))
+    t_comp, mux = timed(lambda: build_mux(MuxConfig(kids, final_text=MERGE, child_aname="",
+                                                    name="mux")))
     assert untouched(mux), "composing contacted a child"
     tune(mux, a)
     cl = None
@@ -251,7 +253,7 @@ def run_traced(kids, a, top=4):
     try:
         snap0 = tracemalloc.take_snapshot()
         base = tracemalloc.get_traced_memory()[0]
-        mux = Mux(kids, final_text=MERGE, child_aname="", name="mux")
+        mux = build_mux(MuxConfig(kids, final_text=MERGE, child_aname="", name="mux"))
         tune(mux, a)
         cl = None
         try:
@@ -350,8 +352,8 @@ def main():
 
     # the client library starts each connection with a 64 KiB receive buffer
     # (nine/client/conn.py), and a leaf's server connection has one of RECVBUF
-    # (nine/server/core.py), both touched when made: refuse sizes that would exhaust memory
-    from nine.server.core import RECVBUF
+    # (nine/server/conn.py), both touched when made: refuse sizes that would exhaust memory
+    from nine.server.conn import RECVBUF
     per = 65536 + RECVBUF
     avail = mem_available()
     fits = [n for n in sizes if avail is None or n * per < 0.6 * avail]

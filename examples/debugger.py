@@ -174,7 +174,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if shutil.which("gcc") is None:
         sys.exit("needs gcc")
-    from nine.mux.tree import Topology, Tree
+    from nine.launch import Topology, Tree
     tmp = tempfile.mkdtemp(prefix="nine-dbg-")
     targets = []
     tree = None

@@ -1,6 +1,7 @@
 # /lib/nine.sh: shell library of the test VM, sourced by /init and by every check.
-# Variables from /run/config: NINE_PORT, NINE_OPTS, NINE_CHECK_TIMEOUT and any
-# extra ones the harness passes (NINE_DIALECT, NINE_CACHE, ...).
+# Variables from /run/config: NINE_PORT, NINE_OPTS, NINE_CHECK_TIMEOUT (seconds a
+# check may take, already stretched by the host's load) and any extra ones the
+# harness passes (NINE_DIALECT, NINE_CACHE, ...).
 . /run/config
 TR=/sys/kernel/tracing
 

@@ -7,7 +7,8 @@ aname ``nodes/node1/files``).  ``NINE_VM_SERVER_CMD`` overrides with any
 command template using ``{port}`` and ``{export}`` (then
 ``NINE_VM_SERVER_ANAME`` and ``NINE_VM_SERVER_DIALECTS`` describe it).
 In a program, ``with servers.using("tree"):`` picks the kind for the calling
-thread, whatever the environment says.
+thread, whatever the environment says.  The deadlines here are for an idle
+machine, stretched by its load (nine.netwait).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
+
+from nine.netwait import ServerExited, free_port, wait_for, wait_port
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_DIALECTS = ("9p2000.L", "9p2000.u", "9p2000")
@@ -46,12 +47,6 @@ _local = threading.local()
 
 class ServerError(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass
@@ -164,17 +159,20 @@ def _tree_problem(srv: Server, timeout: float = 10) -> str | None:
     None: its banner must name our root port and distinct child addresses
     (a child that lost its port to another process means a child of
     someone else answers in its place)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def banner():
         log = srv.log().rpartition(TREE_RETRY_MARK)[2]  # this attempt's part
         m = re.search(r"^nine tree: .* root on (\S+)$", log, re.M)
         if m and re.search(r"^muxes \(level \d+\):.*$", log, re.M):
-            break
+            return log, m
         if srv.proc.poll() is not None:
-            return f"exited with {srv.proc.returncode}"
-        if time.monotonic() > deadline:
-            return "no banner"
-        time.sleep(0.05)
+            raise ServerExited(f"exited with {srv.proc.returncode}")
+        return None
+    try:
+        log, m = wait_for(banner, timeout, "the tree's banner")
+    except ServerExited as e:
+        return str(e)
+    except TimeoutError:
+        return "no banner"
     if not m.group(1).endswith(f":{srv.port}"):
         return f"root on {m.group(1)}, not port {srv.port}"
     addrs = re.findall(r"\S+=(\d+\.\d+\.\d+\.\d+:\d+)", log)
@@ -230,17 +228,11 @@ def _start_server(export: Path, log_path: Path, kind: str, ready_timeout: float 
     finally:
         log.close()
     srv = Server(kind, port, export, aname, server_dialects(kind), proc, log_path, group)
-    deadline = time.monotonic() + ready_timeout
-    while True:
-        if proc.poll() is not None:
-            raise ServerError(f"server {' '.join(argv)} exited with {proc.returncode}:\n{srv.log()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            srv.stop()
-            raise ServerError(f"server {' '.join(argv)} not listening on {port} after {ready_timeout}s:\n{srv.log()}")
-        time.sleep(0.05)
+    try:
+        wait_port(port, ready_timeout, proc=proc)
+    except ServerExited:
+        raise ServerError(f"server {' '.join(argv)} exited with {proc.returncode}:\n{srv.log()}") from None
+    except TimeoutError as e:
+        srv.stop()
+        raise ServerError(f"server {' '.join(argv)}: {e}:\n{srv.log()}") from None
     return srv

@@ -37,6 +37,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from nine.netwait import load_factor
+
 HERE = Path(__file__).resolve().parent
 
 #: modules the guest needs; their dependencies are added from .modinfo
@@ -372,6 +374,8 @@ class GuestResult:
     #: the text trace of the 9p tracepoints (run_guest(raw_trace=True) only)
     trace_lines: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: how much run_guest stretched its timeouts for the host's load (load_factor())
+    timeout_scale: float = 1.0
 
     @property
     def requests(self) -> Counter:
@@ -384,7 +388,7 @@ class GuestResult:
         passed = sum(c.passed for c in self.checks.values())
         return (f"{passed}/{len(self.checks)} checks passed, mounted={self.mounted}, done={self.done}, "
                 f"{sum(self.requests.values())} requests, {len(self.errors)} error kinds, "
-                f"{self.wall_seconds:.1f}s")
+                f"{self.wall_seconds:.1f}s, timeouts x{self.timeout_scale:.1f}")
 
 
 #: 9P message numbers (Linux include/net/9p/9p.h)
@@ -473,10 +477,18 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
 
     ``env`` becomes shell variables of the guest (e.g. NINE_DIALECT).
 
+    ``timeout`` (the whole boot) and ``check_timeout`` (each check, in the
+    guest) are seconds for an idle host: both are stretched by the host's
+    load (nine.netwait.load_factor()), since the guest and the server share
+    its CPUs.
+
     ``virtfs_export``: instead of the TCP server, mount QEMU's own 9P server
     (virtio, 9P2000.u/.L, passthrough of that directory): a second reference
     implementation to validate the battery's expectations with."""
     kernel, initramfs = ensure_initramfs()
+    scale = load_factor()
+    timeout *= scale
+    check_timeout = round(check_timeout * scale)
     config = {"NINE_PORT": str(server_port), "NINE_OPTS": mount_opts,
               "NINE_TRANS": "virtio" if virtfs_export else "tcp",
               "NINE_CHECK_TIMEOUT": str(check_timeout), **(env or {})}
@@ -521,7 +533,8 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
     console = out.decode("utf-8", "replace").replace("\r\n", "\n")
     if log_path:
         Path(log_path).write_text(console)
-    res = GuestResult(console=console, returncode=proc.returncode, timed_out=timed_out, wall_seconds=wall)
+    res = GuestResult(console=console, returncode=proc.returncode, timed_out=timed_out, wall_seconds=wall,
+                      timeout_scale=scale)
     return parse_console(console, res)
 
 

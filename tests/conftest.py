@@ -1,10 +1,15 @@
+"""Shared fixtures and helpers of the tests (servers in a subprocess or a thread, raw
+9P connections), and the marker each test gets for what it needs (unit, loopback,
+process, vm: declared in setup.cfg; tests/README.md has the commands).  MARKS gives
+each module its marker and TEST_MARKS a test's own where it differs from its
+module's; a module missing from MARKS stops the collection."""
+
 import os
 import socket
 import struct
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
@@ -12,28 +17,62 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import nine.protocol as P  # noqa: E402
+from nine.netwait import free_port, wait_port  # noqa: E402
+
+MARKS = {
+    "test_aggregate": "unit",
+    "test_auth_key": "unit",
+    "test_codec": "unit",
+    "test_final": "unit",
+    "test_layout": "unit",
+    "test_realfs": "unit",
+    "test_host": "loopback",
+    "test_netwait": "loopback",
+    "test_server_protocol": "loopback",
+    "test_tls": "loopback",
+    "test_auth_munge": "process",
+    "test_bench_smoke": "process",
+    "test_cli": "process",
+    "test_client": "process",
+    "test_confinement": "process",
+    "test_exec": "process",
+    "test_group": "process",
+    "test_interop_diod": "process",
+    "test_mux": "process",
+    "test_mux_remote": "process",
+    "test_proc": "process",
+    "test_kernel_group": "vm",
+    "test_kernel_mux": "vm",
+    "test_kernel_synth": "vm",
+    "test_kernel_vm": "vm",
+}
+
+#: tests that need more or less than their module: "module::function" -> marker
+TEST_MARKS = {
+    "test_exec::test_shell_through_linux_kernel_client": "vm",
+    "test_final::test_over_the_wire_9p2000L": "loopback",
+    "test_final::test_over_the_wire_9p2000": "loopback",
+    "test_final::test_over_the_wire_creates_and_renames": "loopback",
+    "test_kernel_mux::test_tree_banner_check": "unit",
+    "test_kernel_vm::test_parse_console": "unit",
+}
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_port(port, proc=None, timeout=20):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError("server exited with %s: %s" % (
-                proc.returncode, proc.stderr.read().decode() if proc.stderr else ""))
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nothing listening on port %d" % port)
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Each test gets the marker of TEST_MARKS, else of its module in MARKS."""
+    missing = set()
+    for item in items:
+        module = item.module.__name__ if item.module is not None else item.nodeid
+        name = getattr(item, "originalname", item.name)
+        mark = TEST_MARKS.get(f"{module}::{name}", MARKS.get(module))
+        if mark is None:
+            missing.add(module)
+        else:
+            item.add_marker(mark)
+    if missing:
+        raise pytest.UsageError("tests/conftest.py: add the modules %s to MARKS (unit, loopback, "
+                                "process or vm)" % ", ".join(sorted(missing)))
 
 
 class NineProc:
@@ -46,7 +85,7 @@ class NineProc:
         self.proc = subprocess.Popen([sys.executable, "-m", "nine", "serve", "--listen",
                                       self.addr, "-q"] + list(args),
                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_port(port, self.proc)
+        wait_port(port, proc=self.proc)
 
     def alive(self):
         return self.proc.poll() is None

@@ -13,13 +13,15 @@ import sys
 
 import pytest
 
+from nine.netwait import scaled
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench", "group_bench.py")
 
 
 def run_bench(*args):
     p = subprocess.run([sys.executable, BENCH, "--reads", "2", "--fanout", "4"] + list(args),
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "ERROR" not in p.stdout, p.stdout
     rows = {}

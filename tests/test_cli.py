@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import NineProc, free_port, ROOT
+from nine.netwait import wait_for
 
 ENV = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
@@ -61,10 +62,7 @@ def test_ctl_aname_and_unix_socket(tmp_path, export_dir):
     proc = subprocess.Popen([sys.executable, "-m", "nine", "serve", "--listen", "unix!" + sock,
                              "--export", "data=%s" % export_dir, "--ctl", "-q"], env=env)
     try:
-        for _ in range(200):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.05)
+        wait_for(lambda: os.path.exists(sock), 10, "the server's unix socket")
         p = nine("ls", "-a", "unix!" + sock, "-A", "ctl", "/")
         assert {"null", "zero", "date", "version"} <= set(p.stdout.decode().split()), p.stderr
         p = nine("read", "-a", "unix!" + sock, "-A", "data", "/hello.txt")
@@ -149,7 +147,7 @@ def test_gread_gwrite_over_a_tree(tmp_path):
     """nine gread / gwrite against `nine tree` (processes): equivalence classes of a
     group given as a directory of symlinks, a write to every member, a dead member."""
     from gevent import subprocess as sp     # the root mux runs in this process's hub
-    from nine.mux.tree import Topology, Tree
+    from nine.launch import Topology, Tree
     exp = tmp_path / "exp"
     topo = Topology.local(4, fanout=2, listen="127.0.0.1:0", leaf_export=str(exp),
                           leaf_args="--host")

@@ -29,38 +29,21 @@ from nine.client import (Client, Connection, NineError, NineProtocolError,  # no
                          dm_to_st_mode, st_mode_to_dm, XATTR_CREATE)
 from nine.protocol.const import (DMDIR, DMSYMLINK, L_O_RDONLY, L_O_RDWR, OREAD,  # noqa: E402
                                  NOTAG, V9P2000, V9P2000L, V9P2000U)
+from nine.netwait import free_port, wait_for, wait_port  # noqa: E402
 
 DIOD = shutil.which("diod") or ("/usr/sbin/diod" if os.path.exists("/usr/sbin/diod") else None)
 needs_diod = pytest.mark.skipif(DIOD is None, reason="diod is not installed")
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 class Diod:
     def __init__(self, export):
         self.export = export
-        self.port = _free_port()
+        self.port = free_port()
         self.addr = "127.0.0.1:%d" % self.port
         self.proc = subprocess.Popen([DIOD, "-f", "-n", "-l", self.addr, "-e", export,
                                       "-e", "ctl", "-S"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0 = time.time()
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError("diod exited with %s" % self.proc.returncode)
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.time() - t0 > 15:
-                    raise
-                time.sleep(0.02)
+        wait_port(self.port, 15, proc=self.proc)
 
     def kill(self):
         if self.proc.poll() is None:
@@ -214,7 +197,7 @@ def test_walk_more_than_16_names(cl):
     for _ in range(5):
         with pytest.raises(FileNotFoundError):
             cl.walk("/".join(names + ["missing"]))
-    gevent.sleep(0.05)
+    wait_for(lambda: len(cl.conn._free_fids) >= before, 5, "the fids given back", sleep=gevent.sleep)
     assert len(cl.conn._free_fids) >= before
 
 
@@ -391,7 +374,7 @@ def test_fids_are_reused(cl):
     for _ in range(50):
         cl.read_file("r")
         cl.stat("r")
-    gevent.sleep(0.05)
+    _settle(cl.conn)
     assert cl.conn._next_fid < 10
     assert _settle(cl.conn) == 0
 
@@ -456,14 +439,14 @@ def test_flush_against_diod(cl):
     conn = cl.conn
     f = cl.walk("fifo")
     g = gevent.spawn(f.lopen, L_O_RDONLY)
-    gevent.sleep(0.2)
+    wait_for(lambda: conn.inflight() == 1, 5, "the Tlopen in flight", sleep=gevent.sleep)
     assert not g.ready() and conn.inflight() == 1
     held_tag = next(iter(conn._waiters))
     g.kill(timeout=2)
     assert g.dead
     # Tflush was sent; diod answers Rflush only once the open is done; the old tag stays
     # reserved until then, while other requests go on.
-    gevent.sleep(0.1)
+    wait_for(lambda: conn.inflight() == 2, 5, "the Tflush in flight", sleep=gevent.sleep)
     assert conn.inflight() == 2 and held_tag in conn._waiters
     for _ in range(20):
         assert cl.stat("").is_dir()
@@ -521,7 +504,7 @@ def test_server_killed_mid_request():
         # (walk first: diod does not answer a walk to a fifo while an open of it blocks)
         fids = [c.walk("fifo") for i in range(10)]
         waiters = [gevent.spawn(f.lopen, L_O_RDONLY) for f in fids]
-        gevent.sleep(0.3)
+        wait_for(lambda: c.conn.inflight() == 10, 5, "the 10 Tlopens in flight", sleep=gevent.sleep)
         assert c.conn.inflight() == 10
         t0 = time.time()
         s.kill()
@@ -920,13 +903,14 @@ def test_fake_flush_protocol(peer):
     conn = c.conn
     f = c.open("block")
     g = gevent.spawn(f.read, 10)
-    gevent.sleep(0.05)
+    wait_for(lambda: len(peer.held) == 1, 5, "the read held", sleep=gevent.sleep)
     assert len(peer.held) == 1
     oldtag = next(iter(peer.held))
     peer.hold_flush = gevent.event.Event()
     g.kill(timeout=2)
     assert g.dead
-    gevent.sleep(0.05)
+    wait_for(lambda: any(isinstance(m, P.Tflush) for m in peer.log), 5, "the Tflush",
+             sleep=gevent.sleep)
     flushes = [m for m in peer.log if isinstance(m, P.Tflush)]
     assert len(flushes) == 1 and flushes[0].oldtag == oldtag and flushes[0].tag != oldtag
     # until Rflush, the old tag is not reused
@@ -935,7 +919,7 @@ def test_fake_flush_protocol(peer):
         c.stat("hello.txt")
     assert all(m.tag != oldtag for m in peer.log[n0:])
     peer.hold_flush.set()
-    gevent.sleep(0.05)
+    wait_for(lambda: conn.inflight() == 0, 5, "the Rflush", sleep=gevent.sleep)
     assert conn.inflight() == 0 and oldtag in conn._free_tags
     f.close()
     c.close()
@@ -946,7 +930,6 @@ def test_fake_timeout_and_late_reply(peer):
     f = c.open("block")
     with pytest.raises(NineTimeout):
         f.fid.read(0, 10, timeout=0.05)
-    gevent.sleep(0.05)
     assert _settle(c.conn) == 0  # Rflush came back at once
     f.close()
     c.close()
@@ -956,7 +939,7 @@ def test_fake_connection_death(peer):
     c = _client(peer)
     f = c.open("block")
     gs = [gevent.spawn(f.fid.read, 0, 10) for _ in range(5)]
-    gevent.sleep(0.05)
+    wait_for(lambda: len(peer.held) == 5, 5, "the 5 reads held", sleep=gevent.sleep)
     t0 = time.time()
     peer.stop()
     gevent.joinall(gs, timeout=3)
@@ -972,7 +955,7 @@ def test_fake_close_fails_waiters(peer):
     c = _client(peer)
     f = c.open("block")
     g = gevent.spawn(f.fid.read, 0, 10)
-    gevent.sleep(0.05)
+    wait_for(lambda: len(peer.held) == 1, 5, "the read held", sleep=gevent.sleep)
     c.conn.close()
     g.join(timeout=2)
     assert isinstance(g.exception, NineError) and g.exception.errno == errno.ECONNABORTED
@@ -1057,20 +1040,19 @@ def test_fid_level_api(cl):
         cl.walk("dir").remove()
     root2.clunk()
     assert cl.listdir("") == ["raw"]
-    gevent.sleep(0.02)
     assert _settle(conn) == 0
 
 
 @needs_diod
 def test_dropped_file_is_clunked(cl):
     cl.write_file("d", b"x")
-    gevent.sleep(0.02)
+    _settle(cl.conn)
     n = cl.conn._next_fid
     for _ in range(20):
         f = cl.open("d")
         f.read()
         del f
-    gevent.sleep(0.05)
+    _settle(cl.conn)
     assert cl.conn._next_fid <= n + 2
     assert _settle(cl.conn) == 0
 
@@ -1084,7 +1066,7 @@ def test_fake_flushed_walk_releases_newfid(answer_first):
         c = _client(p)
         conn = c.conn
         g = gevent.spawn(c.walk, "hang")
-        gevent.sleep(0.05)
+        wait_for(lambda: p.held, 5, "the walk held", sleep=gevent.sleep)
         walk = [m for m in p.log if isinstance(m, P.Twalk)][-1]
         g.kill(timeout=2)
         assert _settle(conn) == 0

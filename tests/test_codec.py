@@ -16,7 +16,7 @@ from nine.protocol import (BY_NAME, Framer, ProtocolError, Qid, Stat, decode, en
                            pack_dirent, pack_stat, peek_header, rread_header, rreaddir_header,
                            unpack_dirents, unpack_stats)
 from nine.protocol import codec, spec
-from nine.protocol import reference as ref
+import reference as ref
 
 DIALECTS = ("9P2000", "9P2000.u", "9P2000.L")
 INT_MAX = {"u8": 0xFF, "u16": 0xFFFF, "u32": 0xFFFFFFFF, "u64": 0xFFFFFFFFFFFFFFFF,

@@ -11,7 +11,7 @@ import pytest
 import nine.protocol as P
 from conftest import RawConn, ThreadServer
 from nine.final import FinalError, compose, parse, check
-from nine.mux.qidmap import QidMap
+from nine.server.qidmap import QidMap
 from nine.server.node import Context, Node
 from nine.server.realfs import RealFS
 from nine.synth.files import Dir, File, SynthFS

@@ -109,8 +109,8 @@ def _leaf(files, groups=True):
 
 
 def _mux(children, final, aname=""):
-    from nine.mux.mux import Mux
-    m = Mux(children, final_text=final, child_aname=aname)
+    from nine.assembly import MuxConfig, build_mux
+    m = build_mux(MuxConfig(children, final_text=final, child_aname=aname))
     s = m.server.listen("127.0.0.1:0")
     return m, "127.0.0.1:%d" % s.address[1]
 
@@ -631,7 +631,7 @@ def test_gopen_against_diod(tmp_path):
     p = subprocess.Popen(["diod", "-f", "-n", "-e", str(tmp_path), "-l", "127.0.0.1:%d" % port],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, p)
+        wait_port(port, proc=p)
         c = Client("127.0.0.1:%d" % port, aname=str(tmp_path))
         g = c.gopen("/grp", "r", aggregator="equiv")
         assert not g.served
@@ -666,7 +666,7 @@ def test_custom_aggregator_runs_at_every_level(tmp_path):
     """examples/aggregators.py registers `longest`; `nine tree --aggregators` gives it to
     every leaf and mux process, so a group read merges with it at every level."""
     from nine.group.aggregate import load
-    from nine.mux.tree import Topology, Tree
+    from nine.launch import Topology, Tree
     agg = os.path.join(ROOT, "examples", "aggregators.py")
     assert "longest" in load(agg) or "longest" in A.names()
     exp = tmp_path / "exp"

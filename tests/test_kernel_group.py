@@ -61,6 +61,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from interop import vm  # noqa: E402
+from nine.netwait import wait_for  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 import vmhost  # noqa: E402
 
@@ -317,18 +318,19 @@ class Run:
                 [sys.executable, "-m", "nine", "-v", "tree", "--topology", str(topo),
                  "--listen", "127.0.0.1:0"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while True:
+        def started():
             m = re.search(r"^nine tree: .* root on 127\.0\.0\.1:(\d+)$", self.log(), re.M)
             if m and re.search(r"^muxes \(level 1\):.*$", self.log(), re.M):
-                self.port = int(m.group(1))
-                self.addr = f"127.0.0.1:{self.port}"
-                return
+                return m
             if self.tree.poll() is not None:
                 raise RuntimeError(f"nine tree exited with {self.tree.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"nine tree did not start in 90 s:\n{self.log()}")
-            time.sleep(0.1)
+            return None
+        try:
+            m = wait_for(started, 90, "nine tree started", interval=0.1)
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}:\n{self.log()}") from None
+        self.port = int(m.group(1))
+        self.addr = f"127.0.0.1:{self.port}"
 
     def start(self):
         vm.ensure_initramfs()  # the kernel: a VMError here means the host cannot boot it
@@ -452,12 +454,12 @@ def test_processes_after(run):
     (the int3 is gone, rip was rewound), `value` holding their class."""
     _get(run)
     a = {t.pid: _peek8(t.pid, run.iter_addr) for t in run.targets if t.p.poll() is None}
-    time.sleep(0.3)
     for t in run.targets:
         assert t.p.poll() is None, f"{t.label} (pid {t.pid}) exited with {t.p.returncode}"
         state = _proc_field(t.pid, "State")
         assert state[:1] in ("R", "S"), f"{t.label}: State {state}"
         assert _proc_field(t.pid, "TracerPid") == "0", f"{t.label}: still traced"
+        wait_for(lambda: _peek8(t.pid, run.iter_addr) > a[t.pid], 5, f"{t.label}: step() called again")
         assert _peek8(t.pid, run.iter_addr) > a[t.pid] > 0, f"{t.label}: step() is not called"
         assert _peek8(t.pid, run.value_addr) == t.seed * 1000 + 7, t.label
 

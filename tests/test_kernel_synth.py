@@ -43,7 +43,6 @@ Two facts of the Linux client shape the guest commands:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -53,7 +52,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from interop import servers, vm  # noqa: E402
+from interop import vm  # noqa: E402
+from nine.netwait import ServerExited, free_port, wait_for, wait_port  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests"))
 import vmhost  # noqa: E402
 
@@ -289,24 +289,17 @@ class Run:
         assert (int(first[1], 16), int(first[2], 16)) == (self.caddr, self.faddr), first
         export = self.work / "export"
         export.mkdir()
-        self.port = servers.free_port()
+        self.port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.server_log, "wb") as log:
             self.server = subprocess.Popen(
                 [sys.executable, "-m", "nine", "serve", "--listen", f"127.0.0.1:{self.port}",
                  "--proc", "--exec", "--host", "--export", str(export), "-q"],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"server exited with {self.server.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not listening after 30 s:\n{self.log()}")
-                time.sleep(0.05)
+        try:
+            wait_port(self.port, 30, proc=self.server)
+        except (ServerExited, TimeoutError) as e:
+            raise RuntimeError(f"{e}:\n{self.log()}") from None
         with open("/proc/cpuinfo") as f:
             cpu1 = f.readline().rstrip("\n")
         env = {"PID": str(self.pid), "CADDR": "%#x" % self.caddr, "FADDR": "%#x" % self.faddr,
@@ -370,7 +363,7 @@ def test_host_process_after(run):
     assert state[:1] in ("R", "S"), f"State: {state}"
     assert _proc_field(pid, "TracerPid") == "0", "still traced"
     a = _peek8(pid, run.caddr)
-    time.sleep(0.2)
+    wait_for(lambda: _peek8(pid, run.caddr) > a, 5, "the counter to count on")
     b = _peek8(pid, run.caddr)
     assert b > a > 0, (a, b)
 

@@ -33,6 +33,7 @@ import pytest
 import nine.protocol as P
 from conftest import ROOT, RawConn, free_port
 from nine.client import Client
+from nine.netwait import ServerExited, wait_port
 
 SERVERS = ("serverA", "serverB", "serverC")
 PIDS = {"serverA": "100", "serverB": "200", "serverC": "300"}   # one pid dir per server
@@ -60,18 +61,11 @@ class Proc:
         self.pid = self.proc.pid
 
     def wait_ready(self, timeout=60):
-        t0 = time.time()
-        while time.time() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError("nine %s exited with %s: %s" % (
-                    " ".join(self.args), self.proc.returncode, self.stderr()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                time.sleep(0.03)
-        raise RuntimeError("nine %s: nothing listening on %s after %ds" % (
-            " ".join(self.args), self.addr, timeout))
+        try:
+            wait_port(self.port, timeout, proc=self.proc)
+        except (ServerExited, TimeoutError) as e:
+            raise RuntimeError("nine %s: %s: %s" % (" ".join(self.args), e, self.stderr())) from None
+        return self
 
     def stderr(self):
         self.err.seek(0)

@@ -275,7 +275,7 @@ def test_breakpoint_cycle(srv, counter):
     assert rip3 != addr                                      # one instruction on
     cl.write(ctl, "start")
     a = int.from_bytes(cl.read(mem, syms["counter"], 8), "little")
-    time.sleep(0.1)
+    wait_for(lambda: int.from_bytes(cl.read(mem, syms["counter"], 8), "little") > a)
     b = int.from_bytes(cl.read(mem, syms["counter"], 8), "little")
     assert b > a >= c1
     for f in (ctl, wait, mem):
@@ -321,7 +321,8 @@ def test_shell_style_breakpoint_and_sequential_wait_reads(srv, counter):
     assert wait_for(lambda: tracer_pid(pid) == 0)
     assert wait_for(lambda: proc_state(pid) in ("R", "S"))
     c1 = int.from_bytes(cl.read(cl.open("proc/%d/mem" % pid), syms["counter"], 8), "little")
-    time.sleep(0.1)
+    wait_for(lambda: int.from_bytes(cl.read(cl.open("proc/%d/mem" % pid), syms["counter"], 8),
+                                    "little") > c1)
     c2 = int.from_bytes(cl.read(cl.open("proc/%d/mem" % pid), syms["counter"], 8), "little")
     assert c2 > c1
     cl.close()
@@ -462,7 +463,7 @@ def test_shell_style_stop_start_and_release(srv, counter):
     pid = counter.pid
     cl = Client(srv.port)
     cl.ctl("proc/%d/ctl" % pid, "stop")
-    time.sleep(0.1)
+    wait_for(lambda: proc_state(pid) == "t" and tracer_pid(pid) != 0)
     assert proc_state(pid) == "t" and tracer_pid(pid) != 0
     assert b"state=stopped" in cl.readall("proc/%d/ctl" % pid)
     assert cl.readall("proc/%d/status" % pid).split()[2] == b"Stopped"
@@ -584,7 +585,7 @@ def test_threads(srv, counter_exe):
         assert int.from_bytes(cl.read(mem, syms["tcounter"], 8), "little") > t0
         assert int.from_bytes(cl.read(mem, syms["counter"], 8), "little") == c0
         cl.write(ctl, "start")
-        time.sleep(0.1)
+        wait_for(lambda: int.from_bytes(cl.read(mem, syms["counter"], 8), "little") > c0)
         assert int.from_bytes(cl.read(mem, syms["counter"], 8), "little") > c0
         cl.write(mem, (3).to_bytes(4, "little"), syms["quit"])
         assert cl.read(wait) == b"exited 3\n"
@@ -640,7 +641,7 @@ def test_server_in_main_thread(tmp_path, counter):
         "import gevent; gevent.wait()\n" % (ROOT, port))
     p = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE)
     try:
-        wait_port(port, p)
+        wait_port(port, proc=p)
         pid, syms = counter.pid, counter.syms
         cl = Client(port)
         ctl = cl.open("proc/%d/ctl" % pid, "w")

@@ -14,7 +14,9 @@ from nine.protocol.const import (
     LOCK_SUCCESS, LOCK_BLOCKED, AT_REMOVEDIR, DT_DIR, DT_REG, DT_LNK)
 from nine.server.node import Context, SetAttr
 from nine.server import realfs as realfs_mod
-from nine.server.realfs import RealFS, reset_identity
+from nine.server import identity
+from nine.server.identity import reset as reset_identity
+from nine.server.realfs import RealFS
 
 IS_ROOT = os.geteuid() == 0
 ROOT = Context(uid=None)
@@ -1094,13 +1096,12 @@ def test_identity_groups(fs, exp):
     assert fsids() == (0, 0)
     with pytest.raises(OSError):
         r.walk(stranger, ["g"])[0].walk(stranger, ["nope"])
-    assert fsids() == (0, 0) and os.getgroups() == list(realfs_mod._own_identity[2])
-    assert realfs_mod._current_identity.get(realfs_mod._native_id(),
-                                            realfs_mod._own_identity) == realfs_mod._own_identity
+    assert fsids() == (0, 0) and os.getgroups() == list(identity.OWN[2])
+    assert identity.current() == identity.OWN
 
 
 def fsids():
-    libc = realfs_mod._libc
+    from nine.server.syscalls import libc
     return libc.setfsuid(-1), libc.setfsgid(-1)
 
 

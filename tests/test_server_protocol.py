@@ -9,6 +9,7 @@ import pytest
 
 import nine.protocol as P
 from conftest import RawConn, ThreadServer
+from nine.netwait import wait_for
 
 
 def blocking_tree():
@@ -166,7 +167,7 @@ def test_tflush_blocking_read(tsrv):
     c.rpc(P.Twalk(fid=1, newfid=2, wnames=["block"], tag=1))
     c.rpc(P.Tlopen(fid=2, flags=0, tag=1))
     c.send(P.Tread(fid=2, offset=0, count=100, tag=7))
-    time.sleep(0.2)
+    wait_for(lambda: tsrv.state["reads"] == 1, 5, "the read blocked in the server")
     t0 = time.time()
     r = c.rpc(P.Tflush(oldtag=7, tag=8))
     assert isinstance(r, P.Rflush) and r.tag == 8
@@ -207,7 +208,7 @@ def test_duplicate_tag(tsrv):
     c.rpc(P.Twalk(fid=1, newfid=2, wnames=["block"], tag=1))
     c.rpc(P.Tlopen(fid=2, flags=0, tag=1))
     c.send(P.Tread(fid=2, offset=0, count=100, tag=7))
-    time.sleep(0.1)
+    wait_for(lambda: tsrv.state["reads"] == 1, 5, "the read blocked in the server")
     r = c.rpc(P.Tgetattr(fid=1, request_mask=P.GETATTR_BASIC, tag=7))
     assert isinstance(r, P.Rlerror) and r.ecode == errno.EPROTO
     assert isinstance(c.rpc(P.Tflush(oldtag=7, tag=8)), P.Rflush)
@@ -220,7 +221,7 @@ def test_new_version_resets_session(tsrv):
     c.rpc(P.Twalk(fid=1, newfid=2, wnames=["block"], tag=1))
     c.rpc(P.Tlopen(fid=2, flags=0, tag=1))
     c.send(P.Tread(fid=2, offset=0, count=100, tag=7))
-    time.sleep(0.1)
+    wait_for(lambda: tsrv.state["reads"] == 1, 5, "the read blocked in the server")
     r = c.version()
     assert isinstance(r, P.Rversion)  # no reply to the aborted read
     r = c.rpc(P.Tgetattr(fid=1, request_mask=P.GETATTR_BASIC, tag=2))
@@ -349,3 +350,55 @@ def test_getattr_fast_path_matches_codec(tsrv):
     assert P.encode(r) == frame
     assert r.qid.type & P.QTDIR and r.mode & 0o40000 and r.nlink == 2
     assert r.valid & P.GETATTR_BASIC == P.GETATTR_BASIC
+
+
+def test_clunk_ends_a_read_in_flight_before_close():
+    """A Tclunk of a fid whose read still blocks in its node: the read is ended (answered
+    EBADF) before the node's close() runs, and the server goes on serving."""
+    from nine.server.node import Node
+    events = []
+
+    class Blocking(Node):
+        qid = P.Qid(0, 0, 2)
+        name = "block"
+
+        def open(self, ctx, flags):
+            pass
+
+        def read(self, ctx, offset, count):
+            import gevent
+            events.append("read")
+            try:
+                gevent.sleep(3600)
+            finally:
+                events.append("read ended")
+
+        def close(self, ctx):
+            events.append("close")
+
+    class Root(Node):
+        qid = P.Qid(P.QTDIR, 0, 1)
+
+        def walk(self, ctx, names):
+            return [Blocking()]
+
+    s = ThreadServer({None: lambda ctx: Root()})
+    try:
+        c = RawConn(s.port)
+        c.version()
+        c.attach(fid=1)
+        c.rpc(P.Twalk(fid=1, newfid=2, wnames=["block"], tag=1))
+        c.rpc(P.Tlopen(fid=2, flags=0, tag=1))
+        c.send(P.Tread(fid=2, offset=0, count=100, tag=7))
+        deadline = time.time() + 5
+        while "read" not in events and time.time() < deadline:
+            time.sleep(0.01)
+        c.send(P.Tclunk(fid=2, tag=8))
+        first, second = c.recv(), c.recv()
+        assert isinstance(first, P.Rlerror) and first.tag == 7 and first.ecode == errno.EBADF
+        assert isinstance(second, P.Rclunk) and second.tag == 8
+        assert events == ["read", "read ended", "close"]
+        assert isinstance(c.rpc(P.Twalk(fid=1, newfid=3, wnames=["block"], tag=9)), P.Rwalk)
+        assert isinstance(RawConn(s.port).version(), P.Rversion)
+    finally:
+        s.stop()

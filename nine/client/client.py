@@ -46,7 +46,10 @@ class Client:
     """A 9P client for one attach on one connection.
 
     ``Client(addr, uname=None, aname='', version='9P2000.L', msize=DEFAULT_MSIZE)``
-    connects (or takes ``conn=`` an existing Connection), negotiates and attaches.
+    connects (or takes ``conn=`` an existing Connection), negotiates, authenticates and
+    attaches.  ``auth``: a nine.auth ClientMethod, None (attach without an auth fid), or
+    "find" (the default: the method nine.auth.client_method finds on this host: $NINE_AUTH,
+    a key file, a running munged; none found attaches without one).
     Paths are '/'-separated and relative to the attach root ('' or '/' is the root).
     Errors are NineError subclasses carrying errno (FileNotFoundError etc. too).
     All methods may be called from many greenlets at once.
@@ -54,7 +57,7 @@ class Client:
 
     def __init__(self, addr=None, uname=None, aname="", version=V9P2000L, msize=DEFAULT_MSIZE,
                  n_uname=NONUNAME, *, conn=None, timeout=None, connect_timeout=10.0,
-                 strict_version=True, gid=NONUNAME, depth=8):
+                 strict_version=True, gid=NONUNAME, depth=8, auth="find"):
         if conn is None:
             conn = Connection(addr, msize, version, timeout=timeout,
                               connect_timeout=connect_timeout, strict_version=strict_version)
@@ -73,7 +76,10 @@ class Client:
         self.gid = gid
         self.depth = depth
         try:
-            self.root = attach(conn, uname, aname, n_uname)
+            if auth == "find":
+                from ..auth import client_method
+                auth = client_method()
+            self.root = attach(conn, uname, aname, n_uname, auth=auth)
         except BaseException:
             if self._own:
                 conn.close()

@@ -74,8 +74,17 @@ def _walk_error(names, base, qids):
     return nine_error(errno.ENOENT, "%s: No such file or directory" % where)
 
 
-def attach(conn, uname="", aname="", n_uname=NONUNAME, afid=NOFID, timeout=None):
-    """Tattach: a Fid for the root of aname."""
+def attach(conn, uname="", aname="", n_uname=NONUNAME, afid=NOFID, timeout=None, auth=None):
+    """Tattach: a Fid for the root of aname.  With `auth` (a nine.auth ClientMethod) the
+    attach is first proved on an auth fid of its own (nine.client.auth), which is
+    clunked after the attach."""
+    if auth is not None and afid == NOFID:
+        from .auth import authenticate, release
+        afid = authenticate(conn, auth, uname, aname, n_uname, timeout)
+        try:
+            return attach(conn, uname, aname, n_uname, afid, timeout)
+        finally:
+            release(conn, afid)
     fid = conn.alloc_fid()
     try:
         r = conn.rpc(Tattach(fid=fid, afid=afid, uname=uname, aname=aname, n_uname=n_uname),

@@ -8,7 +8,7 @@
 """
 
 from .lang import FinalError, Program, Statement, Source, parse, check, compile_glob  # noqa: F401
-from .eval import Composition, compose  # noqa: F401
+from .compose import Composition, compose  # noqa: F401
 
 __all__ = ["FinalError", "Program", "Statement", "Source", "parse", "check", "compile_glob",
            "Composition", "compose"]

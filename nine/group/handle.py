@@ -167,7 +167,7 @@ class Gather:
     greenlet per member: add(label, post, ...) with a node's post_read (add_write: its
     post_write) sends the first request, the next ones are sent from the reply
     callbacks, and wait() blocks the one calling greenlet until every member is done or
-    the timeout passes (spawn(): a member whose node has no such method, in a greenlet).
+    the timeout passes (spawn(): a member whose node cannot post, in a greenlet).
     results: {label: the bytes read, the count written, or the exception}; the members
     still pending after wait() are flushed (or killed) and listed in its return value."""
 
@@ -187,8 +187,8 @@ class Gather:
             self.done(label, e)
 
     def spawn(self, label, fn, *args):
-        """A member without post_read/post_write: fn(*args) in a greenlet of its own;
-        its value (or exception) is the member's result, like the others'."""
+        """A member whose node cannot post (Node.can_post): fn(*args) in a greenlet of
+        its own; its value (or exception) is the member's result, like the others'."""
         self.left += 1
 
         def run():

@@ -6,7 +6,7 @@
   RemoteNode  the Node backend that forwards every operation to a child
 """
 
-from .qidmap import QidMap  # noqa: F401
+from ..server.qidmap import QidMap  # noqa: F401
 from .remote import Child, RemoteNode, ChildDown, StaleNode, DEFAULT_QIDMAP  # noqa: F401
 
 __all__ = ["QidMap", "Child", "RemoteNode", "ChildDown", "StaleNode", "DEFAULT_QIDMAP"]

@@ -4,6 +4,9 @@ FiNAL rules.
     mux = Mux([("serverA", "127.0.0.1:5641"), ...], final_text=None, child_aname="nine")
     mux.server.listen("127.0.0.1:5640")
 
+The mux serves the merged name space and its own status; what else a mux offers (the
+group service, authentication) is added by whoever assembles it (nine.assembly).
+
 Anames served:
   ""  (any aname not listed)   the merged name space.  An aname that is a path in it
                                ("serverA/files") attaches there, so a kernel mount can
@@ -15,19 +18,22 @@ Anames served:
 
 import errno
 
+from ..final import compose, parse
 from ..server.core import Server
 from ..server.node import error
 from ..synth.files import Dir, File, SynthFS
-from .qidmap import QidMap
+from ..server.qidmap import QidMap
 from .remote import Child
 
 DEFAULT_FINAL = "simple *:/ at /\n"
 
 
 class Mux:
+    """Children [(name, address)] composed by FiNAL rules and served by one Server
+    (self.server, not yet listening)."""
+
     def __init__(self, children, final_text=None, child_aname="", msize=None, name="mux",
                  connect_timeout=5.0, op_timeout=None):
-        from ..final import compose, parse
         self.qidmap = QidMap()
         self.children = {}
         for cname, addr in children:
@@ -43,27 +49,16 @@ class Mux:
                                    {n: c.attach for n, c in self.children.items()},
                                    self.qidmap, map_qids=False, name=name)
         kw = {} if msize is None else {"msize": msize}
-        from ..group.service import GroupService
-        #: the group service over the merged name space: /groups and aname "groups"
-        self.groups = GroupService(self.root_attach)
-        self._group_svcs = {}
-        self.server = Server({None: self.attach, "mux": SynthFS(self.status_tree()).attach,
-                              "groups": self.groups.attach}, name=name, **kw)
+        self.server = Server({None: self.attach, "mux": SynthFS(self.status_tree()).attach},
+                             name=name, **kw)
 
     def attach(self, ctx):
-        aname = ctx.aname or ""
-        if aname.startswith("groups:"):
-            # the group service over a subtree (a parent that attached with a path aname)
-            return self._group_service(aname[7:]).attach(ctx)
+        """The merged name space, or the subtree an aname path names in it."""
         root = self.root_attach(ctx)
-        path = [p for p in aname.split("/") if p]
+        path = [p for p in (ctx.aname or "").split("/") if p]
         if not path:
-            from ..group.service import GroupsOverlay
-            return GroupsOverlay(root, self.groups)
-        try:
-            nodes = root.walk(ctx, path[:16]) if len(path) <= 16 else None
-        finally:
-            pass
+            return root
+        nodes = root.walk(ctx, path) if len(path) <= 16 else None
         if nodes is None or len(nodes) != len(path):
             for n in nodes or ():
                 n.close(ctx)
@@ -74,23 +69,10 @@ class Mux:
         root.close(ctx)
         return nodes[-1]
 
-    def _group_service(self, base):
-        svc = self._group_svcs.get(base)
-        if svc is None:
-            from ..group.service import GroupService
-            from ..server.node import Context
-
-            def ns(ctx, base=base):
-                c = Context(ctx.uname, ctx.uid, ctx.gid, ctx.groups, base, ctx.dialect,
-                            ctx.conn, ctx.server)
-                return self.attach(c) if base else self.root_attach(ctx)
-            svc = self._group_svcs[base] = GroupService(ns)
-        return svc
-
     def status_tree(self):
         def status(ctx):
             text = "".join(c.status_line() + "\n" for c in self.children.values())
-            failures = self.root_attach.status() if hasattr(self.root_attach, "status") else ""
+            failures = self.root_attach.status()
             return text + failures
 
         def children(ctx):

@@ -10,7 +10,7 @@ translates 9P2000 and 9P2000.u into node calls; the link to the child is always 
     child = Child("serverA", "127.0.0.1:5641", qidmap=qm)
     server = Server({None: child.attach})          # or a FiNAL union of many children
 
-Child
+Child (a nine.server.node.Remote; its failures ChildDown and StaleNode are Unreachable)
   - the connection is opened lazily, by the first request that needs it, and shared by
     every client of the mux (thread-affine: use a Child from one gevent hub only);
   - one Tattach per distinct user (n_uname = ctx.uid, uname = the mux's name for it;
@@ -27,7 +27,7 @@ Child
     attach root survives reconnects (it is rebound to the new connection's root fid), so
     a fresh walk from a client's root fid works again.
 
-RemoteNode
+RemoteNode (maps_qids, can_post; origin() and locate() name its child and path)
   - walk: ONE Twalk for all names; intermediate and partial-walk nodes are placeholders
     carrying only the mapped qid (the child allocated no fid for them);
   - every qid the child sends (walk, getattr, open, create, mkdir, readdir entries ...)
@@ -58,9 +58,9 @@ from ..protocol.const import (GETATTR_ALL, IOHDRSZ, SETATTR_ATIME,
                               SETATTR_ATIME_SET, SETATTR_CTIME, SETATTR_GID, SETATTR_MODE,
                               SETATTR_MTIME, SETATTR_MTIME_SET, SETATTR_SIZE, SETATTR_UID,
                               V9P2000L)
-from ..server.node import Attr, Dirent, Node, SetAttr, StatFS
+from ..server.node import Attr, Dirent, Node, Remote, SetAttr, StatFS, Unreachable
+from ..server.qidmap import QidMap
 from ..server.users import USERS
-from .qidmap import QidMap
 
 __all__ = ["Child", "RemoteNode", "ChildDown", "StaleNode", "DEFAULT_QIDMAP"]
 
@@ -82,11 +82,11 @@ _DIRENT = struct.Struct("<BIQQBH")
 _DIRENT_SIZE = _DIRENT.size
 
 
-class ChildDown(OSError):
+class ChildDown(Unreachable):
     """The child's connection is down (errno EHOSTDOWN)."""
 
 
-class StaleNode(OSError):
+class StaleNode(Unreachable):
     """The node was made on a connection to the child that has since been replaced."""
 
 
@@ -118,7 +118,7 @@ class _Link:
         self.groups = None       # does the child offer a group service? (None: not asked)
 
 
-class Child:
+class Child(Remote):
     """One child server (a leaf server or another mux), reached over one shared 9P2000.L
     connection.  `attach` is an attach callable for nine.server.core.Server."""
 
@@ -462,6 +462,7 @@ class _Placeholder(Node):
     """An intermediate or partial-walk result: only its qid and name (no child fid)."""
     __slots__ = ("qid", "name")
     may_block = False
+    maps_qids = True            # its qid came through the child's QidMap
 
     def __init__(self, qid, name):
         self.qid = qid
@@ -478,6 +479,8 @@ class RemoteNode(Node):
     __slots__ = ("child", "ln", "fid", "qid", "name", "iounit", "opened", "user", "path",
                  "shared")
     may_block = True
+    maps_qids = True            # every qid it hands out went through child.qidmap
+    can_post = True             # post_read / post_write
 
     def __init__(self, child, link, fid, qid, name, user, path, shared=False):
         self.child = child
@@ -494,6 +497,16 @@ class RemoteNode(Node):
     def __repr__(self):
         return "<RemoteNode %s:%s fid=%s qid=%r>" % (
             self.child.name, self.name, None if self.fid is None else self.fid.fid, self.qid)
+
+    # --- where it lives ----------------------------------------------------------
+    def origin(self):
+        return (self.child, tuple(self.path))
+
+    def locate(self, names):
+        for n in names:
+            if n in ("", ".", ".."):
+                return None
+        return (self.child, tuple(self.path) + tuple(names))
 
     # --- fids --------------------------------------------------------------------
     def _use(self):

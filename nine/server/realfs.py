@@ -15,8 +15,8 @@ following the final component (AT_SYMLINK_NOFOLLOW, O_NOFOLLOW).  chmod, truncat
 xattrs of a non-symlink go through /proc/self/fd/N of an O_PATH fd of the file itself
 (the magic link names the inode, not a path, so there is no window for a swap).  Where
 openat2 is missing (ENOSYS, or EPERM from an old seccomp filter) resolution falls back
-to openat() one component at a time with O_PATH|O_NOFOLLOW|O_DIRECTORY.
-/proc must be mounted.
+to openat() one component at a time with O_PATH|O_NOFOLLOW|O_DIRECTORY (both in
+nine.server.syscalls).  /proc must be mounted.
 
 Nodes and paths.  A Node holds an _Entry (parent entry + name), not an fd, so a hundred
 thousand fids cost no fds; only an open node holds one.  Entries are interned per
@@ -57,16 +57,15 @@ directory while a listing is in progress (released on close or at the next offse
 Identity.  When the server runs as root, each filesystem call is made as the attaching
 user (ctx.uid, ctx.gid, ctx.groups; ctx.uid None = the server's own identity), or always as
 `squash` = (uid, gid) when given: the calling OS thread's fsuid, fsgid and supplementary
-groups are switched with raw syscalls (setfsuid/setfsgid are per-thread; SYS_setgroups is
-called raw because glibc's setgroups() changes every thread).  The identity in force is
-tracked per OS thread (module-wide, so several RealFS agree).  With restore_identity=True
+groups are switched (nine.server.identity, which tracks the identity in force per OS
+thread for the whole process, so several RealFS agree).  With restore_identity=True
 (the default) an operation that switched puts back the identity it found when it ends
 (also on errors, and around any wait that lets other greenlets run), so the rest of the
 process never runs as a client's user; that costs two switches per operation of a
 non-root user (about 20 us here: setgroups and setfsuid allocate new credentials).
 With restore_identity=False the identity is switched only when a request needs another
 one and is left in force between operations (free for one user, or with squash); then
-other code on that thread that touches files must call reset_identity() first.  Nothing
+other code on that thread that touches files must call identity.reset() first.  Nothing
 yields between a switch and the filesystem call it is for.
 Missing ctx.gid: the user's passwd group (65534 when the uid is unknown); empty
 ctx.groups: the user's group list from the group database, else just the gid.
@@ -89,55 +88,26 @@ read_only: every mutating operation, and any open for writing or with O_TRUNC, g
 """
 
 import bisect
-import ctypes
 import functools
 import errno
 import fcntl
 import os
-import platform
-import pwd
 import stat as _stat
 import struct
 import weakref
-import _thread
 
 from ..protocol import Qid, QTDIR, QTSYMLINK, QTFILE
 from ..protocol.const import (
-    L_O_ACCMODE, L_O_RDONLY, L_O_EXCL, L_O_TRUNC, L_O_APPEND, L_O_DSYNC, L_O_SYNC, L_O_DIRECTORY,
-    LOCK_TYPE_RDLCK, LOCK_TYPE_WRLCK, LOCK_TYPE_UNLCK, LOCK_SUCCESS, LOCK_BLOCKED,
-    AT_REMOVEDIR)
-from .node import Node, Attr, SetAttr, StatFS, Dirent, error, dtype_of_mode
+    L_O_ACCMODE, L_O_RDONLY, L_O_EXCL, L_O_TRUNC, L_O_APPEND, LOCK_TYPE_UNLCK, LOCK_SUCCESS,
+    LOCK_BLOCKED, AT_REMOVEDIR)
+from . import identity
+from .node import Node, Attr, StatFS, Dirent, error, dtype_of_mode
+from .syscalls import (
+    O_PATH, O_CLOEXEC, O_DIRECTORY, OPATH, ODIR, AT_FDCWD, AT_SYMLINK_NOFOLLOW, FLOCK, LTYPE,
+    LTYPE_BACK, F_OFD_GETLK, F_OFD_SETLK, fstatfs, lock_range, oflags, utimens,
+    openat2 as _openat2, openat_walk as _openat_walk)
 
-__all__ = ["RealFS", "RealNode", "reset_identity"]
-
-# --------------------------------------------------------------------------------------
-# raw system calls
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
-
-_SYS_OPENAT2 = 437                      # the same on every architecture
-_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "loongarch64": 159,
-                  "ppc64le": 81, "ppc64": 81, "s390x": 206,
-                  "i386": 206, "i686": 206, "armv7l": 206}.get(platform.machine())
-
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_NO_SYMLINKS = 0x04
-RESOLVE_BENEATH = 0x08
-_RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
-
-O_PATH = os.O_PATH
-O_CLOEXEC = os.O_CLOEXEC
-O_NOFOLLOW = os.O_NOFOLLOW
-O_DIRECTORY = os.O_DIRECTORY
-_OPATH = O_PATH | O_NOFOLLOW | O_CLOEXEC
-_ODIR = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
-
-AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW = 0x100
-UTIME_NOW = (1 << 30) - 1
-UTIME_OMIT = (1 << 30) - 2
+__all__ = ["RealFS", "RealNode"]
 
 S_IFMT = 0o170000
 S_IFDIR = _stat.S_IFDIR
@@ -146,155 +116,9 @@ S_IFLNK = _stat.S_IFLNK
 S_IFBLK = _stat.S_IFBLK
 S_IFIFO = _stat.S_IFIFO
 
-NOGROUP = 65534
 _SUID_SGID = _stat.S_ISUID | _stat.S_ISGID
 _NOID = (None, -1, 0xFFFFFFFF)           # "no gid" in create-type requests
 
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class _StatfsBuf(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long),
-                ("f_blocks", ctypes.c_ulong), ("f_bfree", ctypes.c_ulong),
-                ("f_bavail", ctypes.c_ulong), ("f_files", ctypes.c_ulong),
-                ("f_ffree", ctypes.c_ulong), ("f_fsid", ctypes.c_int * 2),
-                ("f_namelen", ctypes.c_long), ("f_frsize", ctypes.c_long),
-                ("f_flags", ctypes.c_long), ("f_spare", ctypes.c_long * 4)]
-
-
-_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
-_c_int = ctypes.c_int
-_c_char_p = ctypes.c_char_p
-_byref = ctypes.byref
-_get_errno = ctypes.get_errno
-_SYSNR_OPENAT2 = ctypes.c_long(_SYS_OPENAT2)
-_how_cache = {}
-
-
-def _oserror(e, path=None):
-    return OSError(e, os.strerror(e)) if path is None else OSError(e, os.strerror(e), path)
-
-
-def _openat2(dirfd, path, flags, mode=0):
-    """openat2(dirfd, path, flags, mode) confined beneath dirfd, no symlinks at all."""
-    how = _how_cache.get(flags) if not mode else None
-    if how is None:
-        how = _OpenHow(flags, mode, _RESOLVE)
-        if not mode:
-            _how_cache[flags] = how
-    for _ in range(8):
-        fd = _syscall(_SYSNR_OPENAT2, _c_int(dirfd), _c_char_p(path), _byref(how), _HOW_SIZE)
-        if fd >= 0:
-            return fd
-        e = _get_errno()
-        if e != errno.EAGAIN and e != errno.EINTR:
-            raise _oserror(e)
-    raise _oserror(errno.EAGAIN)
-
-
-def _openat_walk(dirfd, path, flags, mode=0):
-    """The fallback: component by component, each intermediate O_NOFOLLOW|O_DIRECTORY."""
-    comps = path.split(b"/")
-    fd = os.open(".", _ODIR, dir_fd=dirfd)
-    try:
-        for c in comps[:-1]:
-            nfd = os.open(c, _ODIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return os.open(comps[-1], flags, mode, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
-def _utimens(dirfd, path, atime, mtime, flags):
-    ts = (_Timespec * 2)()
-    for i, t in ((0, atime), (1, mtime)):
-        if t is None:
-            ts[i].tv_nsec = UTIME_OMIT
-        elif t == SetAttr.NOW:
-            ts[i].tv_nsec = UTIME_NOW
-        else:
-            ts[i].tv_sec, ts[i].tv_nsec = divmod(int(t), 1000000000)
-    if path is None:                      # glibc's utimensat() refuses a NULL path
-        r = _libc.futimens(_c_int(dirfd), ts)
-    else:
-        r = _libc.utimensat(_c_int(dirfd), _c_char_p(path), ts, _c_int(flags))
-    if r != 0:
-        raise _oserror(_get_errno())
-
-
-def _fstatfs(fd):
-    buf = _StatfsBuf()
-    if _libc.fstatfs(_c_int(fd), _byref(buf)) != 0:
-        raise _oserror(_get_errno())
-    return buf
-
-
-# --------------------------------------------------------------------------------------
-# identity (per OS thread; module-wide so that several RealFS instances agree)
-
-_native_id = _thread.get_native_id      # never patched by gevent
-_current_identity = {}                  # native thread id -> (uid, gid, groups)
-_verified = set()                       # identities known to switch successfully
-_setfsuid = ctypes.CDLL(None, use_errno=True).setfsuid
-_setfsuid.argtypes = [ctypes.c_int]
-_setfsuid.restype = ctypes.c_int
-_setfsgid = ctypes.CDLL(None, use_errno=True).setfsgid
-_setfsgid.argtypes = [ctypes.c_int]
-_setfsgid.restype = ctypes.c_int
-_setgroups_raw = ctypes.CDLL(None, use_errno=True).syscall
-_setgroups_raw.restype = ctypes.c_long
-_setgroups_raw.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
-_group_arrays = {}
-
-
-def _setgroups(groups):
-    if _SYS_SETGROUPS is None:           # unknown architecture: process-wide, via glibc
-        os.setgroups(list(groups))
-        return
-    arr = _group_arrays.get(groups)
-    if arr is None:
-        if len(_group_arrays) > 4096:
-            _group_arrays.clear()
-        arr = _group_arrays[groups] = (ctypes.c_uint * max(len(groups), 1))(*groups)
-    if _setgroups_raw(_SYS_SETGROUPS, len(groups), arr) != 0:
-        raise _oserror(_get_errno())
-
-
-def _apply_identity(ident):
-    """Switch this OS thread's fsuid, fsgid and groups (raw, per-thread syscalls)."""
-    uid, gid, groups = ident
-    tid = _native_id()
-    _current_identity[tid] = None         # unknown until done
-    _setgroups(groups)
-    _setfsgid(gid)
-    _setfsuid(uid)
-    if ident not in _verified:
-        # setfsuid/setfsgid report failure only by not changing: check (once; what can
-        # make them fail, a missing capability, does not come and go)
-        if _setfsuid(-1) != uid or _setfsgid(-1) != gid:
-            raise _oserror(errno.EPERM)
-        if len(_verified) > 4096:
-            _verified.clear()
-        _verified.add(ident)
-    _current_identity[tid] = ident
-
-
-_own_identity = (os.geteuid(), os.getegid(), tuple(os.getgroups()))
-
-
-def reset_identity():
-    """Make the calling OS thread act as the process itself again (a safety net: every
-    operation restores the identity it found)."""
-    if os.geteuid() == 0 and _current_identity.get(_native_id(), _own_identity) != _own_identity:
-        _apply_identity(_own_identity)
 
 
 def _as_user(method):
@@ -305,36 +129,22 @@ def _as_user(method):
         fs = self.fs
         if fs._switch:
             want = fs._want(ctx)
-            cur = _current_identity.get(_native_id(), _own_identity)
+            cur = identity.current()
             if want != cur:
                 if not fs.restore_identity:
-                    _apply_identity(want)         # and leave it in force
+                    identity.switch(want)         # and leave it in force
                     return method(self, ctx, *args)
                 try:
-                    _apply_identity(want)
+                    identity.switch(want)
                     return method(self, ctx, *args)
                 finally:
-                    _apply_identity(_own_identity if cur is None else cur)
+                    identity.switch(identity.OWN if cur is None else cur)
         return method(self, ctx, *args)
     return wrapper
 
 
-def _yield_as_own(fn, *args):
-    """Block (let other greenlets run) as the process's own identity, not the user's."""
-    cur = _current_identity.get(_native_id(), _own_identity)
-    if cur == _own_identity:
-        return fn(*args)
-    _apply_identity(_own_identity)
-    if cur is None:                       # unknown (a failed switch): stay as ourselves
-        return fn(*args)
-    try:
-        return fn(*args)
-    finally:
-        _apply_identity(cur)
-
-
 # --------------------------------------------------------------------------------------
-# names, flags
+# names, waits
 
 def _checkname(name):
     """A name to create, remove or rename: a plain component.  Returns (str, bytes)."""
@@ -345,44 +155,8 @@ def _checkname(name):
     return name, name.encode("utf-8", "surrogateescape")
 
 
-_FLAGMAP = ((L_O_TRUNC, os.O_TRUNC), (L_O_APPEND, os.O_APPEND), (L_O_DSYNC, os.O_DSYNC),
-            (L_O_SYNC, os.O_SYNC), (L_O_DIRECTORY, os.O_DIRECTORY))
-_ACC = {0: os.O_RDONLY, 1: os.O_WRONLY, 2: os.O_RDWR}
-
-
-def _oflags(lflags):
-    """Linux (asm-generic) open flags from the wire -> host flags we act on.  Dropped:
-    O_CREAT/O_EXCL/O_NOCTTY (open of an existing file), O_NONBLOCK (always set by us),
-    O_DIRECT (unaligned buffers), O_NOATIME (EPERM for non-owners), O_LARGEFILE, FASYNC."""
-    try:
-        f = _ACC[lflags & L_O_ACCMODE]
-    except KeyError:
-        raise error(errno.EINVAL) from None
-    for lf, hf in _FLAGMAP:
-        if lflags & lf:
-            f |= hf
-    return f | O_NOFOLLOW | O_CLOEXEC | os.O_NONBLOCK
-
-
-def _lock_range(start, length):
-    omax = (1 << 63) - 1
-    if start < 0 or start > omax or length < 0:
-        raise error(errno.EINVAL)
-    if length > omax - start + 1:
-        length = 0                        # to the end of the file
-    return start, length
-
-
-_FLOCK = "hhqqi4x"
-_LTYPE = {LOCK_TYPE_RDLCK: fcntl.F_RDLCK, LOCK_TYPE_WRLCK: fcntl.F_WRLCK,
-          LOCK_TYPE_UNLCK: fcntl.F_UNLCK}
-_LTYPE_BACK = {v: k for k, v in _LTYPE.items()}
-_F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
-_F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
-
-
 def _wait(fd, write):
-    _yield_as_own(_wait1, fd, write)
+    identity.as_own(_wait1, fd, write)
 
 
 def _wait1(fd, write):
@@ -399,7 +173,7 @@ def _wait1(fd, write):
 
 
 def _sleep(t):
-    _yield_as_own(_sleep1, t)
+    identity.as_own(_sleep1, t)
 
 
 def _sleep1(t):
@@ -437,7 +211,7 @@ class RealFS:
         st = os.fstat(self.root_fd)
         if use_openat2 is None:
             try:
-                os.close(_openat2(self.root_fd, b".", _ODIR))
+                os.close(_openat2(self.root_fd, b".", ODIR))
                 use_openat2 = True
             except OSError as e:
                 if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
@@ -479,38 +253,19 @@ class RealFS:
             return self._squash_id
         uid = None if ctx is None else ctx.uid
         if uid is None:
-            return _own_identity
+            return identity.OWN
         groups = ctx.groups
         key = (uid, ctx.gid, groups if type(groups) is tuple else tuple(groups or ()))
         ident = self._idcache.get(key)
         if ident is None:
-            ident = self._lookup_identity(*key)
+            ident = identity.lookup(*key)
             if len(self._idcache) > 4096:
                 self._idcache.clear()
             self._idcache[key] = ident
         return ident
 
-    @staticmethod
-    def _lookup_identity(uid, gid, groups):
-        try:
-            pw = pwd.getpwuid(uid)
-        except (KeyError, OverflowError):
-            pw = None
-        if gid is None:
-            gid = pw.pw_gid if pw is not None else NOGROUP
-        if groups:
-            groups = tuple(int(g) for g in groups)
-        elif pw is not None:
-            try:
-                groups = tuple(os.getgrouplist(pw.pw_name, gid))
-            except OSError:
-                groups = (gid,)
-        else:
-            groups = (gid,)
-        return (int(uid), int(gid), groups)
-
     def _acting_uid(self, ctx):
-        return self._want(ctx)[0] if self._switch else _own_identity[0]
+        return self._want(ctx)[0] if self._switch else identity.OWN[0]
 
     # --- paths --------------------------------------------------------------------
     def _path(self, e):
@@ -562,9 +317,9 @@ class RealFS:
             self._entries[(ndir, nname)] = src
 
     def _rename(self, odir, oname, ndir, nname):
-        sfd = self._open(odir, _ODIR)
+        sfd = self._open(odir, ODIR)
         try:
-            dfd = sfd if ndir is odir else self._open(ndir, _ODIR)
+            dfd = sfd if ndir is odir else self._open(ndir, ODIR)
             try:
                 same = False
                 try:
@@ -619,7 +374,7 @@ class RealFS:
     def _lstat(self, e):
         if e is self.root_entry:
             return os.fstat(self.root_fd)
-        fd = self._resolve(self.root_fd, self._path(e), _OPATH)
+        fd = self._resolve(self.root_fd, self._path(e), OPATH)
         try:
             return os.fstat(fd)
         finally:
@@ -673,7 +428,7 @@ class RealNode(Node):
         e = self.entry
         if e.parent is None:
             raise error(errno.EBUSY)
-        return self.fs._open(e.parent, _ODIR), e.name
+        return self.fs._open(e.parent, ODIR), e.name
 
     # --- name space -------------------------------------------------------------
     @_as_user
@@ -745,10 +500,10 @@ class RealNode(Node):
             if sa.size is not None:
                 self._ftruncate(sa.size)
             if times:
-                _utimens(fd, None, sa.atime, sa.mtime, 0)
+                utimens(fd, None, sa.atime, sa.mtime, 0)
             return
-        opath = fs._resolve(fs.root_fd, fs._path(self.entry), _OPATH) \
-            if not self._is_root() else os.open(".", _ODIR, dir_fd=fs.root_fd)
+        opath = fs._resolve(fs.root_fd, fs._path(self.entry), OPATH) \
+            if not self._is_root() else os.open(".", ODIR, dir_fd=fs.root_fd)
         try:
             st = os.fstat(opath)
             if (st.st_mode & S_IFMT) == S_IFLNK:
@@ -761,7 +516,7 @@ class RealNode(Node):
                     if chown:
                         os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
                     if times:
-                        _utimens(pfd, name.encode("utf-8", "surrogateescape"), sa.atime,
+                        utimens(pfd, name.encode("utf-8", "surrogateescape"), sa.atime,
                                  sa.mtime, AT_SYMLINK_NOFOLLOW)
                 finally:
                     os.close(pfd)
@@ -776,7 +531,7 @@ class RealNode(Node):
                     raise error(errno.EISDIR)
                 os.truncate(proc, sa.size)
             if times:
-                _utimens(AT_FDCWD, proc.encode(), sa.atime, sa.mtime, 0)
+                utimens(AT_FDCWD, proc.encode(), sa.atime, sa.mtime, 0)
         finally:
             os.close(opath)
 
@@ -798,13 +553,13 @@ class RealNode(Node):
         fs = self.fs
         fd = self.fd
         if fd is None:
-            fd = fs._open(self.entry, _OPATH)
+            fd = fs._open(self.entry, OPATH)
             close = True
         else:
             close = False
         try:
             try:
-                b = _fstatfs(fd)
+                b = fstatfs(fd)
                 return StatFS(b.f_type & 0xFFFFFFFF, b.f_bsize, b.f_blocks, b.f_bfree,
                               b.f_bavail, b.f_files, b.f_ffree,
                               (b.f_fsid[0] & 0xFFFFFFFF) | ((b.f_fsid[1] & 0xFFFFFFFF) << 32),
@@ -824,20 +579,20 @@ class RealNode(Node):
         acc = flags & L_O_ACCMODE
         if fs.read_only and (acc != L_O_RDONLY or flags & L_O_TRUNC):
             raise error(errno.EROFS)
-        self._open_as(ctx, _oflags(flags), flags)
+        self._open_as(ctx, oflags(flags), flags)
 
     @_as_user
-    def _open_as(self, ctx, oflags, flags):
+    def _open_as(self, ctx, hflags, flags):
         fs = self.fs
         try:
-            fd = fs._open(self.entry, oflags)
+            fd = fs._open(self.entry, hflags)
         except OSError as e:
             if e.errno != errno.ENXIO:
                 raise
-            fd = self._open_fifo_writer(oflags)
+            fd = self._open_fifo_writer(hflags)
         self._opened(fd, flags)
 
-    def _open_fifo_writer(self, oflags):
+    def _open_fifo_writer(self, hflags):
         """O_WRONLY open of a FIFO with no reader: wait (gevent) until one comes."""
         fs = self.fs
         if (fs._lstat(self.entry).st_mode & S_IFMT) != S_IFIFO:
@@ -847,7 +602,7 @@ class RealNode(Node):
             _sleep(delay)
             delay = min(delay * 2, 0.25)
             try:
-                return fs._open(self.entry, oflags)
+                return fs._open(self.entry, hflags)
             except OSError as e:
                 if e.errno != errno.ENXIO:
                     raise
@@ -1016,17 +771,17 @@ class RealNode(Node):
         fs._check_rw()
         dpath = fs._path(self.entry)
         cpath = bname if dpath == b"." else dpath + b"/" + bname
-        oflags = (_oflags(flags) & ~O_DIRECTORY) | os.O_CREAT
+        hflags = (oflags(flags) & ~O_DIRECTORY) | os.O_CREAT
         created = True
         old = os.umask(0)
         try:
             try:
-                fd = fs._resolve(fs.root_fd, cpath, oflags | os.O_EXCL, mode & 0o7777)
+                fd = fs._resolve(fs.root_fd, cpath, hflags | os.O_EXCL, mode & 0o7777)
             except FileExistsError:
                 if flags & L_O_EXCL:
                     raise
                 created = False
-                fd = fs._resolve(fs.root_fd, cpath, oflags & ~os.O_CREAT)
+                fd = fs._resolve(fs.root_fd, cpath, hflags & ~os.O_CREAT)
         finally:
             os.umask(old)
         try:
@@ -1045,7 +800,7 @@ class RealNode(Node):
         fs = self.fs
         name, bname = _checkname(name)
         fs._check_rw()
-        dfd = fs._open(self.entry, _ODIR)
+        dfd = fs._open(self.entry, ODIR)
         try:
             old = os.umask(0)
             try:
@@ -1088,7 +843,7 @@ class RealNode(Node):
             raise error(errno.EXDEV)
         tpfd, tname = target._parent_fd()
         try:
-            dfd = fs._open(self.entry, _ODIR)
+            dfd = fs._open(self.entry, ODIR)
             try:
                 os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=dfd, follow_symlinks=False)
             finally:
@@ -1126,7 +881,7 @@ class RealNode(Node):
         fs = self.fs
         name, _ = _checkname(name)
         fs._check_rw()
-        dfd = fs._open(self.entry, _ODIR)
+        dfd = fs._open(self.entry, ODIR)
         try:
             if flags & AT_REMOVEDIR:
                 os.rmdir(name, dir_fd=dfd)
@@ -1170,12 +925,12 @@ class RealNode(Node):
         if fd is None:
             raise error(errno.EBADF)
         try:
-            lt = _LTYPE[type]
+            lt = LTYPE[type]
         except KeyError:
             raise error(errno.EINVAL) from None
-        start, length = _lock_range(start, length)
+        start, length = lock_range(start, length)
         try:
-            fcntl.fcntl(fd, _F_OFD_SETLK, struct.pack(_FLOCK, lt, os.SEEK_SET, start, length, 0))
+            fcntl.fcntl(fd, F_OFD_SETLK, struct.pack(FLOCK, lt, os.SEEK_SET, start, length, 0))
         except OSError as e:
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 return LOCK_BLOCKED
@@ -1187,17 +942,17 @@ class RealNode(Node):
         if fd is None:
             raise error(errno.EBADF)
         try:
-            lt = _LTYPE[type]
+            lt = LTYPE[type]
         except KeyError:
             raise error(errno.EINVAL) from None
         if lt == fcntl.F_UNLCK:
             return (LOCK_TYPE_UNLCK, start, length, proc_id, client_id)
-        s, ln = _lock_range(start, length)
-        r = fcntl.fcntl(fd, _F_OFD_GETLK, struct.pack(_FLOCK, lt, os.SEEK_SET, s, ln, 0))
-        rt, _, rs, rl, rpid = struct.unpack(_FLOCK, r)
+        s, ln = lock_range(start, length)
+        r = fcntl.fcntl(fd, F_OFD_GETLK, struct.pack(FLOCK, lt, os.SEEK_SET, s, ln, 0))
+        rt, _, rs, rl, rpid = struct.unpack(FLOCK, r)
         if rt == fcntl.F_UNLCK:
             return (LOCK_TYPE_UNLCK, start, length, proc_id, client_id)
-        return (_LTYPE_BACK[rt], rs, rl, rpid if rpid > 0 else 0, "")
+        return (LTYPE_BACK[rt], rs, rl, rpid if rpid > 0 else 0, "")
 
     # --- xattrs -----------------------------------------------------------------------------
     def _xattr(self, ctx, fn, *args):

@@ -2,8 +2,9 @@
 
 This module is documentation first.  It states every 9P2000, 9P2000.u and 9P2000.L
 message as a construct declaration written from the protocol documents, not from
-spec.py, so that the tests can check the generated struct codec (codec.py) against an
-independent description of the same bytes.  It is far too slow for real traffic.
+spec.py, so that the tests can check the generated struct codec (nine/protocol/codec.py)
+against an independent description of the same bytes.  It is far too slow for real
+traffic, and nine itself does not use it (construct is a test requirement).
 
 Sources:
   9P2000     Plan 9 manual section 5: intro(5), and the pages version(5), attach(5),

@@ -1,4 +1,5 @@
-"""One collision-free, stable qid.path space for a multiplexer.
+"""One collision-free, stable qid.path space for a server that merges others (a mux, a
+FiNAL composition: both floors above use it, so it lives here).
 
 The Linux client takes inode = qid.path + 2: two files with one qid.path look like hard
 links.  A mux merges many children whose qid paths overlap, so every qid it hands out

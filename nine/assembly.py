@@ -1,0 +1,165 @@
+"""The one place that assembles a leaf or a mux from a plain configuration.
+
+    server = build_leaf(LeafConfig(exports=[(None, "/srv")], proc=True))
+    mux = build_mux(MuxConfig(children=[("a", "10.0.0.1:5640")], final_text=...))
+
+A leaf is a Server (nine.server.core) over real-file exports (nine.server.realfs) and
+synthetic trees (nine.synth); a mux (nine.mux) is the same server core over remote
+children composed by FiNAL rules.  Both get the group service (nine.group) here, and
+(later floors) authentication.  The command line (nine.cli) and the launchers
+(nine.launch) only fill a configuration and call these functions; nothing else edits a
+Server's exports.
+
+Configuration errors raise ConfigError with a message meant for the user.
+"""
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_MSIZE = 1024 * 1024 + 24
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be served (a missing directory, an unknown user)."""
+
+
+@dataclass
+class LeafConfig:
+    #: [(aname or None, directory)]: None serves the directory to any aname not listed
+    exports: list = field(default_factory=list)
+    read_only: bool = False
+    #: act as this user for everyone (a user name or uid)
+    squash: str = None
+    proc: bool = False          # aname proc: Plan 9-style process control
+    host: bool = False          # aname host: host information
+    exec: bool = False          # aname exec: Xcpu-style execution
+    ctl: bool = False           # aname ctl: diod's synthetic tree (on when nothing else is)
+    groups: bool = True         # group file operations over every export
+    msize: int = DEFAULT_MSIZE
+    name: str = "nine"
+
+
+@dataclass
+class MuxConfig:
+    #: [(child name, address)]
+    children: list
+    final_text: str = None      # FiNAL rules (None: one directory per child)
+    child_aname: str = ""       # aname attached at every child
+    msize: int = None
+    name: str = "mux"
+    connect_timeout: float = 5.0
+    op_timeout: float = None
+    groups: bool = True         # the group service over the merged name space
+
+
+def _squash_ids(user):
+    import pwd
+    from .server.users import USERS
+    uid = USERS.uid_of(user)
+    if uid is None:
+        raise ConfigError("unknown squash user %r" % user)
+    try:
+        gid = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        gid = uid
+    return uid, gid
+
+
+def build_leaf(cfg):
+    """A leaf Server (not yet listening) for cfg."""
+    from .server.core import Server
+    from .synth.files import Dir, Mount, SynthFS
+
+    exports = {}
+    for name, path in cfg.exports:
+        if not os.path.isdir(path):
+            raise ConfigError("export %r: not a directory" % path)
+        from .server.realfs import RealFS
+        fs = RealFS(path, read_only=cfg.read_only)
+        if name is None:
+            exports[None] = fs.attach
+            exports.setdefault(os.path.abspath(path), fs.attach)
+        else:
+            exports[name] = fs.attach
+    squash = _squash_ids(cfg.squash) if cfg.squash else None
+    server = Server(exports, msize=cfg.msize, squash=squash, name=cfg.name)
+    synth = []
+    if cfg.proc:
+        from .synth.proc import proc_tree
+        synth.append(("proc", proc_tree("proc")))
+    if cfg.host:
+        from .synth.host import host_tree
+        synth.append(("host", host_tree()))
+    if cfg.exec:
+        from .synth.exec import exec_tree
+        synth.append(("exec", exec_tree()))
+    for aname, tree in synth:
+        tree.name = aname  # its name inside aname "nine"
+        # each tree is its own aname (root = the tree), and all of them together under
+        # aname "nine" (nine/proc, nine/host, nine/exec)
+        server.exports[aname] = SynthFS(tree).attach
+    if synth:
+        top = [t for _, t in synth]
+        if exports.get(None) is not None:
+            top.insert(0, Mount("files", exports[None]))  # the default export as files/
+        server.exports["nine"] = SynthFS(Dir("", top)).attach
+    if cfg.ctl or not (exports or synth):
+        from .synth.ctl import ctl_tree
+        server.exports["ctl"] = SynthFS(ctl_tree(server)).attach
+    if cfg.groups and (exports or synth):
+        # group file operations over every export (aname groups, groups:NAME)
+        from .group.service import install
+        install(server)
+    return server
+
+
+def build_mux(cfg):
+    """A Mux (its .server not yet listening) for cfg.  Raises nine.final.FinalError for
+    a wrong FiNAL program, ConfigError for the rest."""
+    from .mux.mux import Mux
+    if not cfg.children:
+        raise ConfigError("a mux needs at least one child")
+    try:
+        mux = Mux(cfg.children, final_text=cfg.final_text, child_aname=cfg.child_aname,
+                  msize=cfg.msize, name=cfg.name, connect_timeout=cfg.connect_timeout,
+                  op_timeout=cfg.op_timeout)
+    except ValueError as ex:
+        if type(ex) is not ValueError:
+            raise
+        raise ConfigError(str(ex)) from None
+    mux.groups = _mux_groups(mux) if cfg.groups else None
+    return mux
+
+
+def _mux_groups(mux):
+    """Offer the group service over a mux's merged name space: aname `groups`, /groups
+    inside the merged root, and `groups:PATH` (the service over the subtree an aname path
+    names: how a parent mux that attached with a path aname reaches it)."""
+    from .group.service import GroupService, GroupsOverlay
+    from .server.node import Context
+
+    groups = GroupService(mux.root_attach)
+    by_base = {}
+
+    def service_for(base):
+        svc = by_base.get(base)
+        if svc is None:
+            def ns(ctx):
+                if not base:
+                    return mux.root_attach(ctx)
+                return mux.attach(Context(ctx.uname, ctx.uid, ctx.gid, ctx.groups, base,
+                                          ctx.dialect, ctx.conn, ctx.server))
+            svc = by_base[base] = GroupService(ns)
+        return svc
+
+    def attach(ctx):
+        aname = ctx.aname or ""
+        if aname.startswith("groups:"):
+            return service_for(aname[7:]).attach(ctx)
+        if not [p for p in aname.split("/") if p]:
+            return GroupsOverlay(mux.root_attach(ctx), groups)
+        return mux.attach(ctx)
+
+    mux.server.exports[None] = attach
+    mux.server.exports["groups"] = groups.attach
+    return groups

@@ -1,0 +1,95 @@
+"""What every verb of the `nine` command shares: errors, the client connection, the
+server loop until Ctrl-C, the client options."""
+
+import os
+import sys
+
+DEFAULT_ADDR = "127.0.0.1:5640"
+
+
+def _die(msg, code=1):
+    sys.stderr.write("nine: %s\n" % msg)
+    sys.exit(code)
+
+
+def _fmt_listen(srv, a):
+    if a.startswith("unix!"):
+        return a
+    host, port = srv.address[:2]
+    return "%s:%d" % (host, port)
+
+
+def _client(args):
+    from ..client import Client
+    try:
+        return Client(args.addr, aname=args.aname, version=args.version,
+                      uname=args.uname, msize=args.msize)
+    except (OSError, ValueError) as ex:
+        _die("cannot connect to %s: %s" % (args.addr, _errtext(ex)))
+
+
+def _errtext(ex):
+    if isinstance(ex, OSError) and ex.strerror:
+        return ex.strerror
+    return str(ex)
+
+
+def _serve_forever(announce=None):
+    """Serve until Ctrl-C (SIGINT) or SIGTERM, then return (quietly: the callers clean
+    up in their `finally`).  A second Ctrl-C or SIGTERM then (an impatient user; `timeout`
+    signals the process and its group, so twice) does not cut that clean-up short: the
+    callers stop their children and remove their temporary directories, then exit."""
+    import signal
+    import gevent
+    import gevent.event
+    done = gevent.event.Event()
+    handlers = [gevent.signal_handler(sig, done.set) for sig in (signal.SIGINT, signal.SIGTERM)]
+    if announce:                # only now: a Ctrl-C right after it is handled as above
+        sys.stdout.write(announce)
+        sys.stdout.flush()
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for h in handlers:
+            h.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _write_address(args, srv, a):
+    """--address-file: write the address really listened on (port 0 picks a free one),
+    atomically, for whoever started this server (nine tree)."""
+    path = getattr(args, "address_file", None)
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(_fmt_listen(srv, a) + "\n")
+    os.rename(tmp, path)
+
+
+def _serve_until_done(server, addrs, quiet, what, args=None):
+    for a in addrs:
+        try:
+            srv = server.listen(a)
+        except (OSError, ValueError) as ex:
+            _die("cannot listen on %s: %s" % (a, ex))
+        if not quiet:
+            sys.stderr.write("nine: serving %s on %s\n" % (what, _fmt_listen(srv, a)))
+        _write_address(args, srv, a)
+    sys.stderr.flush()
+    _serve_forever()
+    return 0
+
+
+def _add_client_opts(p):
+    p.add_argument("-a", dest="addr", default=os.environ.get("NINE_ADDR", DEFAULT_ADDR),
+                   help="server address: HOST:PORT, tcp!HOST!PORT or unix!PATH "
+                        "(default $NINE_ADDR or %s)" % DEFAULT_ADDR)
+    p.add_argument("-A", dest="aname", default="", help="attach name (aname)")
+    p.add_argument("-V", dest="version", default="9P2000.L",
+                   choices=["9P2000", "9P2000.u", "9P2000.L"], help="protocol dialect")
+    p.add_argument("-u", dest="uname", default=None, help="user name to attach as")
+    p.add_argument("-m", dest="msize", type=int, default=1 << 20 | 24, help="msize")

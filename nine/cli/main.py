@@ -1,0 +1,162 @@
+"""The `nine` command: serve, and client verbs in the style of plan9port's 9p(1).
+
+The parser is built here without importing the verbs; each verb's module (and what it
+needs of nine) is imported only when that verb runs, so that a client verb starts fast."""
+
+import argparse
+import logging
+
+from .. import __version__
+from .common import DEFAULT_ADDR, _add_client_opts, _die
+
+
+def _verb(module, name):
+    """A lazy reference to cmd function `name` of nine.cli.MODULE."""
+    def run(args):
+        import importlib
+        return getattr(importlib.import_module("nine.cli." + module), name)(args)
+    run.__name__ = name
+    return run
+
+
+cmd_serve = _verb("serve", "cmd_serve")
+cmd_mux = _verb("serve", "cmd_mux")
+cmd_tree = _verb("serve", "cmd_tree")
+cmd_demo = _verb("serve", "cmd_demo")
+cmd_ls = _verb("files", "cmd_ls")
+cmd_read = _verb("files", "cmd_read")
+cmd_write = _verb("files", "cmd_write")
+cmd_stat = _verb("files", "cmd_stat")
+cmd_gread = _verb("groups", "cmd_gread")
+cmd_gwrite = _verb("groups", "cmd_gwrite")
+
+
+def make_parser():
+    p = argparse.ArgumentParser(prog="nine", description="nine: a 9P file-server network")
+    p.add_argument("--version", action="version", version="nine %s" % __version__)
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="serve directories and synthetic trees over 9P")
+    s.add_argument("--listen", "-l", action="append",
+                   help="address to listen on (HOST:PORT, tcp!HOST!PORT, unix!PATH); "
+                        "may repeat; default %s" % DEFAULT_ADDR)
+    s.add_argument("--export", "-e", action="append",
+                   help="DIR (served to any aname) or NAME=DIR (served to aname NAME)")
+    s.add_argument("--ctl", action="store_true", help="add the diod-compatible ctl tree "
+                   "(aname ctl); on by default when nothing else is exported")
+    s.add_argument("--aggregators", metavar="FILES", help="custom group aggregators: "
+                   "comma-separated Python files or modules that register them")
+    s.add_argument("--proc", action="store_true", help="Plan 9-style process control: "
+                   "aname proc (proc/PID/{ctl,mem,regs,note,wait,status,task/} + Linux files)")
+    s.add_argument("--host", action="store_true", help="host information: aname host")
+    s.add_argument("--exec", dest="exec_", action="store_true",
+                   help="Xcpu-style execution: aname exec (clone, N/{ctl,stdin,stdout,...})")
+    s.add_argument("--read-only", action="store_true", help="refuse every change")
+    s.add_argument("--squash", metavar="USER", help="act as USER for everyone")
+    s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
+    s.add_argument("--quiet", "-q", action="store_true")
+    s.add_argument("--address-file", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("mux", help="merge children's trees into one (FiNAL rules)")
+    m.add_argument("--listen", "-l", action="append", help="default %s" % DEFAULT_ADDR)
+    m.add_argument("--child", "-c", action="append", metavar="NAME=ADDR",
+                   help="a child server (repeatable)")
+    m.add_argument("--child-aname", default="", help="aname to attach at every child "
+                   "(leaf servers: nine; muxes: empty)")
+    m.add_argument("--aggregators", metavar="FILES", help="custom group aggregators: "
+                   "comma-separated Python files or modules that register them")
+    m.add_argument("--final", metavar="FILE", help="FiNAL rules (default: one directory "
+                   "per child)")
+    m.add_argument("--final-text", metavar="TEXT", help="FiNAL rules given inline")
+    m.add_argument("--msize", type=int, default=1024 * 1024 + 24)
+    m.add_argument("--quiet", "-q", action="store_true")
+    m.add_argument("--address-file", help=argparse.SUPPRESS)
+    m.set_defaults(func=cmd_mux)
+
+    t = sub.add_parser("tree", help="start a tree of muxes over leaf servers (TBON)")
+    t.add_argument("--topology", "-t", metavar="FILE", help="topology file (see "
+                   "nine/launch/topology.py); without it, local leaves on loopback")
+    t.add_argument("--leaves", "-n", type=int, default=8, help="local leaves (default 8)")
+    t.add_argument("--fanout", "-f", type=int, default=4, help="children per mux (default 4)")
+    t.add_argument("--listen", "-l", help="the root's address (default %s)" % DEFAULT_ADDR)
+    t.add_argument("--leaf-export", metavar="DIR", help="leaf NAME exports DIR/NAME as files/")
+    t.add_argument("--aggregators", metavar="FILES", help="custom group aggregators for "
+                   "every server and mux of the tree (Python files or modules)")
+    t.add_argument("--final", metavar="FILE", help="FiNAL rules of the root")
+    t.add_argument("--final-text", metavar="TEXT", help="FiNAL rules of the root, inline")
+    t.add_argument("--once", action="store_true", help="start, print, stop (a check)")
+    t.set_defaults(func=cmd_tree)
+
+    d = sub.add_parser("demo", help="start a small local tree (8 leaves, 2 levels of muxes) "
+                       "and show it")
+    d.add_argument("--listen", "-l", default=DEFAULT_ADDR, help="the root's address "
+                   "(default %s)" % DEFAULT_ADDR)
+    d.add_argument("--leaves", "-n", type=int, default=8)
+    d.add_argument("--fanout", "-f", type=int, default=4)
+    d.add_argument("--dir", help="directory for the leaves' files (default: a new temp dir)")
+    d.add_argument("--once", action="store_true", help="exit after showing the tree")
+    d.set_defaults(func=cmd_demo)
+
+    for name, fn, hlp in [("ls", cmd_ls, "list a directory"),
+                          ("read", cmd_read, "copy a file to stdout"),
+                          ("write", cmd_write, "copy stdin into a file"),
+                          ("stat", cmd_stat, "show a file's attributes")]:
+        c = sub.add_parser(name, help=hlp)
+        _add_client_opts(c)
+        if name == "ls":
+            c.add_argument("-l", action="store_true", help="long listing")
+            c.add_argument("-d", action="store_true", help="list directories themselves")
+            c.add_argument("path", nargs="*")
+        else:
+            c.add_argument("path")
+        if name == "write":
+            c.add_argument("--append", action="store_true", help="append instead of truncate")
+        c.set_defaults(func=fn)
+    for name, fn, hlp in [("gread", cmd_gread, "read a group of files, aggregated "
+                           "(a directory's files or symlink targets, or --member)"),
+                          ("gwrite", cmd_gwrite, "write the same bytes to every member "
+                           "of a group")]:
+        c = sub.add_parser(name, help=hlp)
+        _add_client_opts(c)
+        c.add_argument("path", nargs="?", help="the group's directory")
+        c.add_argument("--member", action="append", metavar="NAME=PATH",
+                       help="a member (instead of a directory); repeatable")
+        c.add_argument("--timeout", type=float, help="seconds to wait for members "
+                       "(default: wait for all); the late ones are named")
+        c.add_argument("--offset", type=lambda v: int(v, 0), default=0,
+                       help="member offset (default 0)")
+        c.add_argument("-q", "--quiet", action="store_true", help="no failure report")
+        if name == "gread":
+            c.add_argument("--agg", help='aggregator and parameters, e.g. "equiv" or '
+                           '"histogram bins=5" (default concat)')
+            c.add_argument("--count", type=int, help="bytes of each member (default all)")
+            c.add_argument("-f", "--follow", action="store_true",
+                           help="follow the members as they grow (tail -f)")
+        else:
+            c.add_argument("--data", help="the bytes to write (default: stdin)")
+        c.set_defaults(func=fn)
+    return p
+
+
+def main(argv=None):
+    p = make_parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="nine: %(message)s")
+    if not getattr(args, "func", None):
+        p.print_help()
+        return 2
+    if getattr(args, "aggregators", None):
+        from ..group.aggregate import AggregatorError, load
+        try:
+            load(args.aggregators)
+        except AggregatorError as ex:
+            _die(str(ex), 2)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0

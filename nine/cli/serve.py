@@ -1,0 +1,240 @@
+"""The server verbs: serve (a leaf), mux, tree (a local tree) and demo."""
+
+import os
+import sys
+
+from .. import __version__
+from ..assembly import ConfigError, LeafConfig, MuxConfig, build_leaf, build_mux
+from .common import (DEFAULT_ADDR, _die, _errtext, _fmt_listen, _serve_forever,
+                     _serve_until_done, _write_address)
+
+
+def leaf_config(args):
+    """The LeafConfig that `nine serve`'s options ask for."""
+    exports = []
+    for spec in args.export or []:
+        name, sep, path = spec.partition("=")
+        exports.append((name, path) if sep else (None, spec))
+    return LeafConfig(exports=exports, read_only=args.read_only, squash=args.squash,
+                      proc=args.proc, host=args.host, exec=args.exec_, ctl=args.ctl,
+                      msize=args.msize)
+
+
+def cmd_serve(args):
+    try:
+        server = build_leaf(leaf_config(args))
+    except ConfigError as ex:
+        _die(str(ex))
+    addrs = args.listen or [DEFAULT_ADDR]
+    for a in addrs:
+        try:
+            srv = server.listen(a)
+        except (OSError, ValueError) as ex:
+            _die("cannot listen on %s: %s" % (a, ex))
+        if not args.quiet:
+            sys.stderr.write("nine: serving %s on %s\n" % (
+                ", ".join(sorted(str(k if k is not None else "*") for k in server.exports)),
+                _fmt_listen(srv, a)))
+        _write_address(args, srv, a)
+    sys.stderr.flush()
+    _serve_forever()
+    return 0
+
+
+def _parse_children(specs):
+    out = []
+    for spec in specs or []:
+        name, sep, addr = spec.partition("=")
+        if not sep or not name or not addr:
+            _die("bad --child %r (want NAME=ADDR)" % spec)
+        out.append((name, addr))
+    return out
+
+
+def _final_text(args):
+    if getattr(args, "final_text", None):
+        return args.final_text
+    if getattr(args, "final", None):
+        try:
+            with open(args.final) as f:
+                return f.read()
+        except OSError as ex:
+            _die("cannot read FiNAL file %s: %s" % (args.final, _errtext(ex)))
+    return None
+
+
+def _final_error(args, ex):
+    where = args.final or "FiNAL rules"
+    _die("%s: %s" % (where, ex), 2)
+
+
+def cmd_mux(args):
+    from ..final import FinalError
+    children = _parse_children(args.child)
+    if not children:
+        _die("a mux needs at least one --child NAME=ADDR")
+    try:
+        mux = build_mux(MuxConfig(children, final_text=_final_text(args),
+                                  child_aname=args.child_aname, msize=args.msize))
+    except FinalError as ex:
+        _final_error(args, ex)
+    except ConfigError as ex:
+        _die(str(ex), 2)
+    return _serve_until_done(mux.server, args.listen or [DEFAULT_ADDR], args.quiet,
+                             "mux of %d children" % len(children), args)
+
+
+def cmd_tree(args):
+    from ..final import FinalError
+    from ..launch import Topology, Tree
+    try:
+        if args.topology:
+            topo = Topology.load(args.topology)
+            if args.listen:
+                topo.listen = args.listen
+            if args.aggregators:
+                topo.aggregators = args.aggregators
+        else:
+            topo = Topology.local(args.leaves, fanout=args.fanout,
+                                  listen=args.listen or DEFAULT_ADDR,
+                                  leaf_export=args.leaf_export,
+                                  final_root=_final_text(args),
+                                  aggregators=args.aggregators)
+    except (OSError, ValueError) as ex:
+        _die(str(ex), 2)
+    tree = Tree(topo, quiet=not args.verbose)
+    try:
+        try:
+            root = tree.start()
+        except FinalError as ex:
+            _final_error(args, ex)
+        except (OSError, RuntimeError, ValueError) as ex:
+            _die("cannot start the tree: %s" % ex)
+        try:
+            srv = root.server.listen(topo.listen)
+        except (OSError, ValueError) as ex:
+            _die("cannot listen on %s: %s" % (topo.listen, ex))
+        addr = _fmt_listen(srv, topo.listen)
+        print("nine tree: %d leaves, %d levels of muxes, root on %s" % (
+            len(topo.leaves), len(tree.levels), addr))
+        print(tree.describe())
+        if args.once:
+            return 0
+        sys.stdout.flush()
+        _serve_forever()        # then its servers stop and its scratch dir goes
+        return 0
+    finally:
+        tree.stop()
+
+
+DEMO_FILES = {
+    "README": "This is nine's demo tree, served over 9P.\n",
+    "hello.txt": "hello from {node}\n",
+    "etc/motd": "All the world's a file.\n",
+    "data/numbers": "".join("%d\n" % i for i in range(1, 11)),
+}
+
+
+def cmd_demo(args):
+    """Start a small local tree (8 leaf servers, two levels of muxes) with a few files on
+    every leaf, show it through the root, and keep serving until interrupted (--once:
+    exit after the tour)."""
+    import gevent
+    import tempfile
+    from ..launch import Topology, Tree
+    made_dir = not args.dir
+    root_dir = args.dir or tempfile.mkdtemp(prefix="nine-demo-")
+    topo = Topology.local(args.leaves, fanout=args.fanout, listen=args.listen,
+                          leaf_export=root_dir)
+    for name, _ in topo.leaves:
+        for rel, text in DEMO_FILES.items():
+            path = os.path.join(root_dir, name, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if not os.path.exists(path):
+                with open(path, "w") as f:
+                    f.write(text.replace("{node}", name))
+    tree = Tree(topo)
+    try:
+        try:
+            mux = tree.start()
+            srv = mux.server.listen(args.listen)
+        except (OSError, RuntimeError, ValueError) as ex:
+            _die("cannot start the demo tree: %s (try --listen 127.0.0.1:0)" % ex)
+        addr = _fmt_listen(srv, args.listen)
+        print("nine %s: %d leaf servers, %d levels of muxes, root on %s" % (
+            __version__, len(topo.leaves), len(tree.levels), addr))
+        print(tree.describe())
+        print("leaf files under %s%s\n" % (
+            root_dir, " (removed at exit; --dir DIR keeps them)" if made_dir else ""))
+        first = topo.leaves[0][0]
+
+        def tour():
+            from ..client import Client
+            c = Client(addr)
+            steps = [
+                ("nine ls -a %s /" % addr, lambda: c.listdir("/")),
+                ("nine ls -a %s /nodes" % addr, lambda: c.listdir("/nodes")),
+                ("nine ls -a %s /host/load" % addr, lambda: c.listdir("/host/load")),
+                ("nine read -a %s /host/load/%s" % (addr, first),
+                 lambda: c.read_file("/host/load/%s" % first)),
+                ("nine ls -a %s /proc/1" % addr, lambda: c.listdir("/proc/1")),
+                ("nine read -a %s /nodes/%s/files/hello.txt" % (addr, first),
+                 lambda: c.read_file("/nodes/%s/files/hello.txt" % first)),
+                ("mkdir /groups/motd; ln -s ../../nodes/NODE/files/etc/motd "
+                 "/groups/motd/NODE   # for each of %d leaves" % len(topo.leaves),
+                 lambda: make_group("motd", "etc/motd")),
+                ("nine gread -a %s /groups/motd --agg equiv" % addr,
+                 lambda: c.gopen("/groups/motd", aggregator="equiv").read()),
+                ("nine gread -a %s /groups/hello   # made the same way" % addr,
+                 lambda: (make_group("hello", "hello.txt"),
+                          c.gopen("/groups/hello").read())[1]),
+                ("nine read -a %s -A mux /status" % addr, None),
+            ]
+
+            def make_group(name, rel):
+                if name not in c.listdir("/groups"):
+                    c.mkdir("/groups/" + name)
+                    for leaf, _ in topo.leaves:
+                        c.symlink("../../nodes/%s/files/%s" % (leaf, rel),
+                                  "/groups/%s/%s" % (name, leaf))
+                return b""
+            for cmd, fn in steps:
+                print("$ " + cmd)
+                if fn is None:
+                    m = Client(addr, aname="mux")
+                    out = m.read_file("/status")
+                    m.close()
+                else:
+                    out = fn()
+                if isinstance(out, bytes):
+                    sys.stdout.write(out.decode(errors="replace"))
+                else:
+                    print(" ".join(sorted(out)))
+                print()
+            c.close()
+            host, _, port = addr.rpartition(":")
+            print("Mount the root from Linux (needs 9p in the kernel):")
+            print("  mount -t 9p -o trans=tcp,port=%s,version=9p2000.L %s /mnt" % (port, host))
+            print("  mount -t 9p -o trans=tcp,port=%s,aname=nodes/%s/files %s /mnt/%s\n"
+                  % (port, first, host, first))
+            sys.stdout.flush()
+
+        def safe_tour():
+            try:
+                tour()
+            except BrokenPipeError:     # `nine demo | head`: the reader left
+                return "pipe"
+        try:
+            if gevent.spawn(safe_tour).get() == "pipe":
+                return 0
+        except Exception as ex:
+            _die("demo failed: %s" % ex)
+        if args.once:
+            return 0
+        _serve_forever(announce="Serving until Ctrl-C.\n")
+        return 0
+    finally:
+        tree.stop()
+        if made_dir:                  # a temporary directory of our own: not left behind
+            import shutil
+            shutil.rmtree(root_dir, ignore_errors=True)

@@ -1,0 +1,277 @@
+"""Group operations on one open of a group's data or partial file.
+
+A GroupOpen is a Placement (nine.group.plan) that runs the group's operations on its
+members, with the group's settings:
+
+- read(): every member is read at the group's offset (up to its count, or whole) at
+  once: a member on a remote child whose node can_post is read with post_read from the
+  event loop (a Gather: no greenlet per member), any other local member in a greenlet,
+  and each child group is one read of that child's `partial` (its merged partial
+  result).  Local results are mapped with the aggregator's `leaf`, everything is merged
+  with its `merge`; the caller renders (data) or encodes (partial) the merged result.
+- write(): every member is written at the same offset with the same bytes, the same
+  way (post_write, a greenlet, or one write per child group).
+- `sync timeout T`: a member (or a whole child) that has not answered by T is named as
+  timed out and its request flushed; children get 0.8 T - 20 ms so that their partial
+  result arrives in time.
+- `sync nowait`: every member is followed (tail -f, nine.group.handle.follow) into one
+  queue, and next_batch() merges what has arrived.  A followed member whose child went
+  is reopened every REPAIR_EVERY s and followed on from where it stopped.
+
+A member whose failure is healable (nine.group.resolve.healable) is resolved again at
+the next operation (Placement.repair).
+"""
+
+import errno
+import time
+
+import gevent
+from gevent.lock import Semaphore
+from gevent.queue import Queue, Empty
+
+from ..server.node import error
+from . import aggregate as A
+from .handle import CHUNK, Gather, read_whole, follow, join
+from .plan import REPAIR_EVERY, Placement, reason
+from .resolve import healable
+
+
+def _wait_all(jobs, gather, timeout, t0):
+    """Wait for the greenlet jobs [(greenlet, child group)] and the Gather's members until
+    `timeout` seconds after t0 (None: for ever); returns the members the Gather still
+    waited for (their requests flushed).  A kill of the wait (a Tflush from above)
+    flushes the Gather's requests and kills the jobs."""
+    try:
+        join([j for j, _ in jobs], timeout)
+    except BaseException:
+        gather.cancel()
+        raise
+    return gather.wait(None if timeout is None else
+                       max(0.0, timeout - (time.monotonic() - t0)))
+
+
+class GroupOpen(Placement):
+    """One open of a group's data/partial file: its members placed, the operations on
+    them, and the state of the file's reads (a snapshot, a nowait stream)."""
+
+    def __init__(self, svc, group, ctx, flags):
+        self.lock = Semaphore()    # one operation at a time
+        self.snapshot = None       # the result the last read at offset 0 gave
+        self.stream = None         # nowait: (aggregator, Queue, greenlets)
+        self.pause_at = None
+        self.buf = b""
+        super().__init__(svc, group, ctx, flags)
+
+    def release(self):
+        """Stop the nowait stream, then close every member."""
+        self.stop_stream()
+        super().release()
+
+    # -- reads --------------------------------------------------------------------
+    def _read_member(self, node, offset, count):
+        """A whole read of one member's node, in a greenlet of its own."""
+        ctx = self.ctx
+        return read_whole(lambda off, n: node.read(ctx, off, n), offset, count,
+                          min(node.iounit or CHUNK, CHUNK))
+
+    def read(self):
+        """A group read with the group's settings: the merged Partial."""
+        with self.lock:
+            self.refresh()
+            self.repair()
+            g = self.group
+            agg = g.aggregator()
+            t0 = time.monotonic()
+            timeout = g.timeout if g.sync == "timeout" else None
+            child_t = None if timeout is None else max(0.01, timeout * 0.8 - 0.02)
+            parts = [agg.fail(m, "open: " + r) for m, r in self.openfail.items()]
+            jobs = []
+            gather = Gather()    # members on a remote child: no greenlet each
+            for label, node in self.local.items():
+                if node.can_post:
+                    gather.add(label, node.post_read, g.offset, g.count,
+                               min(node.iounit or CHUNK, CHUNK))
+                else:
+                    gather.spawn(label, self._read_member, node, g.offset, g.count)
+            for c in self.children:
+                def one(c=c):
+                    c.configure_for(g, child_t)
+                    return c.read(agg)
+                jobs.append((gevent.spawn(one), c))
+            late = _wait_all(jobs, gather, timeout, t0)
+            for label in late:
+                parts.append(agg.fail(label, "timed out after %gs" % timeout))
+            for label, v in gather.results.items():
+                if isinstance(v, BaseException):
+                    parts.append(agg.fail(label, reason(v)))
+                    if healable(v):
+                        self.broken.add(label)
+                else:
+                    parts.append(agg.leaf(label, v))
+            for j, who in jobs:                       # the child groups
+                if not j.ready():
+                    j.kill(block=False)
+                    parts.append(A.Partial(None, {"timed out after %gs" % timeout:
+                                                  set(who.labels)}))
+                    who.sent = None         # its state is unknown now: resend settings
+                elif j.successful():
+                    parts.append(j.value)
+                else:
+                    self.broken_children.add(who)
+                    who.sent = None
+                    parts.append(A.Partial(None, {"%s: %s" % (who.child.name,
+                                                              reason(j.exception)):
+                                                  set(who.labels)}))
+            p = agg.merge(parts)
+            g.last = ("read", self.members(), p, time.monotonic() - t0)
+            return agg, p
+
+    # -- nowait streams -------------------------------------------------------------
+    def start_stream(self):
+        """nowait: follow every member (and child group) into one queue."""
+        g = self.group
+        agg = g.aggregator()
+        q = Queue()
+        greenlets = []
+        for label, r in self.openfail.items():
+            q.put(agg.fail(label, "open: " + r))
+        for label, node in self.local.items():
+            greenlets.append(gevent.spawn(self._follow, label, node, g.offset, agg, q))
+        for c in self.children:
+            def follow_child(c=c):
+                try:
+                    c.configure_for(g, None)
+                    while True:
+                        p = c.next_batch(agg)
+                        if p is None:
+                            return
+                        q.put(p)
+                except Exception as e:
+                    q.put(A.Partial(None, {"%s: %s" % (c.child.name, reason(e)):
+                                           set(c.labels)}))
+            greenlets.append(gevent.spawn(follow_child))
+        self.stream = (agg, q, greenlets)
+
+    def _follow(self, label, node, offset, agg, q):
+        """tail -f of one member (a partial line waits up to 1 s for its end).  When its
+        child's connection fails (a restarted host), the failure is passed on and the
+        member is resolved and opened again every REPAIR_EVERY s; the stream then goes
+        on from where it stopped, or from 0 if it is another file now (a new qid, or
+        shorter than that offset)."""
+        ctx = self.ctx
+        while True:
+            offset, e = follow(lambda off, n: node.read(ctx, off, n), label, offset, agg,
+                               q.put, hold=1.0, reason=reason)
+            if not healable(e):
+                return
+            while True:
+                gevent.sleep(REPAIR_EVERY)
+                try:
+                    fresh = self.reopen(label)
+                    break
+                except Exception:
+                    continue
+            if self.local.get(label) is node:
+                self.local[label] = fresh
+            try:
+                old_path = node.qid.path
+            except Exception:
+                old_path = None
+            try:
+                node.close(ctx)
+            except Exception:
+                pass
+            node = fresh
+            try:         # a new file (another qid), or a shorter one: from its start
+                size = node.getattr(ctx).size
+                if node.qid.path != old_path or 0 < size < offset:
+                    offset = 0
+            except Exception:
+                pass
+
+    def stop_stream(self):
+        """nowait: stop following the members."""
+        s = self.stream
+        self.stream = None
+        if s is not None:
+            gevent.killall(s[2], block=False)
+
+    def next_batch(self, block=True, limit=None):
+        """nowait: merge what has arrived (waiting for something when block)."""
+        if self.stream is None:
+            self.start_stream()
+        agg, q, _ = self.stream
+        items = []
+        try:
+            items.append(q.get(block=block))
+        except Empty:
+            return agg, None
+        size = 0
+        while limit is None or size < limit:
+            try:
+                p = q.get_nowait()
+            except Empty:
+                break
+            items.append(p)
+            size += len(agg.encode(p)) if limit is not None else 0
+        return agg, agg.merge(items)
+
+    # -- writes -----------------------------------------------------------------
+    def write(self, offset, data):
+        """A group write of data at offset: a Partial of the failed members."""
+        with self.lock:
+            self.refresh()
+            self.repair()
+            g = self.group
+            t0 = time.monotonic()
+            timeout = g.timeout if g.sync == "timeout" else None
+            errors = {}
+            for m, r in self.openfail.items():
+                errors.setdefault("open: " + r, set()).add(m)
+            jobs = []
+            gather = Gather()    # members on a remote child: no greenlet each
+            for label, node in self.local.items():
+                if node.can_post:
+                    gather.add_write(label, node.post_write, offset, data)
+                else:
+                    gather.spawn(label, self._write_member, node, offset, data)
+            for c in self.children:
+                jobs.append((gevent.spawn(c.write, offset, data), c))
+            late = _wait_all(jobs, gather, timeout, t0)
+            if late:
+                errors.setdefault("timed out after %gs" % timeout, set()).update(late)
+            for label, v in gather.results.items():
+                if isinstance(v, BaseException):
+                    errors.setdefault(reason(v), set()).add(label)
+                    if healable(v):
+                        self.broken.add(label)
+            for j, who in jobs:                       # the child groups
+                labels = set(who.labels)
+                if not j.ready():
+                    j.kill(block=False)
+                    errors.setdefault("timed out after %gs" % timeout, set()).update(labels)
+                elif not j.successful():
+                    self.broken_children.add(who)
+                    errors.setdefault("%s: %s" % (who.child.name, reason(j.exception)),
+                                      set()).update(labels)
+                else:
+                    for r, ms in j.value.items():
+                        errors.setdefault(r, set()).update(ms)
+            p = A.Partial(None, errors)
+            g.last = ("write %d bytes at %d" % (len(data), offset), self.members(), p,
+                      time.monotonic() - t0)
+            return p
+
+    def _write_member(self, node, offset, data):
+        """All of data written to one member's node, in a greenlet of its own."""
+        done = 0
+        while done < len(data):
+            n = node.write(self.ctx, offset + done, data[done:])
+            if n <= 0:
+                raise error(errno.EIO, "short write")
+            done += n
+        return done
+
+    def close(self):
+        """The file is clunked: stop everything and close every member."""
+        self.release()

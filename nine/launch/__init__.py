@@ -1,0 +1,6 @@
+"""Launchers: start a tree of leaves and muxes (a TBON) described by a Topology."""
+
+from .local import Tree
+from .topology import Topology
+
+__all__ = ["Topology", "Tree"]
