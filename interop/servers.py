@@ -127,8 +127,10 @@ def server_dialects(kind: str | None = None) -> tuple[str, ...]:
 def _command(kind: str, port: int, export: Path) -> tuple[list[str], str]:
     """(argv, aname) of a server kind."""
     if kind == "nine":
+        # --no-auth: the kernel mounts with trans=tcp, it cannot authenticate (an
+        # authenticated kernel mount goes through `nine mount`, tests/test_kernel_auth.py)
         return [sys.executable, "-m", "nine", "serve", "--listen", f"127.0.0.1:{port}",
-                "--export", str(export)], ""
+                "--no-auth", "--export", str(export)], ""
     if kind == "diod":
         # -n: no auth.  No -S (allsquash): run as root, diod then acts as the
         # attaching user, so that chown/mknod of the battery work.
@@ -139,7 +141,7 @@ def _command(kind: str, port: int, export: Path) -> tuple[list[str], str]:
         topo.write_text(TREE_TOPOLOGY.format(export=export))
         # -v: the leaves' and muxes' stderr (internal errors) goes to the server log too
         return [sys.executable, "-m", "nine", "-v", "tree", "--topology", str(topo), "--listen",
-                f"127.0.0.1:{port}"], TREE_ANAME
+                f"127.0.0.1:{port}", "--no-auth"], TREE_ANAME
     if kind == "custom":
         tmpl = os.environ["NINE_VM_SERVER_CMD"]
         argv = [a.format(port=port, export=str(export)) for a in shlex.split(tmpl)]

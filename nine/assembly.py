@@ -13,8 +13,12 @@ Server's exports.
 Configuration errors raise ConfigError with a message meant for the user.
 """
 
+import errno
+import logging
 import os
 from dataclasses import dataclass, field
+
+log = logging.getLogger("nine")
 
 DEFAULT_MSIZE = 1024 * 1024 + 24
 
@@ -37,6 +41,11 @@ class LeafConfig:
     groups: bool = True         # group file operations over every export
     msize: int = DEFAULT_MSIZE
     name: str = "nine"
+    #: authentication required at attach: "auto" (munge when munged runs here, else the
+    #: key file), "munge", "key", "key=FILE", or "none" (--no-auth: every attach is
+    #: whoever it claims to be; proc and exec then serve the server's own user only,
+    #: unless squash is set)
+    auth: str = "auto"
 
 
 @dataclass
@@ -50,6 +59,10 @@ class MuxConfig:
     connect_timeout: float = 5.0
     op_timeout: float = None
     groups: bool = True         # the group service over the merged name space
+    auth: str = "auto"          # what the mux requires of its clients (as LeafConfig.auth)
+    #: how the mux authenticates to its children: "auto" (what nine.auth.client_method
+    #: finds here), a method name, or "none"
+    child_auth: str = "auto"
 
 
 def _squash_ids(user):
@@ -65,10 +78,44 @@ def _squash_ids(user):
     return uid, gid
 
 
+def make_gate(spec, what):
+    """The Gate (nine.auth.gate) for an auth spec, or None for "none" (logged as a
+    warning: the server believes every claim)."""
+    from .auth import server_method
+    try:
+        method = server_method(None if spec == "auto" else spec)
+    except OSError as ex:
+        raise ConfigError(ex.strerror or str(ex)) from None
+    except ValueError as ex:
+        raise ConfigError(str(ex)) from None
+    if method is None:
+        log.warning("%s runs without authentication (--no-auth): every client is whoever "
+                    "it claims to be", what)
+        return None
+    from .auth.gate import Gate
+    return Gate(method)
+
+
+def _own_user_only(attach, what):
+    """An attach function that refuses every user but this process's own (the proc and
+    exec trees of a server without authentication)."""
+    own = os.geteuid()
+
+    def guarded(ctx):
+        if ctx.uid != own:
+            from .server.node import error
+            raise error(errno.EACCES, "%s: this server runs without authentication "
+                        "(--no-auth) and serves %s to uid %d only (use --squash, or "
+                        "authentication)" % (what, what, own))
+        return attach(ctx)
+    return guarded
+
+
 def build_leaf(cfg):
     """A leaf Server (not yet listening) for cfg."""
     from .server.core import Server
     from .synth.files import Dir, Mount, SynthFS
+    gate = make_gate(cfg.auth, "this server")
 
     exports = {}
     for name, path in cfg.exports:
@@ -82,7 +129,7 @@ def build_leaf(cfg):
         else:
             exports[name] = fs.attach
     squash = _squash_ids(cfg.squash) if cfg.squash else None
-    server = Server(exports, msize=cfg.msize, squash=squash, name=cfg.name)
+    server = Server(exports, msize=cfg.msize, squash=squash, name=cfg.name, gate=gate)
     synth = []
     if cfg.proc:
         from .synth.proc import proc_tree
@@ -93,13 +140,21 @@ def build_leaf(cfg):
     if cfg.exec:
         from .synth.exec import exec_tree
         synth.append(("exec", exec_tree()))
+    # without authentication, proc and exec serve this process's own user only
+    guard = gate is None and squash is None
+    top = []
     for aname, tree in synth:
         tree.name = aname  # its name inside aname "nine"
         # each tree is its own aname (root = the tree), and all of them together under
         # aname "nine" (nine/proc, nine/host, nine/exec)
-        server.exports[aname] = SynthFS(tree).attach
+        attach = SynthFS(tree).attach
+        if guard and aname in ("proc", "exec"):
+            attach = _own_user_only(attach, aname)
+            top.append(Mount(aname, attach))
+        else:
+            top.append(tree)
+        server.exports[aname] = attach
     if synth:
-        top = [t for _, t in synth]
         if exports.get(None) is not None:
             top.insert(0, Mount("files", exports[None]))  # the default export as files/
         server.exports["nine"] = SynthFS(Dir("", top)).attach
@@ -119,10 +174,16 @@ def build_mux(cfg):
     from .mux.mux import Mux
     if not cfg.children:
         raise ConfigError("a mux needs at least one child")
+    gate = make_gate(cfg.auth, "this mux")
+    from .auth import client_method
+    try:
+        child_auth = client_method(None if cfg.child_auth == "auto" else cfg.child_auth)
+    except OSError as ex:
+        raise ConfigError("child authentication: %s" % (ex.strerror or ex)) from None
     try:
         mux = Mux(cfg.children, final_text=cfg.final_text, child_aname=cfg.child_aname,
                   msize=cfg.msize, name=cfg.name, connect_timeout=cfg.connect_timeout,
-                  op_timeout=cfg.op_timeout)
+                  op_timeout=cfg.op_timeout, child_auth=child_auth, gate=gate)
     except ValueError as ex:
         if type(ex) is not ValueError:
             raise

@@ -19,6 +19,26 @@ sys.path.insert(0, ROOT)
 import nine.protocol as P  # noqa: E402
 from nine.netwait import free_port, wait_port  # noqa: E402
 
+
+def _session_key():
+    """Every server the tests start requires authentication by default, as on a real
+    host (nine.assembly): the tests' servers and clients share one key made for this
+    run ($NINE_KEY, inherited by every process the tests start), unless the caller set
+    one; a test that needs another method says so itself."""
+    if os.environ.get("NINE_KEY"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+    from nine.auth.key import make_key
+    d = tempfile.mkdtemp(prefix="nine-test-key-")
+    make_key(os.path.join(d, "key"))
+    os.environ["NINE_KEY"] = os.path.join(d, "key")
+    atexit.register(shutil.rmtree, d, True)
+
+
+_session_key()
+
 MARKS = {
     "test_aggregate": "unit",
     "test_auth_key": "unit",
@@ -156,12 +176,20 @@ class ThreadServer:
 
 
 class RawConn:
-    """9P over a plain blocking socket, frame by frame, for protocol-level tests."""
+    """9P over a plain blocking socket, frame by frame, for protocol-level tests.
 
-    def __init__(self, port, dialect=P.V9P2000L, timeout=10):
+    A Tattach sent with afid NOFID is first authenticated the way nine's client does
+    (Tauth, the shared-key conversation with the session's key, then the Tattach names
+    that afid, clunked after) when the server asks for it (it answers the Tauth with
+    Rauth); auto_auth=False sends the frames exactly as given."""
+
+    AFID = 0xFFFFFF00          # the auth fids it uses (never a test's fid)
+
+    def __init__(self, port, dialect=P.V9P2000L, timeout=10, auto_auth=True):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.dialect = dialect
         self.buf = b""
+        self.auto_auth = auto_auth
 
     def send(self, msg):
         self.sock.sendall(P.encode(msg, self.dialect))
@@ -182,6 +210,32 @@ class RawConn:
             self.buf += d
 
     def rpc(self, msg):
+        if isinstance(msg, P.Tattach) and msg.afid == P.NOFID and self.auto_auth:
+            return self._auth_attach(msg)
+        self.send(msg)
+        return self.recv()
+
+    def _auth_attach(self, msg):
+        import secrets
+        from nine.auth import key as K
+        n_uname = msg.n_uname if self.dialect != P.V9P2000 else P.NONUNAME
+        afid = self.AFID
+        r = self._rpc(P.Tauth(afid=afid, uname=msg.uname, aname=msg.aname,
+                              n_uname=n_uname, tag=msg.tag))
+        if not isinstance(r, P.Rauth):
+            return self._rpc(msg)                  # no authentication asked for
+        ch = self._rpc(P.Tread(fid=afid, offset=0, count=K.CHALLENGE_BYTES, tag=msg.tag)).data
+        nc = secrets.token_bytes(K.NONCE_BYTES)
+        t = K._transcript(ch[len(K.TAG):], nc, msg.uname, n_uname, msg.aname)
+        self._rpc(P.Twrite(fid=afid, offset=0, data=nc + K._mac(K.load_key(), K.CLIENT_LABEL, t),
+                           tag=msg.tag))
+        msg.afid = afid
+        r = self._rpc(msg)
+        msg.afid = P.NOFID
+        self._rpc(P.Tclunk(fid=afid, tag=msg.tag))
+        return r
+
+    def _rpc(self, msg):
         self.send(msg)
         return self.recv()
 

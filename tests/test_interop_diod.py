@@ -37,7 +37,9 @@ def big_export(tmp_path):
 
 @pytest.fixture
 def srv(big_export):
-    s = NineProc(["--export", str(big_export), "--ctl"], free_port())
+    # --no-auth: diod's clients authenticate with MUNGE only (tests/test_auth_munge.py),
+    # p9fs not at all
+    s = NineProc(["--no-auth", "--export", str(big_export), "--ctl"], free_port())
     yield s
     s.stop()
 

@@ -316,7 +316,8 @@ class Run:
             # so that stop() ends every process of the tree
             self.tree = subprocess.Popen(
                 [sys.executable, "-m", "nine", "-v", "tree", "--topology", str(topo),
-                 "--listen", "127.0.0.1:0"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                 "--listen", "127.0.0.1:0", "--no-auth"],   # the kernel cannot Tauth
+                cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         def started():
             m = re.search(r"^nine tree: .* root on 127\.0\.0\.1:(\d+)$", self.log(), re.M)

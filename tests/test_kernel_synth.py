@@ -294,7 +294,8 @@ class Run:
         with open(self.server_log, "wb") as log:
             self.server = subprocess.Popen(
                 [sys.executable, "-m", "nine", "serve", "--listen", f"127.0.0.1:{self.port}",
-                 "--proc", "--exec", "--host", "--export", str(export), "-q"],
+                 "--proc", "--exec", "--host", "--export", str(export), "-q",
+                 "--no-auth"],     # the kernel mounts with trans=tcp: no Tauth
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, 30, proc=self.server)

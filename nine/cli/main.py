@@ -29,6 +29,17 @@ cmd_write = _verb("files", "cmd_write")
 cmd_stat = _verb("files", "cmd_stat")
 cmd_gread = _verb("groups", "cmd_gread")
 cmd_gwrite = _verb("groups", "cmd_gwrite")
+cmd_key = _verb("serve", "cmd_key")
+
+
+def _add_auth_opts(p, who="this server"):
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--auth", metavar="METHOD", default="auto",
+                   help="authentication %s requires: munge, key, key=FILE (default: munge "
+                        "when munged runs here, else the key file; docs/security.md)" % who)
+    g.add_argument("--no-auth", dest="auth", action="store_const", const="none",
+                   help="no authentication: every client is whoever it claims to be "
+                        "(proc and exec then serve only the server's own user)")
 
 
 def make_parser():
@@ -57,6 +68,7 @@ def make_parser():
     s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
     s.add_argument("--quiet", "-q", action="store_true")
     s.add_argument("--address-file", help=argparse.SUPPRESS)
+    _add_auth_opts(s)
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("mux", help="merge children's trees into one (FiNAL rules)")
@@ -73,6 +85,10 @@ def make_parser():
     m.add_argument("--msize", type=int, default=1024 * 1024 + 24)
     m.add_argument("--quiet", "-q", action="store_true")
     m.add_argument("--address-file", help=argparse.SUPPRESS)
+    _add_auth_opts(m, "this mux")
+    m.add_argument("--child-auth", metavar="METHOD", default="auto",
+                   help="how to authenticate to the children: munge, key, key=FILE, none "
+                        "(default: what is found here)")
     m.set_defaults(func=cmd_mux)
 
     t = sub.add_parser("tree", help="start a tree of muxes over leaf servers (TBON)")
@@ -87,6 +103,7 @@ def make_parser():
     t.add_argument("--final", metavar="FILE", help="FiNAL rules of the root")
     t.add_argument("--final-text", metavar="TEXT", help="FiNAL rules of the root, inline")
     t.add_argument("--once", action="store_true", help="start, print, stop (a check)")
+    _add_auth_opts(t, "every server of the tree")
     t.set_defaults(func=cmd_tree)
 
     d = sub.add_parser("demo", help="start a small local tree (8 leaves, 2 levels of muxes) "
@@ -97,7 +114,13 @@ def make_parser():
     d.add_argument("--fanout", "-f", type=int, default=4)
     d.add_argument("--dir", help="directory for the leaves' files (default: a new temp dir)")
     d.add_argument("--once", action="store_true", help="exit after showing the tree")
+    _add_auth_opts(d, "every server of the demo")
     d.set_defaults(func=cmd_demo)
+
+    k = sub.add_parser("key", help="make a shared key for authentication (mode 0600)")
+    k.add_argument("path", nargs="?", help="where (default: $NINE_KEY, else "
+                   "~/.config/nine/key; /etc/nine/key for a cluster's daemons)")
+    k.set_defaults(func=cmd_key)
 
     for name, fn, hlp in [("ls", cmd_ls, "list a directory"),
                           ("read", cmd_read, "copy a file to stdout"),

@@ -17,7 +17,7 @@ def leaf_config(args):
         exports.append((name, path) if sep else (None, spec))
     return LeafConfig(exports=exports, read_only=args.read_only, squash=args.squash,
                       proc=args.proc, host=args.host, exec=args.exec_, ctl=args.ctl,
-                      msize=args.msize)
+                      msize=args.msize, auth=args.auth)
 
 
 def cmd_serve(args):
@@ -75,7 +75,8 @@ def cmd_mux(args):
         _die("a mux needs at least one --child NAME=ADDR")
     try:
         mux = build_mux(MuxConfig(children, final_text=_final_text(args),
-                                  child_aname=args.child_aname, msize=args.msize))
+                                  child_aname=args.child_aname, msize=args.msize,
+                                  auth=args.auth, child_auth=args.child_auth))
     except FinalError as ex:
         _final_error(args, ex)
     except ConfigError as ex:
@@ -102,6 +103,11 @@ def cmd_tree(args):
                                   aggregators=args.aggregators)
     except (OSError, ValueError) as ex:
         _die(str(ex), 2)
+    topo.auth = args.auth
+    try:
+        ensure_auth(args.auth)
+    except OSError as ex:
+        _die("cannot make a key: %s" % _errtext(ex))
     tree = Tree(topo, quiet=not args.verbose)
     try:
         try:
@@ -145,7 +151,11 @@ def cmd_demo(args):
     made_dir = not args.dir
     root_dir = args.dir or tempfile.mkdtemp(prefix="nine-demo-")
     topo = Topology.local(args.leaves, fanout=args.fanout, listen=args.listen,
-                          leaf_export=root_dir)
+                          leaf_export=root_dir, auth=args.auth)
+    try:
+        ensure_auth(args.auth)
+    except OSError as ex:
+        _die("cannot make a key: %s" % _errtext(ex))
     for name, _ in topo.leaves:
         for rel, text in DEMO_FILES.items():
             path = os.path.join(root_dir, name, rel)
@@ -238,3 +248,34 @@ def cmd_demo(args):
         if made_dir:                  # a temporary directory of our own: not left behind
             import shutil
             shutil.rmtree(root_dir, ignore_errors=True)
+
+
+def cmd_key(args):
+    """nine key [PATH]: make a shared key (refusing to overwrite one)."""
+    from ..auth.key import key_paths, make_key
+    path = args.path or key_paths()[0]
+    try:
+        make_key(path)
+    except FileExistsError:
+        _die("%s exists already (remove it first to make a new one)" % path)
+    except OSError as ex:
+        _die("cannot make %s: %s" % (path, _errtext(ex)))
+    print("nine: made %s (mode 0600); copy it to every host and user that serves or "
+          "connects (docs/security.md)" % path)
+    return 0
+
+
+def ensure_auth(spec):
+    """nine demo and nine tree: with the default method and none found on this host,
+    make a key in the usual place (first use), so that the tree starts authenticated
+    with nothing installed."""
+    if spec != "auto":
+        return
+    from ..auth import NoMethod, server_method
+    try:
+        server_method()
+    except NoMethod:
+        from ..auth.key import key_paths, make_key
+        path = key_paths()[0]
+        make_key(path)
+        sys.stderr.write("nine: made a shared key for authentication: %s\n" % path)

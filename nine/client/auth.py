@@ -2,10 +2,8 @@
 fid, for the Tattach that names it (diod's handshake: Tauth afid uname aname n_uname,
 reads and writes on afid, Tattach fid afid ..., Tclunk afid)."""
 
-import errno
-
 from ..protocol import codec
-from ..protocol.const import NOFID
+from ..protocol.const import NOFID, NONUNAME, V9P2000
 from .errors import NineError
 from .fid import Fid
 
@@ -40,16 +38,22 @@ class AfidIO:
 def authenticate(conn, method, uname, aname, n_uname, timeout=None):
     """The auth fid that proves (uname, n_uname) for aname by `method`, or NOFID when
     the server requires none (it answers Tauth with an error: diod's clients take that
-    as "attach without one", and so do we).  Refusals raise NineError (EACCES/EPERM)."""
+    as "attach without one", and so do we).  Refusals of the conversation raise
+    NineError (EACCES/EPERM)."""
+    if conn.dialect == V9P2000:
+        n_uname = NONUNAME          # 9P2000's Tauth carries no number: the server sees none
     afid = conn.alloc_fid()
     try:
         conn.rpc(_Tauth(afid=afid, uname=uname, aname=aname, n_uname=n_uname), timeout)
     except NineError as e:
         if not getattr(e, "orphaned", False):
             conn.free_fid(afid)
-        if e.errno in (errno.ENOENT, errno.EOPNOTSUPP, 0, None):
-            return NOFID
-        raise
+        if conn.closed:
+            raise
+        # a server that wants no authentication refuses Tauth (diod -n: ENOENT; Plan 9
+        # servers: any error string): attach without an auth fid; a server that does
+        # want it then refuses the attach, so nothing is weakened by trying
+        return NOFID
     try:
         method.authenticate(AfidIO(conn, afid, timeout), uname, n_uname, aname)
     except BaseException:

@@ -55,7 +55,8 @@ class Tree:
             self._tmp = tempfile.mkdtemp(prefix="nine-tree-")
         self._n += 1
         afile = os.path.join(self._tmp, "addr%d" % self._n)
-        args = args + ["--listen", "127.0.0.1:0", "--address-file", afile]
+        args = args + ["--listen", "127.0.0.1:0", "--address-file", afile,
+                       "--auth", self.topo.auth]
         if self.topo.aggregators:
             args += ["--aggregators", self.topo.aggregators]
         env = dict(os.environ)
@@ -140,7 +141,7 @@ class Tree:
             from ..group.aggregate import load
             load(topo.aggregators)
         self.root = build_mux(MuxConfig(level, final_text=final, child_aname=aname,
-                                        name="root"))
+                                        name="root", auth=self.topo.auth))
         return self.root
 
     def describe(self):

@@ -13,6 +13,8 @@ Topology file (INI):
     final-mid = mid.final          # rules of inner muxes (default: directory per child)
     final-leaf-mux = ...           # rules of the muxes right above the leaves (default:
                                    # directory per server)
+    auth = auto                    # authentication of every server: auto, munge, key,
+                                   # key=FILE, none (docs/security.md)
 
     [leaves]
     node1 = local                  # start a leaf server here, on a free loopback port
@@ -42,7 +44,7 @@ FINAL_UP = "insert *:/ at /\n"           # inner muxes and the root: a recursive
 class Topology:
     def __init__(self, leaves, listen="127.0.0.1:5640", fanout=4, leaf_args=LEAF_ARGS,
                  leaf_export=None, final_root=None, final_mid=None, final_leaf_mux=None,
-                 aggregators=None):
+                 aggregators=None, auth="auto"):
         if fanout < 2:
             raise ValueError("fanout must be at least 2")
         if not leaves:
@@ -55,6 +57,8 @@ class Topology:
         self.final_root = final_root
         self.final_mid = final_mid
         self.final_leaf_mux = final_leaf_mux
+        #: authentication every server of the tree requires (nine.assembly LeafConfig.auth)
+        self.auth = auth
         # custom group aggregators (nine.group.aggregate.load), given to every server
         self.aggregators = ",".join(
             os.path.abspath(a) if a.endswith(".py") or os.sep in a else a
@@ -92,6 +96,7 @@ class Topology:
                    fanout=int(t.get("fanout", 4)), leaf_args=t.get("leaf-args", LEAF_ARGS),
                    leaf_export=exp, final_root=text("final-root"),
                    final_mid=text("final-mid"), final_leaf_mux=text("final-leaf-mux"),
+                   auth=t.get("auth", "auto"),
                    aggregators=",".join(
                        a if not (a.endswith(".py") or "/" in a) or os.path.isabs(a)
                        else os.path.join(base, a)

@@ -33,7 +33,7 @@ class Mux:
     (self.server, not yet listening)."""
 
     def __init__(self, children, final_text=None, child_aname="", msize=None, name="mux",
-                 connect_timeout=5.0, op_timeout=None):
+                 connect_timeout=5.0, op_timeout=None, child_auth="find", gate=None):
         self.qidmap = QidMap()
         self.children = {}
         for cname, addr in children:
@@ -41,7 +41,7 @@ class Mux:
                 raise ValueError("child %r named twice" % cname)
             self.children[cname] = Child(cname, addr, aname=child_aname, qidmap=self.qidmap,
                                          connect_timeout=connect_timeout,
-                                         op_timeout=op_timeout)
+                                         op_timeout=op_timeout, auth=child_auth)
         self.final_text = final_text if final_text is not None else DEFAULT_FINAL
         parse(self.final_text)  # a bad program is refused before anything is served
         # remote children map their qids through self.qidmap already
@@ -50,7 +50,7 @@ class Mux:
                                    self.qidmap, map_qids=False, name=name)
         kw = {} if msize is None else {"msize": msize}
         self.server = Server({None: self.attach, "mux": SynthFS(self.status_tree()).attach},
-                             name=name, **kw)
+                             name=name, gate=gate, **kw)
 
     def attach(self, ctx):
         """The merged name space, or the subtree an aname path names in it."""

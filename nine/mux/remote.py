@@ -124,8 +124,17 @@ class Child(Remote):
 
     def __init__(self, name, addr, aname="", msize=DEFAULT_MSIZE, qidmap=None,
                  connect_timeout=5.0, op_timeout=None, uname=None, n_uname=None,
-                 backoff=(BACKOFF_MIN, BACKOFF_MAX)):
+                 backoff=(BACKOFF_MIN, BACKOFF_MAX), auth="find"):
         self.name = name
+        if auth == "find":
+            from ..auth import client_method
+            auth = client_method()
+        #: the nine.auth ClientMethod each new connection authenticates with, as this
+        #: process's own user (uname/n_uname below), before the per-user attaches: a
+        #: child that trusts that principal (root, a key holder) then takes them without
+        #: auth fids of their own; None: attach without authenticating; "find" (the
+        #: default): what nine.auth.client_method finds on this host
+        self.auth = auth
         self.addr = addr
         self.aname = aname
         self.msize = msize
@@ -230,6 +239,17 @@ class Child(Remote):
                 conn.close()
                 self._set_state("down", "closed")
                 return None
+            if self.auth is not None:
+                try:
+                    _attach(conn, self.own_uname, self.aname, self.own_n_uname,
+                            auth=self.auth).clunk_nowait()
+                except (OSError, ValueError) as e:
+                    conn.close()
+                    self.failures += 1
+                    self._set_state("down", "authentication: %s" % _reason(e))
+                    if not background:
+                        self._start_retry()
+                    return None
             _keepalive(conn)
             self._gen += 1
             ln = _Link(conn, self._gen)

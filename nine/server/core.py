@@ -87,11 +87,16 @@ class Server:
     """One 9P server.  exports: {aname: attach callable}; the entry None (if present)
     answers every aname not listed."""
 
-    def __init__(self, exports, msize=DEFAULT_MSIZE, squash=None, name="nine"):
+    def __init__(self, exports, msize=DEFAULT_MSIZE, squash=None, name="nine", gate=None):
         self.exports = dict(exports)
         self.msize = msize
         self.squash = squash        # (uid, gid): every user acts as this one
         self.name = name
+        #: who may attach as whom (nine.auth.gate.Gate): start(conn, uname, n_uname,
+        #: aname) -> the auth fid's Node at Tauth, admit(conn, auth node or None, uname,
+        #: n_uname, aname) at Tattach (raises to refuse).  None: no authentication, every
+        #: attach is whoever it claims to be (`--no-auth`).
+        self.gate = gate
         self.conns = set()
         self._servers = []
 
@@ -271,13 +276,33 @@ class Connection(Dialect9P2000, Transport):
         self.send_raw(P.encode(P.Rversion(msize=msize, version=dialect, tag=m.tag), dialect))
 
     def h_Tauth(self, m):
-        # like diod without auth: ENOENT tells clients to attach with afid = NOFID
-        raise error(errno.ENOENT, "authentication not required")
+        gate = self.server.gate
+        if gate is None:
+            # like diod without auth: ENOENT tells clients to attach with afid = NOFID
+            raise error(errno.ENOENT, "authentication not required")
+        self.newfid_check(m.afid)
+        node = gate.start(self, m.uname, m.n_uname, m.aname)
+        if m.afid in self.fids:  # raced with another request on the same fid
+            node.close(None)
+            raise error(errno.EBADF, "fid %d already in use" % m.afid)
+        f = Fid(m.afid, node, self.server.make_context(self, m.uname, m.n_uname, m.aname))
+        f.open = True
+        f.omode = P.L_O_RDWR
+        self.fids[m.afid] = f
+        return P.Rauth(aqid=node.qid)
 
     def h_Tattach(self, m):
         self.newfid_check(m.fid)
+        gate = self.server.gate
         if m.afid != NOFID:
-            raise error(errno.EBADF, "no authentication fid expected")
+            af = self.fids.get(m.afid)
+            if gate is None:
+                raise error(errno.EBADF, "no authentication fid expected")
+            if af is None or not af.node.qid[0] & P.QTAUTH:
+                raise error(errno.EBADF, "fid %d is not an auth fid" % m.afid)
+            gate.admit(self, af.node, m.uname, m.n_uname, m.aname)
+        elif gate is not None:
+            gate.admit(self, None, m.uname, m.n_uname, m.aname)
         export = self.server.lookup_export(m.aname)
         ctx = self.server.make_context(self, m.uname, m.n_uname, m.aname)
         node = export(ctx)
