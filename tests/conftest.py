@@ -45,6 +45,7 @@ MARKS = {
     "test_codec": "unit",
     "test_final": "unit",
     "test_layout": "unit",
+    "test_auth": "process",
     "test_realfs": "unit",
     "test_host": "loopback",
     "test_netwait": "loopback",
@@ -93,6 +94,11 @@ def pytest_collection_modifyitems(config, items):
     if missing:
         raise pytest.UsageError("tests/conftest.py: add the modules %s to MARKS (unit, loopback, "
                                 "process or vm)" % ", ".join(sorted(missing)))
+
+
+#: the environment of the nine processes the tests start (this checkout first on the
+#: path; $NINE_KEY: the session's key)
+ENV_ROOT = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 class NineProc:

@@ -4,7 +4,6 @@ replayed, expired, garbled or when munged cannot be reached; then diod's wire fo
 both ways: nine's client side against diod, diod's clients against nine's server."""
 
 import errno
-import inspect
 import os
 import pwd
 import shutil
@@ -19,6 +18,7 @@ import nine.protocol as P
 from conftest import ThreadServer, free_port, wait_port
 from munged import can_use_default, munged_fixture  # noqa: F401  (the fixture "munged")
 from nine.auth import munge as M
+from nine.auth.gate import Gate
 from nine.client import Client
 from nine.client.conn import Connection
 from nine.client.errors import NineError
@@ -305,18 +305,7 @@ def test_nine_munge_client_attaches_to_diod(diod, munged, export):
     assert diod.poll() is None
 
 
-def _takes_auth(fn):
-    return "auth" in inspect.signature(fn).parameters
-
-
-def _server_class():
-    from nine.server.core import Server
-    return Server
-
-
 def test_nine_client_reads_from_diod(diod, munged, export):
-    if not _takes_auth(Client.__init__):
-        pytest.skip("client auth integration pending: Client(..., auth=) is not there yet")
     c = Client(diod.addr, aname=str(export), n_uname=ME, auth=M.MungeClient(socket=munged.socket))
     try:
         assert c.read_file("hello.txt") == b"hello through munge\n"
@@ -326,10 +315,8 @@ def test_nine_client_reads_from_diod(diod, munged, export):
 
 @pytest.fixture
 def nine_munge(munged, export):
-    if not _takes_auth(_server_class().__init__):
-        pytest.skip("server auth integration pending: Server(..., auth=) is not there yet")
     s = ThreadServer({None: RealFS(str(export)).attach},
-                     auth=M.MungeMethod(socket=munged.socket))
+                     gate=Gate(M.MungeMethod(socket=munged.socket)))
     yield s
     s.stop()
 
@@ -356,8 +343,6 @@ def test_diod_clients_read_from_nine(nine_munge, munged, export):
 
 
 def test_nine_client_against_nine_munge(nine_munge, munged, export):
-    if not _takes_auth(Client.__init__):
-        pytest.skip("client auth integration pending: Client(..., auth=) is not there yet")
     auth = M.MungeClient(socket=munged.socket)
     c = Client(nine_munge.addr, aname=str(export), n_uname=ME, auth=auth)
     try:
@@ -365,7 +350,7 @@ def test_nine_client_against_nine_munge(nine_munge, munged, export):
     finally:
         c.close()
     with pytest.raises(OSError) as e:                        # no credential
-        Client(nine_munge.addr, aname=str(export), n_uname=ME).close()
+        Client(nine_munge.addr, aname=str(export), n_uname=ME, auth=None).close()
     assert e.value.errno in (errno.EPERM, errno.EACCES)
     with pytest.raises(OSError) as e:                        # this uid's credential, another user
         Client(nine_munge.addr, aname=str(export), n_uname=NOBODY if ME != NOBODY else 0,
