@@ -10,6 +10,8 @@ nine_mount() {
     mkdir -p "$1"
     if [ "$NINE_TRANS" = virtio ]; then # QEMU's own server (validation only)
         mount -t 9p -o "trans=virtio,$NINE_OPTS${2:+,$2}" nine "$1"
+    elif [ "$NINE_TRANS" = fd ]; then # authenticated by nmount (the key), then trans=fd
+        nmount -o "port=$NINE_PORT,$NINE_OPTS${2:+,$2}" 10.0.2.2 "$1"
     else
         mount -t 9p -o "trans=tcp,port=$NINE_PORT,$NINE_OPTS${2:+,$2}" 10.0.2.2 "$1"
     fi

@@ -32,8 +32,10 @@ ALL_DIALECTS = ("9p2000.L", "9p2000.u", "9p2000")
 #: kind "tree": `nine tree --topology FILE`, FILE written next to the export.
 #: fanout 2 over 3 leaves gives root -> 2 muxes -> leaves; node1 exports the
 #: directory (as files/ in its aname "nine"), and the kernel mounts that subtree.
+#: The leaves' arguments are the default ones plus --allow-devices (check_mknod).
 TREE_TOPOLOGY = """[tree]
 fanout = 2
+leaf-args = --proc --host --exec --allow-devices
 
 [leaves]
 node1 = local:{export}
@@ -128,9 +130,10 @@ def _command(kind: str, port: int, export: Path) -> tuple[list[str], str]:
     """(argv, aname) of a server kind."""
     if kind == "nine":
         # --no-auth: the kernel mounts with trans=tcp, it cannot authenticate (an
-        # authenticated kernel mount goes through `nine mount`, tests/test_kernel_auth.py)
+        # authenticated kernel mount goes through `nine mount`, tests/test_kernel_auth.py);
+        # --allow-devices: check_mknod makes devices, as with diod (refused by default)
         return [sys.executable, "-m", "nine", "serve", "--listen", f"127.0.0.1:{port}",
-                "--no-auth", "--export", str(export)], ""
+                "--no-auth", "--allow-devices", "--export", str(export)], ""
     if kind == "diod":
         # -n: no auth.  No -S (allsquash): run as root, diod then acts as the
         # attaching user, so that chown/mknod of the battery work.

@@ -271,17 +271,23 @@ def _busybox() -> Path:
     raise VMError("a static busybox is needed: apt-get install busybox-static")
 
 
-def _build_t9(out: Path):
+#: the static C helpers of the guest: /bin/NAME from interop/NAME.c
+HELPERS = ["t9", "nmount"]
+
+
+def build_helper(name: str, out: Path, static: bool = True):
+    """Compile interop/NAME.c (static for the guest; tests run it on the host too)."""
     cc = os.environ.get("CC", "gcc")
-    _run([cc, "-static", "-O2", "-o", str(out), str(HERE / "t9.c")])
+    _run([cc, *(["-static"] if static else []), "-O2", "-o", str(out), str(HERE / f"{name}.c")])
 
 
 def ensure_initramfs() -> tuple[Path, Path]:
     """Return (kernel, initramfs), building the initramfs when its inputs
-    (init.sh, nine.sh, t9.c, busybox, modules) changed."""
+    (init.sh, nine.sh, the helpers' C, busybox, modules) changed."""
     kdir = ensure_kernel()
     bb = _busybox()
-    inputs = [HERE / "init.sh", HERE / "nine.sh", HERE / "t9.c", bb, kdir / "modules" / "order"]
+    inputs = [HERE / "init.sh", HERE / "nine.sh", *(HERE / f"{n}.c" for n in HELPERS), bb,
+              kdir / "modules" / "order"]
     h = hashlib.sha256()
     for p in inputs:
         h.update(p.read_bytes())
@@ -294,8 +300,6 @@ def ensure_initramfs() -> tuple[Path, Path]:
         if out.exists():
             return kdir / "kernel", out
         with tempfile.TemporaryDirectory(dir=cache_dir(), prefix="tmp-initramfs-") as tmp:
-            t9 = Path(tmp) / "t9"
-            _build_t9(t9)
             c = Cpio()
             for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp",
                       "mnt", "run", "root", "lib", "lib/modules", "etc"]:
@@ -307,7 +311,9 @@ def ensure_initramfs() -> tuple[Path, Path]:
             for a in applets:
                 if a not in ("bin/busybox", "linuxrc", "init", "sbin/init"):
                     c.symlink(a, "/bin/busybox")
-            c.file("bin/t9", t9.read_bytes(), 0o755)
+            for name in HELPERS:
+                build_helper(name, Path(tmp) / name)
+                c.file(f"bin/{name}", (Path(tmp) / name).read_bytes(), 0o755)
             c.file("init", (HERE / "init.sh").read_bytes(), 0o755)
             c.file("lib/nine.sh", (HERE / "nine.sh").read_bytes(), 0o644)
             c.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
@@ -469,7 +475,8 @@ def _qemu() -> str:
 def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 600,
               lib: str = "", env: dict[str, str] | None = None, memory_mb: int = 768,
               check_timeout: int = 120, log_path: Path | None = None,
-              virtfs_export: Path | None = None, raw_trace: bool = False) -> GuestResult:
+              virtfs_export: Path | None = None, raw_trace: bool = False, trans: str = "tcp",
+              files: dict[str, bytes] | None = None) -> GuestResult:
     """Boot the VM once: mount ``10.0.2.2`` port ``server_port`` with
     ``trans=tcp,port=PORT,<mount_opts>`` on /mnt, run ``script`` (busybox sh,
     cwd /mnt, with /lib/nine.sh sourced: ``run_check NAME`` runs the function
@@ -484,13 +491,20 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
 
     ``virtfs_export``: instead of the TCP server, mount QEMU's own 9P server
     (virtio, 9P2000.u/.L, passthrough of that directory): a second reference
-    implementation to validate the battery's expectations with."""
+    implementation to validate the battery's expectations with.
+
+    ``trans="fd"``: the guest mounts through ``nmount`` (interop/nmount.c, the C port of
+    ``nine mount``: it authenticates with the shared key in user space, then mounts
+    with ``trans=fd``), for a server that requires authentication.
+
+    ``files``: more files for the guest, {path: bytes} (e.g. ``etc/nine/key``, where
+    nmount looks for the key), root's and mode 0600; their directories are made."""
     kernel, initramfs = ensure_initramfs()
     scale = load_factor()
     timeout *= scale
     check_timeout = round(check_timeout * scale)
     config = {"NINE_PORT": str(server_port), "NINE_OPTS": mount_opts,
-              "NINE_TRANS": "virtio" if virtfs_export else "tcp",
+              "NINE_TRANS": "virtio" if virtfs_export else trans,
               "NINE_CHECK_TIMEOUT": str(check_timeout), **(env or {})}
     if raw_trace:
         config["NINE_TRACE_RAW"] = "1"
@@ -502,6 +516,15 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
     extra.file("run/config", "".join(f"{k}={shlex.quote(v)}\n" for k, v in config.items()).encode())
     extra.file("run/lib.sh", lib.encode())
     extra.file("run/script.sh", script.encode())
+    dirs = {"run"}
+    for path, data in (files or {}).items():
+        parts = Path(path.lstrip("/")).parts
+        for i in range(1, len(parts)):
+            d = "/".join(parts[:i])
+            if d not in dirs:
+                dirs.add(d)
+                extra.dir(d)
+        extra.file("/".join(parts), data, 0o600)
     with tempfile.TemporaryDirectory(prefix="nine-vm-") as tmp:
         initrd = Path(tmp) / "initrd.cpio"
         with open(initrd, "wb") as f:

@@ -31,7 +31,12 @@ class ConfigError(ValueError):
 class LeafConfig:
     #: [(aname or None, directory)]: None serves the directory to any aname not listed
     exports: list = field(default_factory=list)
+    #: refuse every change: writes to the exports (EROFS), and exec and proc control
+    #: (no command runs, no process is changed; reads still work)
     read_only: bool = False
+    #: let clients make and open block and character devices in the exports (refused
+    #: otherwise, as under mount's nodev)
+    allow_devices: bool = False
     #: act as this user for everyone (a user name or uid)
     squash: str = None
     proc: bool = False          # aname proc: Plan 9-style process control
@@ -46,6 +51,12 @@ class LeafConfig:
     #: whoever it claims to be; proc and exec then serve the server's own user only,
     #: unless squash is set)
     auth: str = "auto"
+    #: TLS on every TCP link, with mutual verification (nine.auth.tls): this server's
+    #: certificate and key, and the CA certificate its clients' must be signed by (all
+    #: three or none)
+    tls_cert: str = None
+    tls_key: str = None
+    tls_ca: str = None
 
 
 @dataclass
@@ -58,11 +69,19 @@ class MuxConfig:
     name: str = "mux"
     connect_timeout: float = 5.0
     op_timeout: float = None
+    #: seconds a child with requests outstanding may stay silent before it is probed,
+    #: and may leave the probe unanswered before it is marked hung (None: never)
+    hang_timeout: float = 10.0
     groups: bool = True         # the group service over the merged name space
     auth: str = "auto"          # what the mux requires of its clients (as LeafConfig.auth)
     #: how the mux authenticates to its children: "auto" (what nine.auth.client_method
     #: finds here), a method name, or "none"
     child_auth: str = "auto"
+    #: TLS (as LeafConfig's): the one set serves the mux's clients and dials its
+    #: children (whose certificates must be signed by tls_ca and name their hosts)
+    tls_cert: str = None
+    tls_key: str = None
+    tls_ca: str = None
 
 
 def _squash_ids(user):
@@ -96,6 +115,17 @@ def make_gate(spec, what):
     return Gate(method)
 
 
+def tls_contexts(cfg):
+    """(server context, client context) of cfg's TLS set (nine.auth.tls), or (None,
+    None) when it has none."""
+    from .auth import tls
+    try:
+        return tuple(tls.from_files(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, side)
+                     for side in (True, False))
+    except ValueError as ex:
+        raise ConfigError(str(ex)) from None
+
+
 def _own_user_only(attach, what):
     """An attach function that refuses every user but this process's own (the proc and
     exec trees of a server without authentication)."""
@@ -122,24 +152,25 @@ def build_leaf(cfg):
         if not os.path.isdir(path):
             raise ConfigError("export %r: not a directory" % path)
         from .server.realfs import RealFS
-        fs = RealFS(path, read_only=cfg.read_only)
+        fs = RealFS(path, read_only=cfg.read_only, allow_devices=cfg.allow_devices)
         if name is None:
             exports[None] = fs.attach
             exports.setdefault(os.path.abspath(path), fs.attach)
         else:
             exports[name] = fs.attach
     squash = _squash_ids(cfg.squash) if cfg.squash else None
-    server = Server(exports, msize=cfg.msize, squash=squash, name=cfg.name, gate=gate)
+    server = Server(exports, msize=cfg.msize, squash=squash, name=cfg.name, gate=gate,
+                    tls=tls_contexts(cfg)[0])
     synth = []
     if cfg.proc:
         from .synth.proc import proc_tree
-        synth.append(("proc", proc_tree("proc")))
+        synth.append(("proc", proc_tree("proc", read_only=cfg.read_only)))
     if cfg.host:
         from .synth.host import host_tree
         synth.append(("host", host_tree()))
     if cfg.exec:
         from .synth.exec import exec_tree
-        synth.append(("exec", exec_tree()))
+        synth.append(("exec", exec_tree(read_only=cfg.read_only)))
     # without authentication, proc and exec serve this process's own user only
     guard = gate is None and squash is None
     top = []
@@ -175,6 +206,7 @@ def build_mux(cfg):
     if not cfg.children:
         raise ConfigError("a mux needs at least one child")
     gate = make_gate(cfg.auth, "this mux")
+    tls, child_tls = tls_contexts(cfg)
     from .auth import client_method
     try:
         child_auth = client_method(None if cfg.child_auth == "auto" else cfg.child_auth)
@@ -183,7 +215,8 @@ def build_mux(cfg):
     try:
         mux = Mux(cfg.children, final_text=cfg.final_text, child_aname=cfg.child_aname,
                   msize=cfg.msize, name=cfg.name, connect_timeout=cfg.connect_timeout,
-                  op_timeout=cfg.op_timeout, child_auth=child_auth, gate=gate)
+                  op_timeout=cfg.op_timeout, child_auth=child_auth, gate=gate,
+                  tls=tls, child_tls=child_tls, hang_timeout=cfg.hang_timeout)
     except ValueError as ex:
         if type(ex) is not ValueError:
             raise

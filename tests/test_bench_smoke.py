@@ -47,3 +47,13 @@ def test_group_bench_with_simulated_link_latency(ms):
     out, rows = run_bench("--sizes", "16", "--open-reads", "0", "--latency", ms)
     assert set(rows) == {16}, out
     assert re.search(r"SIMULATED LATENCY.*\n.*each link is a %s ms round trip" % ms, out), out
+
+
+def test_auth_bench_quick_runs_and_checks():
+    """bench/auth_bench.py --quick: every row measured, contents and classes checked."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "auth_bench.py"), "--quick"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=scaled(300))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "ERROR" not in p.stdout, p.stdout
+    for row in ("--no-auth", "key + TLS", "bulk read", "group read"):
+        assert row in p.stdout, p.stdout

@@ -16,6 +16,17 @@ carry the same bytes again (OpenSSL's rule); and decrypted bytes can wait inside
 socket (pending()) with nothing left to read on the descriptor, so a reader that stops
 while pending() > 0 hangs.
 
+Where the links use them: nine.server.core.Server(tls=server context) makes accept()'s
+handshake on every TCP connection itself (the server floor imports nothing above it),
+nine.client.Connection(tls=client context) dials with dial(); a unix socket stays plain
+at both ends (it never leaves the host, and its file mode guards it).
+
+A site's certificate set is three files: the CA's certificate and this host's certificate
+and key.  `nine serve` and `nine mux` take them as --tls-cert, --tls-key, --tls-ca (one
+set to listen and to dial children: nine.assembly), the client verbs the same options
+or $NINE_TLS_CERT, $NINE_TLS_KEY, $NINE_TLS_CA.  from_files() makes a context of
+them, with errors meant for the user.
+
 make_test_pki(directory, names) makes a CA and one certificate per name (with the name
 as common name and subject alternative name, for both server and client use), with the
 `cryptography` package when it is installed, else with the `openssl` command.
@@ -35,6 +46,32 @@ HANDSHAKE_TIMEOUT = 10.0
 
 
 # --- contexts --------------------------------------------------------------------------
+
+def from_files(cert, key, ca, server_side):
+    """server_context() (server_side) or client_context() of a certificate set named on
+    a command line or in a configuration; None when none of the three files is given.
+    Only some of them, or a file that cannot be read or does not hold what it should,
+    raise ValueError with a message for the user (a link meant to be TLS must not
+    quietly go plain)."""
+    files = (("certificate", cert), ("key", key), ("CA certificate", ca))
+    missing = [what for what, path in files if not path]
+    if len(missing) == 3:
+        return None
+    if missing:
+        raise ValueError("TLS needs a certificate, its key and the CA's certificate: "
+                         "no %s given" % " and no ".join(missing))
+    for what, path in files:
+        if not os.access(path, os.R_OK):
+            raise ValueError("TLS %s %s: %s" % (what, path, "cannot read it"
+                                                 if os.path.exists(path) else "no such file"))
+    try:
+        if server_side:
+            return server_context(cert, key, ca)
+        return client_context(cert, key, ca)
+    except gssl.SSLError as ex:
+        raise ValueError("TLS certificate %s, key %s, CA certificate %s: %s" % (
+            cert, key, ca, ex.reason or ex)) from None
+
 
 def server_context(cert, key, ca):
     """A context for the listening end: presents cert/key, requires a client certificate

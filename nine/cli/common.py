@@ -21,9 +21,16 @@ def _fmt_listen(srv, a):
 
 def _client(args):
     from ..client import Client
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:    # (ssl is loaded for TLS only)
+        from ..auth.tls import from_files
+        try:
+            tls = from_files(args.tls_cert, args.tls_key, args.tls_ca, server_side=False)
+        except ValueError as ex:
+            _die(str(ex), 2)
     try:
         return Client(args.addr, aname=args.aname, version=args.version,
-                      uname=args.uname, msize=args.msize)
+                      uname=args.uname, msize=args.msize, tls=tls)
     except (OSError, ValueError) as ex:
         _die("cannot connect to %s: %s" % (args.addr, _errtext(ex)))
 
@@ -70,7 +77,7 @@ def _write_address(args, srv, a):
     os.rename(tmp, path)
 
 
-def _serve_until_done(server, addrs, quiet, what, args=None):
+def _serve_until_done(server, addrs, quiet, what, args=None, ready=None):
     for a in addrs:
         try:
             srv = server.listen(a)
@@ -79,6 +86,8 @@ def _serve_until_done(server, addrs, quiet, what, args=None):
         if not quiet:
             sys.stderr.write("nine: serving %s on %s\n" % (what, _fmt_listen(srv, a)))
         _write_address(args, srv, a)
+    if ready is not None:       # --daemon (nine.launch.daemon): listening now
+        ready()
     sys.stderr.flush()
     _serve_forever()
     return 0
@@ -93,3 +102,19 @@ def _add_client_opts(p):
                    choices=["9P2000", "9P2000.u", "9P2000.L"], help="protocol dialect")
     p.add_argument("-u", dest="uname", default=None, help="user name to attach as")
     p.add_argument("-m", dest="msize", type=int, default=1 << 20 | 24, help="msize")
+    _add_tls_opts(p, "the link", env=True)
+
+
+def _add_tls_opts(p, what, env=False):
+    """--tls-cert, --tls-key, --tls-ca (nine.auth.tls); env: default to $NINE_TLS_CERT,
+    $NINE_TLS_KEY, $NINE_TLS_CA (the client verbs)."""
+    g = p.add_argument_group("TLS", "%s over TLS, both ends showing certificates signed "
+                             "by one CA (all three files or none%s)" % (
+                                 what, "; default $NINE_TLS_CERT, $NINE_TLS_KEY, "
+                                 "$NINE_TLS_CA" if env else ""))
+    for opt, var, hlp in (("--tls-cert", "NINE_TLS_CERT", "this end's certificate"),
+                          ("--tls-key", "NINE_TLS_KEY", "its private key"),
+                          ("--tls-ca", "NINE_TLS_CA", "the CA certificate the other "
+                           "end's must be signed by")):
+        g.add_argument(opt, metavar="FILE", help=hlp,
+                       default=os.environ.get(var) or None if env else None)

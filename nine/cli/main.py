@@ -7,7 +7,7 @@ import argparse
 import logging
 
 from .. import __version__
-from .common import DEFAULT_ADDR, _add_client_opts, _die
+from .common import DEFAULT_ADDR, _add_client_opts, _add_tls_opts, _die
 
 
 def _verb(module, name):
@@ -30,6 +30,7 @@ cmd_stat = _verb("files", "cmd_stat")
 cmd_gread = _verb("groups", "cmd_gread")
 cmd_gwrite = _verb("groups", "cmd_gwrite")
 cmd_key = _verb("serve", "cmd_key")
+cmd_mount = _verb("mount", "cmd_mount")
 
 
 def _add_auth_opts(p, who="this server"):
@@ -40,6 +41,29 @@ def _add_auth_opts(p, who="this server"):
     g.add_argument("--no-auth", dest="auth", action="store_const", const="none",
                    help="no authentication: every client is whoever it claims to be "
                         "(proc and exec then serve only the server's own user)")
+
+
+def _add_daemon_opts(p):
+    g = p.add_argument_group("daemon", "run in the background (nine.launch.daemon): the "
+                             "command returns once the server listens (status 0), or "
+                             "when it failed to start (status 1)")
+    g.add_argument("--daemon", action="store_true", help="detach from the terminal and "
+                   "the session (stdin /dev/null, stdout and stderr to --log-file)")
+    g.add_argument("--pid-file", metavar="FILE", help="written once listening, removed "
+                   "at exit; refused when it names a live process")
+    g.add_argument("--log-file", metavar="FILE", help="the daemon's stdout and stderr "
+                   "(appended to; default /dev/null)")
+
+
+def _socket_mode(text):
+    """--socket-mode: octal permission bits."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not an octal mode" % text) from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError("%s: want permission bits, 0 to 0777" % text)
+    return mode
 
 
 def make_parser():
@@ -63,12 +87,21 @@ def make_parser():
     s.add_argument("--host", action="store_true", help="host information: aname host")
     s.add_argument("--exec", dest="exec_", action="store_true",
                    help="Xcpu-style execution: aname exec (clone, N/{ctl,stdin,stdout,...})")
-    s.add_argument("--read-only", action="store_true", help="refuse every change")
+    s.add_argument("--read-only", action="store_true", help="refuse every change: "
+                   "writes to the exports, and exec and proc control (EROFS)")
+    s.add_argument("--allow-devices", action="store_true", help="let clients make and "
+                   "open block and character devices in the exports (refused by default, "
+                   "as with mount's nodev; FIFOs and sockets are always allowed)")
+    s.add_argument("--socket-mode", type=_socket_mode, metavar="MODE",
+                   help="file mode of unix!PATH sockets (octal; default 0666 when clients "
+                        "must authenticate, 0600 with --no-auth)")
     s.add_argument("--squash", metavar="USER", help="act as USER for everyone")
     s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
     s.add_argument("--quiet", "-q", action="store_true")
     s.add_argument("--address-file", help=argparse.SUPPRESS)
     _add_auth_opts(s)
+    _add_tls_opts(s, "every TCP link")
+    _add_daemon_opts(s)
     s.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("mux", help="merge children's trees into one (FiNAL rules)")
@@ -86,9 +119,15 @@ def make_parser():
     m.add_argument("--quiet", "-q", action="store_true")
     m.add_argument("--address-file", help=argparse.SUPPRESS)
     _add_auth_opts(m, "this mux")
+    _add_tls_opts(m, "every TCP link, to the clients and to the children,")
     m.add_argument("--child-auth", metavar="METHOD", default="auto",
                    help="how to authenticate to the children: munge, key, key=FILE, none "
                         "(default: what is found here)")
+    m.add_argument("--hang-timeout", metavar="SECONDS", type=float, default=10.0,
+                   help="a child silent this long with requests outstanding is probed, and "
+                        "marked hung (its requests fail, it is reconnected) when the probe "
+                        "goes unanswered as long (default 10; 0: never)")
+    _add_daemon_opts(m)
     m.set_defaults(func=cmd_mux)
 
     t = sub.add_parser("tree", help="start a tree of muxes over leaf servers (TBON)")
@@ -121,6 +160,20 @@ def make_parser():
     k.add_argument("path", nargs="?", help="where (default: $NINE_KEY, else "
                    "~/.config/nine/key; /etc/nine/key for a cluster's daemons)")
     k.set_defaults(func=cmd_key)
+
+    n = sub.add_parser("mount", help="mount a server with the kernel's 9P client, "
+                       "authenticated in user space first (as diod's mount.diod)")
+    n.add_argument("-o", dest="options", default="", metavar="OPTIONS",
+                   help="mount(8) options for 9p: aname=, access=user|client|any|UID, uname=, "
+                        "msize=, cache=, version=, others for the kernel; port= when ADDR "
+                        "has none (default 564)")
+    n.add_argument("--auth", metavar="METHOD", help="munge, key, key=FILE or none "
+                   "(default: what is found here: $NINE_AUTH, a key file, munged)")
+    n.add_argument("-f", "--fake", action="store_true",
+                   help="everything but the mount: print the mount(8) command")
+    n.add_argument("addr", metavar="ADDR", help="HOST, HOST:PORT, tcp!HOST!PORT or unix!PATH")
+    n.add_argument("dir", metavar="DIR", help="the mount point")
+    n.set_defaults(func=cmd_mount)
 
     for name, fn, hlp in [("ls", cmd_ls, "list a directory"),
                           ("read", cmd_read, "copy a file to stdout"),

@@ -17,10 +17,26 @@ def leaf_config(args):
         exports.append((name, path) if sep else (None, spec))
     return LeafConfig(exports=exports, read_only=args.read_only, squash=args.squash,
                       proc=args.proc, host=args.host, exec=args.exec_, ctl=args.ctl,
-                      msize=args.msize, auth=args.auth)
+                      msize=args.msize, auth=args.auth, allow_devices=args.allow_devices,
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)
+
+
+def _detach(args):
+    """--daemon: go to the background (nine.launch.daemon) before anything starts;
+    returns what to call once listening (None in the foreground)."""
+    if not args.daemon:
+        if args.pid_file or args.log_file:
+            _die("--pid-file and --log-file go with --daemon", 2)
+        return None
+    from ..launch.daemon import DaemonError, detach
+    try:
+        return detach(args.pid_file, args.log_file)
+    except (DaemonError, OSError) as ex:
+        _die("cannot start the daemon: %s" % _errtext(ex))
 
 
 def cmd_serve(args):
+    ready = _detach(args)
     try:
         server = build_leaf(leaf_config(args))
     except ConfigError as ex:
@@ -28,14 +44,16 @@ def cmd_serve(args):
     addrs = args.listen or [DEFAULT_ADDR]
     for a in addrs:
         try:
-            srv = server.listen(a)
+            srv = server.listen(a, socket_mode=args.socket_mode)
         except (OSError, ValueError) as ex:
-            _die("cannot listen on %s: %s" % (a, ex))
+            _die("cannot listen on %s: %s" % (a, _errtext(ex)))
         if not args.quiet:
             sys.stderr.write("nine: serving %s on %s\n" % (
                 ", ".join(sorted(str(k if k is not None else "*") for k in server.exports)),
                 _fmt_listen(srv, a)))
         _write_address(args, srv, a)
+    if ready is not None:
+        ready()
     sys.stderr.flush()
     _serve_forever()
     return 0
@@ -73,16 +91,19 @@ def cmd_mux(args):
     children = _parse_children(args.child)
     if not children:
         _die("a mux needs at least one --child NAME=ADDR")
+    ready = _detach(args)
     try:
         mux = build_mux(MuxConfig(children, final_text=_final_text(args),
                                   child_aname=args.child_aname, msize=args.msize,
-                                  auth=args.auth, child_auth=args.child_auth))
+                                  auth=args.auth, child_auth=args.child_auth,
+                                  tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                  tls_ca=args.tls_ca, hang_timeout=args.hang_timeout))
     except FinalError as ex:
         _final_error(args, ex)
     except ConfigError as ex:
         _die(str(ex), 2)
     return _serve_until_done(mux.server, args.listen or [DEFAULT_ADDR], args.quiet,
-                             "mux of %d children" % len(children), args)
+                             "mux of %d children" % len(children), args, ready)
 
 
 def cmd_tree(args):

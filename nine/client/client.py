@@ -49,7 +49,8 @@ class Client:
     connects (or takes ``conn=`` an existing Connection), negotiates, authenticates and
     attaches.  ``auth``: a nine.auth ClientMethod, None (attach without an auth fid), or
     "find" (the default: the method nine.auth.client_method finds on this host: $NINE_AUTH,
-    a key file, a running munged; none found attaches without one).
+    a key file, a running munged; none found attaches without one).  ``tls``: a
+    nine.auth.tls.client_context for a TCP link over TLS (Connection's tls=).
     Paths are '/'-separated and relative to the attach root ('' or '/' is the root).
     Errors are NineError subclasses carrying errno (FileNotFoundError etc. too).
     All methods may be called from many greenlets at once.
@@ -57,10 +58,11 @@ class Client:
 
     def __init__(self, addr=None, uname=None, aname="", version=V9P2000L, msize=DEFAULT_MSIZE,
                  n_uname=NONUNAME, *, conn=None, timeout=None, connect_timeout=10.0,
-                 strict_version=True, gid=NONUNAME, depth=8, auth="find"):
+                 strict_version=True, gid=NONUNAME, depth=8, auth="find", tls=None):
         if conn is None:
             conn = Connection(addr, msize, version, timeout=timeout,
-                              connect_timeout=connect_timeout, strict_version=strict_version)
+                              connect_timeout=connect_timeout, strict_version=strict_version,
+                              tls=tls)
             self._own = True
         else:
             self._own = False

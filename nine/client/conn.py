@@ -19,6 +19,11 @@ Design (gevent, no monkey patching):
 - When the connection dies (EOF, socket error, protocol error, close()), every waiter
   gets a NineError at once (ECONNRESET, EPIPE, EPROTO or ECONNABORTED) and later calls
   fail immediately.
+- TLS (``tls=`` a nine.auth.tls.client_context, over TCP): the socket is then the
+  non-blocking gevent SSLSocket of the handshake, driven by the same watchers.  Its reads
+  say SSLWantReadError where a plain socket says BlockingIOError, its sends write all or
+  nothing (0: retry the same bytes, as the write watcher does), and decrypted bytes can
+  wait inside it with nothing left on the descriptor: the read callback drains them.
 """
 
 import errno
@@ -203,10 +208,14 @@ class Connection:
     ``sock=`` gives an already connected socket instead of ``addr``.  ``timeout`` is the
     default per-call timeout (None: wait forever).  With ``strict_version=False`` a server
     answering an older known dialect than asked for is accepted (``.dialect`` tells).
+    ``tls=`` a client-side gevent SSLContext (nine.auth.tls.client_context): a TCP link
+    then starts with a TLS handshake that verifies the server's certificate and shows
+    ours (a unix socket stays plain, as the server's end does).
     """
 
     def __init__(self, addr=None, msize=DEFAULT_MSIZE, version=V9P2000L, *, sock=None,
-                 timeout=None, connect_timeout=10.0, strict_version=True, negotiate=True):
+                 timeout=None, connect_timeout=10.0, strict_version=True, negotiate=True,
+                 tls=None):
         if version not in DIALECTS:
             raise ValueError("unknown 9P version %r (want one of %s)" % (version, DIALECTS))
         if msize < 256:
@@ -236,11 +245,13 @@ class Connection:
         if sock is None:
             if addr is None:
                 raise ValueError("need addr or sock")
-            sock = self._connect(addr, connect_timeout)
+            sock = self._connect(addr, connect_timeout, tls)
         else:
             sock = _plain(sock)
         sock.setblocking(False)
         self._sock = sock
+        #: the link is TLS (tls= given and addr is TCP): a gevent SSLSocket
+        self.tls = type(sock) is not _socket.socket
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             try:
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
@@ -255,7 +266,7 @@ class Connection:
         fd = sock.fileno()
         self._rwatch = self._loop.io(fd, 1)
         self._wwatch = self._loop.io(fd, 2)
-        self._rwatch.start(self._on_readable)
+        self._rwatch.start(self._on_readable_tls if self.tls else self._on_readable)
         if negotiate:
             try:
                 self._negotiate(msize, version, strict_version, connect_timeout)
@@ -266,7 +277,10 @@ class Connection:
     # ------------------------------------------------------------------ setup
 
     @staticmethod
-    def _connect(addr, timeout):
+    def _connect(addr, timeout, tls=None):
+        """A connected socket: a plain one, or over TCP with a tls context the gevent
+        SSLSocket of a verified handshake (the server's certificate must name the host
+        dialled)."""
         fam, sa = parse_addr(addr)
         try:
             if fam == _socket.AF_UNIX:
@@ -284,7 +298,19 @@ class Connection:
         except OSError as e:
             raise nine_error(e.errno or errno.ECONNREFUSED,
                              "connect to %s: %s" % (addr, e.strerror or e)) from None
-        return _plain(g)
+        if tls is None or fam == _socket.AF_UNIX:
+            return _plain(g)
+        from ..auth.tls import dial
+        try:
+            # no Nagle delay for the handshake's last flight either (40 ms otherwise)
+            g.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            return dial(g, tls, sa[0], timeout)
+        except _socket.timeout:
+            raise nine_error(errno.ETIMEDOUT, "TLS handshake with %s timed out" % addr) \
+                from None
+        except OSError as e:    # ssl.SSLError's errno is OpenSSL's, not the system's
+            raise nine_error(errno.EPROTO, "TLS handshake with %s: %s" % (
+                addr, e.strerror or e)) from None
 
     def _negotiate(self, msize, version, strict, timeout):
         w = Waiter(self._hub)
@@ -593,13 +619,18 @@ class Connection:
         except BlockingIOError:
             n = 0
         except OSError as e:
-            self._die(e.errno or errno.EPIPE, "send: %s" % (e.strerror or e))
+            self._die(self._send_errno(e), "send: %s" % (e.strerror or e))
             return
         self.bytes_out += n
         if n < len(data):
             self._wpend = memoryview(data)[n:]
             self._wblocked = True
             self._wwatch.start(self._on_writable)
+
+    def _send_errno(self, e):
+        if self.tls:    # (a TLS send that must wait returns 0: never "not now" here)
+            return _tls_errno(e, errno.EPIPE) or errno.EPIPE
+        return e.errno or errno.EPIPE
 
     def _on_writable(self):
         while True:
@@ -609,7 +640,7 @@ class Connection:
             except BlockingIOError:
                 return
             except OSError as e:
-                self._die(e.errno or errno.EPIPE, "send: %s" % (e.strerror or e))
+                self._die(self._send_errno(e), "send: %s" % (e.strerror or e))
                 return
             self.bytes_out += n
             if n < len(data):
@@ -626,6 +657,13 @@ class Connection:
 
     # ------------------------------------------------------------------ reading
 
+    def _on_readable_tls(self):
+        # decrypted bytes can wait inside the TLS socket with nothing left on the fd
+        self._on_readable()
+        sock = self._sock
+        while self._dead is None and sock.pending():
+            self._on_readable()
+
     def _on_readable(self):
         # hub callback: receive, cut frames, hand replies to their waiters
         if self._dead is not None:
@@ -637,7 +675,9 @@ class Connection:
         except BlockingIOError:
             return
         except OSError as e:
-            self._die(e.errno or errno.ECONNRESET, "recv: %s" % (e.strerror or e))
+            eno = _tls_errno(e, errno.ECONNRESET) if self.tls else e.errno or errno.ECONNRESET
+            if eno is not None:
+                self._die(eno, "recv: %s" % (e.strerror or e))
             return
         if n == 0:
             self._die(errno.ECONNRESET, "connection closed by the server")
@@ -752,6 +792,16 @@ class Connection:
                 except OSError:
                     pass
             self._die(errno.ECONNABORTED, "connection closed")
+
+
+def _tls_errno(e, default):
+    """What an OSError from a TLS socket means: None for "not now" (SSLWantReadError,
+    SSLWantWriteError), else the errno to report (an ssl.SSLError carries OpenSSL's code,
+    not the system's: default)."""
+    import ssl
+    if isinstance(e, (ssl.SSLWantReadError, ssl.SSLWantWriteError)):
+        return None
+    return default if isinstance(e, ssl.SSLError) else e.errno or default
 
 
 def _plain(sock):

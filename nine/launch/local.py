@@ -33,6 +33,18 @@ def _die_with_parent():
     return preexec
 
 
+def tls_files(directory):
+    """(cert, key, ca) of the processes a tree starts here: DIR/127.0.0.1.crt and .key,
+    DIR/ca.crt.  A directory without ca.crt first gets a test PKI
+    (nine.auth.tls.make_test_pki: those, and client.crt/.key for the tree's users)."""
+    ca = os.path.join(directory, "ca.crt")
+    if not os.path.exists(ca):
+        from ..auth.tls import make_test_pki
+        make_test_pki(directory, ["127.0.0.1", "client"])
+    return (os.path.join(directory, "127.0.0.1.crt"), os.path.join(directory, "127.0.0.1.key"),
+            ca)
+
+
 class Tree:
     """The running tree: `start()` brings up leaves and inner muxes and returns the root's
     Mux (not yet listening); `stop()` ends every process."""
@@ -43,6 +55,7 @@ class Tree:
         self.quiet = quiet
         self.python = python or sys.executable
         self.levels = []        # [[(name, addr), ...]] from the leaves up
+        self.tls = None         # (cert, key, ca) of its processes, with topo.tls
         self._tmp = None
         self._n = 0
 
@@ -57,6 +70,8 @@ class Tree:
         afile = os.path.join(self._tmp, "addr%d" % self._n)
         args = args + ["--listen", "127.0.0.1:0", "--address-file", afile,
                        "--auth", self.topo.auth]
+        if self.tls is not None:
+            args += ["--tls-cert", self.tls[0], "--tls-key", self.tls[1], "--tls-ca", self.tls[2]]
         if self.topo.aggregators:
             args += ["--aggregators", self.topo.aggregators]
         env = dict(os.environ)
@@ -92,6 +107,8 @@ class Tree:
         for prog in (topo.final_leaf_mux, topo.final_mid, topo.final_root):
             if prog is not None:
                 parse(prog)     # a wrong program is refused before anything starts
+        if topo.tls:
+            self.tls = tls_files(topo.tls)
         level = []
         waits = []
         for name, where in topo.leaves:
@@ -140,8 +157,9 @@ class Tree:
         if topo.aggregators:
             from ..group.aggregate import load
             load(topo.aggregators)
+        tls = dict(zip(("tls_cert", "tls_key", "tls_ca"), self.tls or ()))
         self.root = build_mux(MuxConfig(level, final_text=final, child_aname=aname,
-                                        name="root", auth=self.topo.auth))
+                                        name="root", auth=self.topo.auth, **tls))
         return self.root
 
     def describe(self):
@@ -149,6 +167,11 @@ class Tree:
         for i, level in enumerate(self.levels):
             kind = "leaves" if i == 0 else "muxes (level %d)" % i
             lines.append("%-18s %s" % (kind + ":", " ".join("%s=%s" % x for x in level)))
+        if self.tls is not None:
+            d = os.path.dirname(self.tls[2])
+            lines.append("%-18s %s (clients: --tls-cert/--tls-key/--tls-ca or $NINE_TLS_*, "
+                         "e.g. %s)" % ("TLS:", d, " ".join(os.path.join(d, f) for f in (
+                             "client.crt", "client.key", "ca.crt"))))
         return "\n".join(lines)
 
     def stop(self):

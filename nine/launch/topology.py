@@ -15,11 +15,25 @@ Topology file (INI):
                                    # directory per server)
     auth = auto                    # authentication of every server: auto, munge, key,
                                    # key=FILE, none (docs/security.md)
+    tls = pki                      # optional: every link of the tree over TLS, with the
+                                   # certificates in this directory: ca.crt, and
+                                   # 127.0.0.1.crt/.key for the processes started here
+                                   # (made with nine.auth.tls.make_test_pki, and a
+                                   # client.crt/.key, when it has no ca.crt yet)
 
     [leaves]
     node1 = local                  # start a leaf server here, on a free loopback port
     node3 = local:/srv/data        # ... exporting that directory (as files/)
     node2 = 10.1.0.2:5640          # a leaf server already running there
+
+    [muxes]                        # trees on hosts over ssh only (nine.launch.ssh, `nine
+                                   # tree --hosts`, which names the leaves: one per host,
+                                   # no [leaves] section): NAME = HOST: CHILDREN places
+                                   # mux NAME on HOST over CHILDREN, leaf hosts or other
+                                   # muxes (ClusterShell node sets), MRNet-style
+    edge1 = node2: node[1-4]
+    edge2 = node7: node[5-8]
+    root = node1: edge1 edge2      # optional: the root on a host (else as --root-host)
 
 The defaults give the root, whatever the depth, `/nodes/node1/...` (one directory per
 leaf server), `/proc/PID/node1/...` and `/host/load/node1` (the seed's merge view): the
@@ -44,7 +58,7 @@ FINAL_UP = "insert *:/ at /\n"           # inner muxes and the root: a recursive
 class Topology:
     def __init__(self, leaves, listen="127.0.0.1:5640", fanout=4, leaf_args=LEAF_ARGS,
                  leaf_export=None, final_root=None, final_mid=None, final_leaf_mux=None,
-                 aggregators=None, auth="auto"):
+                 aggregators=None, auth="auto", tls=None, muxes=None):
         if fanout < 2:
             raise ValueError("fanout must be at least 2")
         if not leaves:
@@ -59,13 +73,19 @@ class Topology:
         self.final_leaf_mux = final_leaf_mux
         #: authentication every server of the tree requires (nine.assembly LeafConfig.auth)
         self.auth = auth
+        #: the directory of the tree's TLS certificates (None: plain TCP links)
+        self.tls = tls
+        #: [(name, host, children)]: muxes placed on hosts ([muxes]; nine.launch.ssh)
+        self.muxes = list(muxes or [])
         # custom group aggregators (nine.group.aggregate.load), given to every server
         self.aggregators = ",".join(
             os.path.abspath(a) if a.endswith(".py") or os.sep in a else a
             for a in (aggregators or "").split(",") if a.strip()) or None
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, leaves=None):
+        """The topology file at path; leaves: when the caller names them (`nine tree
+        --hosts`), the file must not."""
         cp = configparser.ConfigParser(inline_comment_prefixes=("#", ";"))
         cp.optionxform = str
         with open(path) as f:
@@ -86,17 +106,30 @@ class Topology:
             except FinalError as ex:
                 raise ValueError("%s (%s): %s" % (p, key, ex)) from None
             return prog
-        if not cp.has_section("leaves"):
+        if leaves is not None:
+            if cp.has_section("leaves"):
+                raise ValueError("%s: a [leaves] section, and the hosts are the leaves" % path)
+        elif not cp.has_section("leaves"):
             raise ValueError("%s: no [leaves] section" % path)
-        leaves = [(k, v.strip()) for k, v in cp["leaves"].items()]
+        else:
+            leaves = [(k, v.strip()) for k, v in cp["leaves"].items()]
+        muxes = []
+        for name, v in (cp["muxes"].items() if cp.has_section("muxes") else ()):
+            host, sep, children = v.partition(":")
+            if not sep or not host.strip() or not children.strip():
+                raise ValueError("%s: [muxes] %s = %s: want HOST: CHILDREN" % (path, name, v))
+            muxes.append((name, host.strip(), children.strip()))
         exp = t.get("leaf-export")
         if exp and not os.path.isabs(exp):
             exp = os.path.join(base, exp)
+        pki = t.get("tls") or None
+        if pki and not os.path.isabs(pki):
+            pki = os.path.join(base, pki)
         return cls(leaves, listen=t.get("listen", "127.0.0.1:5640"),
                    fanout=int(t.get("fanout", 4)), leaf_args=t.get("leaf-args", LEAF_ARGS),
                    leaf_export=exp, final_root=text("final-root"),
                    final_mid=text("final-mid"), final_leaf_mux=text("final-leaf-mux"),
-                   auth=t.get("auth", "auto"),
+                   auth=t.get("auth", "auto"), tls=pki,
                    aggregators=",".join(
                        a if not (a.endswith(".py") or "/" in a) or os.path.isabs(a)
                        else os.path.join(base, a)

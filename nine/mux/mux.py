@@ -23,17 +23,20 @@ from ..server.core import Server
 from ..server.node import error
 from ..synth.files import Dir, File, SynthFS
 from ..server.qidmap import QidMap
-from .remote import Child
+from .remote import HANG_TIMEOUT, Child
 
 DEFAULT_FINAL = "simple *:/ at /\n"
 
 
 class Mux:
     """Children [(name, address)] composed by FiNAL rules and served by one Server
-    (self.server, not yet listening)."""
+    (self.server, not yet listening).  tls: the server's TLS context (Server(tls=));
+    child_tls: the client TLS context of the links to the children (Child(tls=)).
+    hang_timeout: when a silent child is probed and judged hung (Child(hang_timeout=))."""
 
     def __init__(self, children, final_text=None, child_aname="", msize=None, name="mux",
-                 connect_timeout=5.0, op_timeout=None, child_auth="find", gate=None):
+                 connect_timeout=5.0, op_timeout=None, child_auth="find", gate=None,
+                 tls=None, child_tls=None, hang_timeout=HANG_TIMEOUT):
         self.qidmap = QidMap()
         self.children = {}
         for cname, addr in children:
@@ -41,7 +44,8 @@ class Mux:
                 raise ValueError("child %r named twice" % cname)
             self.children[cname] = Child(cname, addr, aname=child_aname, qidmap=self.qidmap,
                                          connect_timeout=connect_timeout,
-                                         op_timeout=op_timeout, auth=child_auth)
+                                         op_timeout=op_timeout, auth=child_auth,
+                                         tls=child_tls, hang_timeout=hang_timeout)
         self.final_text = final_text if final_text is not None else DEFAULT_FINAL
         parse(self.final_text)  # a bad program is refused before anything is served
         # remote children map their qids through self.qidmap already
@@ -50,7 +54,7 @@ class Mux:
                                    self.qidmap, map_qids=False, name=name)
         kw = {} if msize is None else {"msize": msize}
         self.server = Server({None: self.attach, "mux": SynthFS(self.status_tree()).attach},
-                             name=name, gate=gate, **kw)
+                             name=name, gate=gate, tls=tls, **kw)
 
     def attach(self, ctx):
         """The merged name space, or the subtree an aname path names in it."""

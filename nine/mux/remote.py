@@ -15,13 +15,24 @@ Child (a nine.server.node.Remote; its failures ChildDown and StaleNode are Unrea
     every client of the mux (thread-affine: use a Child from one gevent hub only);
   - one Tattach per distinct user (n_uname = ctx.uid, uname = the mux's name for it;
     ctx.uid None -> the mux's own identity); root fids are cached for the link's life;
-  - state 'up' / 'down' / 'connecting', last_error, since, status_line();
+  - state 'up' / 'down' / 'connecting' / 'hung', last_error, since, status_line();
   - when the connection dies, every outstanding request fails at once with
     ChildDown(EHOSTDOWN, "child NAME (ADDR) is down: REASON"); while down, requests fail
     at once the same way (no connect attempt per request); a background greenlet
     reconnects with backoff (0.2 s doubling to 5 s) and the child comes back by itself.
     A child never reached yet is tried in the foreground by the first request (and its
     concurrent companions wait for that one attempt, at most connect_timeout).
+  - a child that stops answering (a stopped process, a wedged host that keeps its TCP
+    connection) is found by a watchdog per connection: while requests are outstanding
+    and nothing came back for hang_timeout seconds (10 by default), it sends a probe, a
+    Tflush of NOTAG (no request has that tag: every 9P server answers it at once, diod
+    in its reading thread, nine in its connection loop, even while its own requests
+    block); no answer within hang_timeout again and the child is `hung`: the
+    connection is dropped, every outstanding request fails with ChildDown(EHOSTDOWN,
+    "child NAME (ADDR) is hung: no answer for N s"), and the reconnect loop takes over
+    (the state stays `hung` while the child takes connections but does not answer
+    them).  The probe is the judge, never the age of one request: a read that blocks
+    for minutes (a `wait` file, a stream) on a live child goes on;
   - nodes made on a connection that has since died fail with StaleNode(EIO, "... walk
     again from the root") once the child is back (ChildDown while it is still down); the
     attach root survives reconnects (it is rebound to the new connection's root fid), so
@@ -43,12 +54,13 @@ RemoteNode (maps_qids, can_post; origin() and locate() name its child and path)
 
 import errno
 import os
+import select
 import socket as _socket
 import struct
 import time
 
 import gevent
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 
 from ..client.conn import Connection
 from ..client.errors import NineError, NineTimeout, nine_error
@@ -57,7 +69,7 @@ from ..protocol import codec
 from ..protocol.const import (GETATTR_ALL, IOHDRSZ, SETATTR_ATIME,
                               SETATTR_ATIME_SET, SETATTR_CTIME, SETATTR_GID, SETATTR_MODE,
                               SETATTR_MTIME, SETATTR_MTIME_SET, SETATTR_SIZE, SETATTR_UID,
-                              V9P2000L)
+                              NOTAG, V9P2000L)
 from ..server.node import Attr, Dirent, Node, Remote, SetAttr, StatFS, Unreachable
 from ..server.qidmap import QidMap
 from ..server.users import USERS
@@ -68,6 +80,9 @@ DEFAULT_MSIZE = 1024 * 1024 + IOHDRSZ   # what the server core offers: reads fit
 XATTR_REPLACE = 2
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
+#: seconds of silence, with requests outstanding, before a child is probed; as long again
+#: without an answer to the probe and it is hung
+HANG_TIMEOUT = 10.0
 
 #: the QidMap used by Children created without one: one qid space for the whole process
 DEFAULT_QIDMAP = QidMap()
@@ -78,6 +93,7 @@ _Treaddir = codec.BY_NAME["Treaddir"]
 _RREAD = codec.BY_NAME["Rread"].mtype
 _RWRITE = codec.BY_NAME["Rwrite"].mtype
 _Tgetattr = codec.BY_NAME["Tgetattr"]
+_Tflush = codec.BY_NAME["Tflush"]
 _DIRENT = struct.Struct("<BIQQBH")
 _DIRENT_SIZE = _DIRENT.size
 
@@ -103,10 +119,15 @@ class _ChildConn(Connection):
             if cb is not None:
                 cb(self, eno, text)
 
+    def drop(self, eno, text):
+        """End the connection as one that died: every outstanding request fails at once
+        with NineError(eno, text)."""
+        self._die(eno, text)
+
 
 class _Link:
     """One connection to a child, with its per-user root fids."""
-    __slots__ = ("conn", "gen", "roots", "attaching", "since", "death", "groups")
+    __slots__ = ("conn", "gen", "roots", "attaching", "since", "death", "groups", "hung")
 
     def __init__(self, conn, gen):
         self.conn = conn
@@ -116,6 +137,7 @@ class _Link:
         self.since = time.time()
         self.death = None        # (errno, text) once dead
         self.groups = None       # does the child offer a group service? (None: not asked)
+        self.hung = None         # why the watchdog gave up on it (text), if it did
 
 
 class Child(Remote):
@@ -124,7 +146,8 @@ class Child(Remote):
 
     def __init__(self, name, addr, aname="", msize=DEFAULT_MSIZE, qidmap=None,
                  connect_timeout=5.0, op_timeout=None, uname=None, n_uname=None,
-                 backoff=(BACKOFF_MIN, BACKOFF_MAX), auth="find"):
+                 backoff=(BACKOFF_MIN, BACKOFF_MAX), auth="find", tls=None,
+                 hang_timeout=HANG_TIMEOUT):
         self.name = name
         if auth == "find":
             from ..auth import client_method
@@ -135,6 +158,9 @@ class Child(Remote):
         #: auth fids of their own; None: attach without authenticating; "find" (the
         #: default): what nine.auth.client_method finds on this host
         self.auth = auth
+        #: a nine.auth.tls.client_context: every connection to the child is TLS (None:
+        #: plain TCP)
+        self.tls = tls
         self.addr = addr
         self.aname = aname
         self.msize = msize
@@ -144,6 +170,9 @@ class Child(Remote):
         self.qkey = (name, str(addr), aname)
         self.connect_timeout = connect_timeout
         self.op_timeout = op_timeout
+        #: seconds of silence with requests outstanding before a probe, and for the
+        #: probe's answer (see the module's docstring); None or 0: never judged hung
+        self.hang_timeout = hang_timeout
         euid = os.geteuid()
         #: the identity used for requests whose ctx.uid is None (the mux's own)
         self.own_uname = uname if uname is not None else USERS.uname(euid)
@@ -181,9 +210,11 @@ class Child(Remote):
             c = link.conn
             parts.append("msize=%d users=%d requests=%d inflight=%d" % (
                 c.msize, len(link.roots), c.requests, c.inflight()))
+            if c.tls:
+                parts.append("tls")
         if self.last_error and self.state != "up":
             parts.append("error=%r" % self.last_error)
-        if self._next_retry is not None and self.state == "down":
+        if self._next_retry is not None and self.state in ("down", "hung"):
             parts.append("retry_in=%.1fs" % max(0.0, self._next_retry - now))
         parts.append("connects=%d failures=%d" % (self.connects, self.failures))
         return " ".join(parts)
@@ -197,10 +228,11 @@ class Child(Remote):
 
     def _down_error(self, reason=None):
         reason = reason or self.last_error or "not connected"
+        word = "hung" if self.state == "hung" else "down"
         if self.closed:
-            reason = "closed"
-        return ChildDown(errno.EHOSTDOWN, "child %s (%s) is down: %s" % (
-            self.name, self.addr, reason))
+            reason, word = "closed", "down"
+        return ChildDown(errno.EHOSTDOWN, "child %s (%s) is %s: %s" % (
+            self.name, self.addr, word, reason))
 
     # --- the connection ------------------------------------------------------------
     def link(self):
@@ -224,14 +256,15 @@ class Child(Remote):
     def _connect_once(self, background):
         """One connection attempt (in a greenlet of its own).  Returns the new _Link or
         None; never raises.  A failed foreground attempt starts the reconnect loop."""
-        self._set_state("connecting")
+        if self.state != "hung":
+            self._set_state("connecting")
         try:
             try:
                 conn = _ChildConn(self.addr, self.msize, V9P2000L, timeout=self.op_timeout,
-                                  connect_timeout=self.connect_timeout)
+                                  connect_timeout=self.connect_timeout, tls=self.tls)
             except (OSError, ValueError) as e:
                 self.failures += 1
-                self._set_state("down", _reason(e))
+                self._failed(e)
                 if not background:
                     self._start_retry()
                 return None
@@ -241,8 +274,10 @@ class Child(Remote):
                 return None
             if self.auth is not None:
                 try:
+                    # bounded like the connect: a child that stalls mid-handshake
+                    # is not up yet, so no watchdog looks after it
                     _attach(conn, self.own_uname, self.aname, self.own_n_uname,
-                            auth=self.auth).clunk_nowait()
+                            timeout=self.connect_timeout, auth=self.auth).clunk_nowait()
                 except (OSError, ValueError) as e:
                     conn.close()
                     self.failures += 1
@@ -257,27 +292,83 @@ class Child(Remote):
             self._link = ln
             self.connects += 1
             self._set_state("up")
+            if self.hang_timeout:
+                gevent.spawn(self._watch, ln)
             return ln
         finally:
             if self._pending is gevent.getcurrent():
                 self._pending = None
 
+    def _failed(self, e):
+        """A connection attempt failed with e: the child is down, unless it was hung and
+        still is (it takes the connection but does not answer: a timeout)."""
+        if self.state != "hung" or getattr(e, "errno", None) != errno.ETIMEDOUT:
+            self._set_state("down", _reason(e))
+
     def _died(self, ln, eno, text):
         """The connection of ln died (called by the client library, maybe in the hub):
-        its waiters are failing right now; mark the child down and start reconnecting."""
+        its waiters are failing right now; mark the child down (or hung, when the
+        watchdog ended it) and start reconnecting."""
         ln.death = (eno, _reason_text(eno, text))
         if self._link is ln:
             self._link = None
             if not self.closed:
-                self._set_state("down", ln.death[1])
+                if ln.hung:
+                    self._set_state("hung", ln.hung)
+                else:
+                    self._set_state("down", ln.death[1])
                 self._start_retry()
+
+    # --- hang detection --------------------------------------------------------------
+    def _watch(self, ln):
+        """The watchdog of link ln, for its life: while requests are outstanding and
+        nothing came back for hang_timeout, probe the child; no answer to the probe
+        either: the child is hung."""
+        conn = ln.conn
+        limit = self.hang_timeout
+        seen = conn.bytes_in
+        heard = time.monotonic()     # when bytes last came in, or nothing was awaited
+        while conn._dead is None:
+            gevent.sleep(limit / 4.0)
+            now = time.monotonic()
+            if conn.bytes_in != seen or not conn.inflight():
+                seen = conn.bytes_in
+                heard = now
+            elif now - heard >= limit:
+                if self._probe(conn, limit):
+                    seen = conn.bytes_in
+                    heard = time.monotonic()
+                elif conn._dead is None:
+                    self._hang_up(ln, time.monotonic() - heard)
+
+    @staticmethod
+    def _probe(conn, limit):
+        """Does the child answer a Tflush of NOTAG within limit seconds?  (Without a free
+        tag for it: does anything come back.)  Bytes that wait in the socket unread count
+        as an answer: this process, not the child, was too busy to read them."""
+        answered = Event()
+        before = conn.bytes_in
+        if conn.post(_Tflush(oldtag=NOTAG), lambda r: answered.set()):
+            if answered.wait(limit):
+                return True
+        else:
+            gevent.sleep(limit)
+            if conn.bytes_in != before:
+                return True
+        return conn._dead is not None or _unread(conn._sock)
+
+    def _hang_up(self, ln, quiet):
+        """The child of link ln is hung: drop the connection (its requests fail with
+        the reason) and reconnect as after a death."""
+        ln.hung = "no answer for %.1f s" % quiet
+        ln.conn.drop(errno.EHOSTDOWN, "child %s (%s) is hung: %s" % (
+            self.name, self.addr, ln.hung))
 
     def _start_retry(self):
         if self._retry is None and not self.closed:
             self._retry = gevent.spawn(self._retry_loop)
 
     def _retry_loop(self):
-        from gevent.event import Event
         delay, top = self.backoff
         me = gevent.getcurrent()
         self._wake = wake = Event()
@@ -447,6 +538,16 @@ def _reason_text(eno, text):
                 text = text[len(p):]
         return text[:1].lower() + text[1:]
     return os.strerror(eno).lower()
+
+
+def _unread(sock):
+    """Are there bytes waiting to be read on sock?"""
+    try:
+        p = select.poll()
+        p.register(sock.fileno(), select.POLLIN)
+        return bool(p.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _keepalive(conn):

@@ -17,12 +17,18 @@ queued) goes first and nothing of the old request happens after Rflush.
 
 Output: replies from many greenlets are queued and combined into one write (a large
 payload goes out with sendmsg, without a copy).
+
+A TLS link (a gevent SSLSocket: nine.server.core.Server(tls=) made the handshake) takes
+the gevent socket's own reads and writes: the fast paths below (recv_into and send on
+the descriptor, sendmsg) would bypass the encryption.  A large payload is still not
+copied: it is written on its own, after the small parts before it.
 """
 
 import errno
 import logging
 import os
 import struct
+import sys
 
 import gevent
 from gevent.event import Event
@@ -39,6 +45,22 @@ _RFLUSH = struct.Struct("<IBH")
 _U32 = struct.Struct("<I").unpack_from
 _TVERSION = P.BY_NAME["Tversion"].mtype
 _TFLUSH = P.BY_NAME["Tflush"].mtype
+
+
+def _is_tls(sock):
+    """Is sock a TLS socket (gevent.ssl.SSLSocket)?  Asked without importing ssl: a
+    process that never made a TLS context has none (and a plain server does not pay for
+    loading ssl)."""
+    gssl = sys.modules.get("gevent.ssl")
+    return gssl is not None and isinstance(sock, gssl.SSLSocket)
+
+
+def _internal_error(msg, ex):
+    """A handler raised something other than OSError (a bug; its request is answered
+    EIO): one line per request at ERROR, its traceback at DEBUG."""
+    name = type(msg).__name__
+    log.error("internal error in %s: %s: %s", name, type(ex).__name__, ex)
+    log.debug("traceback of the internal error in %s", name, exc_info=ex)
 
 
 class Request:
@@ -74,11 +96,13 @@ class Transport:
         self.closed = False
         self._out = []
         self._writing = False
+        #: the link is TLS: no I/O on the descriptor itself
+        self.tls = _is_tls(sock)
         # the hot path does its I/O on the gevent socket's own non-blocking socket and
         # waits for readability on one watcher of its own (gevent's recv_into/sendall
         # wrappers cost more than the syscalls for small 9P messages)
         raw = getattr(sock, "_sock", None)
-        if raw is not None and getattr(sock, "timeout", 0) is None and \
+        if raw is not None and not self.tls and getattr(sock, "timeout", 0) is None and \
                 raw.gettimeout() == 0.0:
             self._raw = raw
             self._hub = gevent.get_hub()
@@ -226,7 +250,7 @@ class Transport:
             self.send_error(tag, errno.EINVAL, str(ex))
             return
         except Exception as ex:
-            log.exception("internal error in %s", type(msg).__name__)
+            _internal_error(msg, ex)
             self.send_error(tag, errno.EIO, "internal server error: %s" % ex)
             return
         self._reply(tag, reply)
@@ -249,7 +273,7 @@ class Transport:
         except gevent.GreenletExit:
             return
         except Exception as ex:  # a backend bug must not take the server down
-            log.exception("internal error in %s", type(req.msg).__name__)
+            _internal_error(req.msg, ex)
             if req.ending is not None:
                 return
             self.inflight.pop(req.tag, None)
@@ -333,7 +357,8 @@ class Transport:
                 if len(out) == 1:
                     self._send_all(out[0])
                 elif len(out) <= 64 and sum(map(len, out)) > 32768:
-                    self._sendv(out)    # large payloads: no copy into one buffer
+                    # large payloads: no copy into one buffer
+                    (self._send_parts if self.tls else self._sendv)(out)
                 else:
                     self._send_all(b"".join(out))
         except OSError:
@@ -357,6 +382,22 @@ class Transport:
                 return
             data = memoryview(data)[n:]
         self.sock.sendall(data)
+
+    def _send_parts(self, bufs):
+        """_sendv for a TLS link (where sendmsg would bypass the encryption): small parts
+        are joined, a large one goes out as it is."""
+        sendall = self.sock.sendall
+        small = []
+        for b in bufs:
+            if len(b) < 16384:          # a TLS record's worth
+                small.append(b)
+                continue
+            if small:
+                sendall(b"".join(small))
+                small = []
+            sendall(b)
+        if small:
+            sendall(b"".join(small))
 
     def _sendv(self, bufs):
         bufs = [memoryview(b).cast("B") for b in bufs]

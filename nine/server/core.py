@@ -15,7 +15,6 @@ for them.
 
 import errno
 import logging
-import os
 import struct
 
 import gevent
@@ -32,13 +31,18 @@ log = logging.getLogger("nine.server")
 
 DEFAULT_MSIZE = 1024 * 1024 + IOHDRSZ  # the largest the kernel client asks for, 1 MiB
 MIN_MSIZE = 256
+TLS_HANDSHAKE_TIMEOUT = 10.0   # seconds a client has to finish its TLS handshake
 
 _RREAD = struct.Struct("<IBHI")
 _RCLUNK = struct.Struct("<IBH")
 _RWRITE = struct.Struct("<IBHI")
-_RGETATTR = struct.Struct("<IBHQBIQIIIQQQQQ" + "Q" * 10)
+# the seconds of the four times are signed: a time before 1970 goes out as the two's
+# complement that the kernel client reads back into its signed time64_t
+_RGETATTR = struct.Struct("<IBHQBIQIIIQQQQQ" + "qQ" * 4 + "QQ")
 _VALID = P.GETATTR_BASIC | P.GETATTR_GEN | P.GETATTR_DATA_VERSION
 _VALID_BTIME = _VALID | P.GETATTR_BTIME
+OFF_MAX = (1 << 63) - 1     # the largest file size or offset (Linux's loff_t)
+_XATTR_FLAGS = 1 | 2        # XATTR_CREATE, XATTR_REPLACE
 # requests on a fid whose node has may_block = False are answered inline, without a greenlet
 _INLINE = frozenset(P.BY_NAME[n].mtype for n in (
     "Tread", "Twrite", "Tgetattr", "Tclunk", "Twalk", "Tlopen", "Topen", "Treaddir", "Tstat",
@@ -49,6 +53,17 @@ _LETS_GO = frozenset(P.BY_NAME[n].mtype for n in ("Tclunk", "Twalk", "Txattrwalk
 _USES_FID = {c.mtype: tuple(f for f, _ in c.fields
                             if f in ("fid", "dfid", "dirfid", "olddirfid", "newdirfid"))
              for n, c in P.BY_NAME.items() if n.startswith("T") and n != "Tattach"}
+
+
+def _ns(sec, nsec):
+    """Integer ns of a Tsetattr time: sec is a signed 64-bit count on the wire (the
+    kernel client sends a time before 1970 as its two's complement); nsec must be under
+    a second (EINVAL, as utimensat)."""
+    if nsec > 999999999:
+        raise error(errno.EINVAL, "nanoseconds %d out of range" % nsec)
+    if sec > OFF_MAX:
+        sec -= 1 << 64
+    return sec * 1000000000 + nsec
 
 
 class Fid:
@@ -87,7 +102,8 @@ class Server:
     """One 9P server.  exports: {aname: attach callable}; the entry None (if present)
     answers every aname not listed."""
 
-    def __init__(self, exports, msize=DEFAULT_MSIZE, squash=None, name="nine", gate=None):
+    def __init__(self, exports, msize=DEFAULT_MSIZE, squash=None, name="nine", gate=None,
+                 tls=None):
         self.exports = dict(exports)
         self.msize = msize
         self.squash = squash        # (uid, gid): every user acts as this one
@@ -97,6 +113,10 @@ class Server:
         #: n_uname, aname) at Tattach (raises to refuse).  None: no authentication, every
         #: attach is whoever it claims to be (`--no-auth`).
         self.gate = gate
+        #: a server-side gevent SSLContext (nine.auth.tls.server_context) or None: each
+        #: TCP connection first makes a TLS handshake that verifies the client's
+        #: certificate (a unix socket is local, guarded by its file mode: no TLS there)
+        self.tls = tls
         self.conns = set()
         self._servers = []
 
@@ -120,20 +140,19 @@ class Server:
                        dialect=conn.dialect, conn=conn, server=self)
 
     # --- listening --------------------------------------------------------------
-    def listen(self, addr):
+    def listen(self, addr, socket_mode=None):
         """Start serving on an address (HOST:PORT, tcp!HOST!PORT, unix!PATH) in the
-        background; returns the gevent server (its .address has the real port)."""
+        background; returns the gevent server (its .address has the real port).  A unix
+        socket replaces only a stale socket at PATH and gets socket_mode (default: 0666
+        with a gate, 0600 without; nine.server.listen)."""
         from gevent.server import StreamServer
         from ..addr import parse_addr
         family, target = parse_addr(addr)
         if family == "unix":
-            try:
-                os.unlink(target)
-            except FileNotFoundError:
-                pass
-            sock = gsocket.socket(gsocket.AF_UNIX, gsocket.SOCK_STREAM)
-            sock.bind(target)
-            sock.listen(1024)
+            from .listen import socket_mode as default_mode, unix_socket
+            if socket_mode is None:
+                socket_mode = default_mode(self.gate is not None)
+            sock = unix_socket(target, socket_mode)
             srv = StreamServer(sock, self.handle)
         else:
             srv = StreamServer(target, self.handle, backlog=1024)
@@ -157,12 +176,28 @@ class Server:
             sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         except OSError:
             pass
+        if self.tls is not None and sock.family != gsocket.AF_UNIX:
+            sock = self._tls_handshake(sock, address)
+            if sock is None:
+                return
         conn = self.connection_class(self, sock, address)
         self.conns.add(conn)
         try:
             conn.run()
         finally:
             self.conns.discard(conn)
+
+    def _tls_handshake(self, sock, address):
+        """The TLS socket for an accepted one, or None (refused: logged, closed)."""
+        try:
+            sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
+            sock = self.tls.wrap_socket(sock, server_side=True)
+        except OSError as ex:
+            log.warning("refused %s: TLS handshake: %s", address, ex)
+            sock.close()
+            return None
+        sock.settimeout(None)
+        return sock
 
 
 class Connection(Dialect9P2000, Transport):
@@ -213,6 +248,19 @@ class Connection(Dialect9P2000, Transport):
         """A name to make, remove or rename: one plain component (EINVAL)."""
         if not name or name in (".", "..") or "/" in name or "\0" in name:
             raise error(errno.EINVAL, "invalid file name %r" % name)
+
+    @staticmethod
+    def check_size(size):
+        """A file size to set: at most OFF_MAX (EFBIG, as truncate(2) past the largest)."""
+        if size > OFF_MAX:
+            raise error(errno.EFBIG, "size %d beyond the largest file size" % size)
+
+    @staticmethod
+    def check_cstring(what, s):
+        """A string the host takes as a C string (a user or export name, an xattr name, a
+        symlink target): no NUL byte (EINVAL)."""
+        if "\0" in s:
+            raise error(errno.EINVAL, "NUL byte in %s %r" % (what, s))
 
     def _users(self, fid, m):
         """The requests in flight, other than m's, that use fid."""
@@ -281,6 +329,8 @@ class Connection(Dialect9P2000, Transport):
             # like diod without auth: ENOENT tells clients to attach with afid = NOFID
             raise error(errno.ENOENT, "authentication not required")
         self.newfid_check(m.afid)
+        self.check_cstring("user name", m.uname)
+        self.check_cstring("export name", m.aname)
         node = gate.start(self, m.uname, m.n_uname, m.aname)
         if m.afid in self.fids:  # raced with another request on the same fid
             node.close(None)
@@ -293,6 +343,8 @@ class Connection(Dialect9P2000, Transport):
 
     def h_Tattach(self, m):
         self.newfid_check(m.fid)
+        self.check_cstring("user name", m.uname)
+        self.check_cstring("export name", m.aname)
         gate = self.server.gate
         if m.afid != NOFID:
             af = self.fids.get(m.afid)
@@ -505,12 +557,13 @@ class Connection(Dialect9P2000, Transport):
         if v & P.SETATTR_GID:
             sa.gid = m.gid
         if v & P.SETATTR_SIZE:
+            self.check_size(m.size)
             sa.size = m.size
         if v & P.SETATTR_ATIME:
-            sa.atime = (m.atime_sec * 1000000000 + m.atime_nsec) if v & P.SETATTR_ATIME_SET \
+            sa.atime = _ns(m.atime_sec, m.atime_nsec) if v & P.SETATTR_ATIME_SET \
                 else SetAttr.NOW
         if v & P.SETATTR_MTIME:
-            sa.mtime = (m.mtime_sec * 1000000000 + m.mtime_nsec) if v & P.SETATTR_MTIME_SET \
+            sa.mtime = _ns(m.mtime_sec, m.mtime_nsec) if v & P.SETATTR_MTIME_SET \
                 else SetAttr.NOW
         if v & P.SETATTR_CTIME:
             sa.ctime = True
@@ -571,6 +624,7 @@ class Connection(Dialect9P2000, Transport):
     def h_Tsymlink(self, m):
         f = self.dir_fid(m.fid)
         self.check_name(m.name)
+        self.check_cstring("symlink target", m.symtgt)
         return P.Rsymlink(qid=f.node.symlink(f.ctx, m.name, m.symtgt, m.gid))
 
     def h_Tmknod(self, m):
@@ -616,6 +670,7 @@ class Connection(Dialect9P2000, Transport):
         if m.newfid != m.fid:
             self.newfid_check(m.newfid)
         ctx = f.ctx
+        self.check_cstring("xattr name", m.name)
         if m.name == "":
             names = f.node.listxattr(ctx)
             data = b"".join(n.encode() + b"\0" for n in names)
@@ -639,6 +694,9 @@ class Connection(Dialect9P2000, Transport):
             raise error(errno.EBUSY, "fid is open")
         if m.attr_size > 65536:
             raise error(errno.E2BIG, "xattr value too large")
+        self.check_cstring("xattr name", m.name)
+        if m.flags & ~_XATTR_FLAGS:
+            raise error(errno.EINVAL, "unknown xattr flags %#x" % m.flags)
         f.xattr = XattrState("write", m.name, b"", m.attr_size, m.flags)
         return P.Rxattrcreate()
 

@@ -1,6 +1,6 @@
 """Real-file export backend: serve a directory of the host's file system.
 
-    fs = RealFS("/srv/export", read_only=False, squash=None)
+    fs = RealFS("/srv/export", read_only=False, squash=None, allow_devices=False)
     root = fs.attach(ctx)            # a Node (see nine.server.node)
 
 Design
@@ -85,6 +85,15 @@ kernel client retries).  The holder of a conflicting lock is not known to OFD lo
 getlock reports proc_id 0 and an empty client_id.
 
 read_only: every mutating operation, and any open for writing or with O_TRUNC, gets EROFS.
+
+Devices (a mount's `nodev`): unless allow_devices, mknod of a block or character device
+gets EPERM, and opening an existing one (Topen, or Tlcreate of an existing name) gets
+EACCES, so that a client cannot make or reach /dev/sda or /dev/mem through a copy of the
+node in an export (root's mknod did make them).  FIFOs and sockets are not devices.  The
+open is refused before the device is opened when the node's type is known from its walk
+(opening some devices acts: a watchdog arms, a tape rewinds), and checked again on the
+opened fd (a name swapped for a device in between is closed unused).  Stat, chmod,
+chown, rename, link and remove of a device file stay allowed, as under nodev.
 """
 
 import bisect
@@ -114,10 +123,13 @@ S_IFDIR = _stat.S_IFDIR
 S_IFREG = _stat.S_IFREG
 S_IFLNK = _stat.S_IFLNK
 S_IFBLK = _stat.S_IFBLK
+S_IFCHR = _stat.S_IFCHR
 S_IFIFO = _stat.S_IFIFO
+_DEVICES = (S_IFBLK, S_IFCHR)
 
 _SUID_SGID = _stat.S_ISUID | _stat.S_ISGID
 _NOID = (None, -1, 0xFFFFFFFF)           # "no gid" in create-type requests
+_OFF_MAX = (1 << 63) - 1                 # a larger offset is negative to pread (EINVAL)
 
 
 
@@ -204,9 +216,10 @@ class RealFS:
     """A directory of the host exported as a 9P file tree."""
 
     def __init__(self, root_dir, read_only=False, squash=None, *, use_openat2=None,
-                 restore_identity=True):
+                 restore_identity=True, allow_devices=False):
         self.root_dir = os.path.abspath(root_dir)
         self.read_only = bool(read_only)
+        self.allow_devices = bool(allow_devices)
         self.root_fd = os.open(root_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)
         st = os.fstat(self.root_fd)
         if use_openat2 is None:
@@ -374,7 +387,10 @@ class RealFS:
     def _lstat(self, e):
         if e is self.root_entry:
             return os.fstat(self.root_fd)
-        fd = self._resolve(self.root_fd, self._path(e), OPATH)
+        return self._lstat_path(self._path(e))
+
+    def _lstat_path(self, path):
+        fd = self._resolve(self.root_fd, path, OPATH)
         try:
             return os.fstat(fd)
         finally:
@@ -383,6 +399,12 @@ class RealFS:
     def _check_rw(self):
         if self.read_only:
             raise error(errno.EROFS)
+
+    def _check_nodev(self, mode):
+        """EACCES for a device of an export without allow_devices (mount's nodev)."""
+        if (mode & S_IFMT) in _DEVICES and not self.allow_devices:
+            raise error(errno.EACCES, "device files cannot be opened in this export (the "
+                        "server runs without --allow-devices)")
 
     def _xattr_denied(self, uid, name, write):
         """Capabilities that fsuid does not drop (CAP_SYS_ADMIN, CAP_SETFCAP)."""
@@ -579,6 +601,7 @@ class RealNode(Node):
         acc = flags & L_O_ACCMODE
         if fs.read_only and (acc != L_O_RDONLY or flags & L_O_TRUNC):
             raise error(errno.EROFS)
+        fs._check_nodev(self._fmt)      # before opening it: no open of a device
         self._open_as(ctx, oflags(flags), flags)
 
     @_as_user
@@ -613,10 +636,13 @@ class RealNode(Node):
         except BaseException:
             os.close(fd)
             raise
+        fmt = st.st_mode & S_IFMT
+        if fmt in _DEVICES and not self.fs.allow_devices:
+            os.close(fd)
+            self.fs._check_nodev(fmt)
         if self.fd is not None:
             self.close(None)
         self.fd = fd
-        fmt = st.st_mode & S_IFMT
         self._fmt = fmt
         self._seekable = fmt in (S_IFREG, S_IFDIR, S_IFBLK)
         self._append = bool(flags & L_O_APPEND)
@@ -629,6 +655,8 @@ class RealNode(Node):
         if fd is None:
             raise error(errno.EBADF)
         if self._seekable:
+            if offset > _OFF_MAX:
+                raise error(errno.EINVAL, "offset beyond the largest file offset")
             return os.pread(fd, count, offset)
         if self._fmt == S_IFIFO:
             # a blocking open would have waited for a writer: wait for data, or for the
@@ -645,6 +673,8 @@ class RealNode(Node):
         if fd is None:
             raise error(errno.EBADF)
         if self._seekable:
+            if offset > _OFF_MAX:
+                raise error(errno.EINVAL, "offset beyond the largest file offset")
             if self.fs._switch and os.fstat(fd).st_mode & _SUID_SGID:
                 return self._write_as(ctx, fd, offset, data)
             if self._append:
@@ -781,6 +811,8 @@ class RealNode(Node):
                 if flags & L_O_EXCL:
                     raise
                 created = False
+                if not fs.allow_devices:
+                    fs._check_nodev(fs._lstat_path(cpath).st_mode)
                 fd = fs._resolve(fs.root_fd, cpath, hflags & ~os.O_CREAT)
         finally:
             os.umask(old)
@@ -831,8 +863,15 @@ class RealNode(Node):
             mode |= S_IFREG
         elif fmt == S_IFDIR or fmt == S_IFLNK:
             raise error(errno.EINVAL)
+        elif fmt in _DEVICES and not self.fs.allow_devices:
+            raise error(errno.EPERM, "device files cannot be made in this export (the "
+                        "server runs without --allow-devices)")
+        try:
+            dev = os.makedev(major, minor)
+        except OverflowError:     # as glibc's EINVAL for a number the kernel cannot hold
+            raise error(errno.EINVAL, "device number out of range") from None
         return self._make(ctx, name, gid, lambda n, d: os.mknod(
-            n, mode & (S_IFMT | 0o7777), os.makedev(major, minor), dir_fd=d))
+            n, mode & (S_IFMT | 0o7777), dev, dir_fd=d))
 
     @_as_user
     def link(self, ctx, target, name):

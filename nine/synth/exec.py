@@ -48,6 +48,10 @@ cancels that).  So `echo hello > N/stdin` feeds one line and closes; hold the fi
 (`exec 4> N/stdin`) to write more than once.  Writes after the close fail with EPIPE.
 Nobody opening stdin at all leaves it open (a program that reads it waits): use `close`.
 
+Read-only (exec_tree(read_only=True), `nine serve --read-only`): nothing runs.  Opening
+clone fails with EROFS, so no session (and no N/ctl) is ever made; the empty tree stays
+listable.
+
 Output is kept in memory: at least the last 16 MiB of each of stdout and stderr.  A read
 at an offset older than what is kept fails with ESPIPE ("... discarded ...").
 
@@ -635,7 +639,8 @@ class Session:
 
 
 class ExecTree:
-    def __init__(self):
+    def __init__(self, read_only=False):
+        self.read_only = read_only
         self.sessions = {}
         self.counter = itertools.count(0)
         self.dir = Dir("", [
@@ -649,6 +654,9 @@ class ExecTree:
         return {str(n): s.dir for n, s in list(self.sessions.items()) if s.may_use(ctx)}
 
     def _clone_open(self, ctx, flags):
+        if self.read_only:
+            raise error(errno.EROFS, "exec: this server is read-only (--read-only): "
+                        "no command runs")
         n = next(self.counter)
         s = Session(self, n, ctx)
         self.sessions[n] = s
@@ -668,8 +676,9 @@ class ExecTree:
             s.wipe()
 
 
-def exec_tree():
-    """A Dir for SynthFS: `clone` and the sessions (see the module docstring).  The Dir has
-    `wipe_all()` (kill every process and drop every session, e.g. at shutdown) and
-    `exec_tree` (the ExecTree with its `sessions` dict)."""
-    return ExecTree().dir
+def exec_tree(read_only=False):
+    """A Dir for SynthFS: `clone` and the sessions (see the module docstring; read_only:
+    clone refuses, nothing runs).  The Dir has `wipe_all()` (kill every process and drop
+    every session, e.g. at shutdown) and `exec_tree` (the ExecTree with its `sessions`
+    dict)."""
+    return ExecTree(read_only).dir

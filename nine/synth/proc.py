@@ -62,12 +62,17 @@ of /proc/PID: the effective uid, root for a non-dumpable process); ctl, mem, reg
 (environ, maps, auxv, ...) 0400, the harmless ones (cmdline, comm, stat, statm, lstatus,
 limits, ...) 0444, status 0444.  So another user can see and read the harmless files
 of a process and gets EACCES when opening its control files or mem.
+
+Read-only (proc_tree(read_only=True), `nine serve --read-only`): no process is changed.
+Opening ctl, regs, note or mem (process or task) for writing fails with EROFS; reads
+(ctl's state, regs, mem, wait, status, the Linux files) work as before.
 """
 
 import errno
 import os
 import signal
 
+from ..protocol import L_O_ACCMODE, L_O_RDONLY, L_O_TRUNC
 from ..server.node import error
 from ..server.users import USERS
 from .files import Dir, File
@@ -90,10 +95,11 @@ _STATES = {"R": "Running", "S": "Sleep", "D": "Wakeme", "T": "Stopped", "t": "St
            "K": "Wakekill"}
 
 
-def proc_tree(name="proc", hide_others=False):
+def proc_tree(name="proc", hide_others=False, read_only=False):
     """The `proc` directory: mount it into a synthetic tree,
-    e.g. SynthFS(Dir("", [proc_tree()])).attach."""
-    return ProcRoot(name, hide_others)
+    e.g. SynthFS(Dir("", [proc_tree()])).attach.  read_only: no control file or mem
+    opens for writing (EROFS)."""
+    return ProcRoot(name, hide_others, read_only)
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -115,6 +121,14 @@ def _check_owner(ctx, h):
         return
     if ctx.uid != h.uid or _owner(h.pid) not in (h.uid, None):
         raise error(errno.EACCES, "permission denied: not the owner of process %d" % h.pid)
+
+
+def _check_writable(ctx, h, flags, what):
+    """The owner check, and EROFS for an open for writing in a read-only tree."""
+    _check_owner(ctx, h)
+    if h.read_only and ((flags & L_O_ACCMODE) != L_O_RDONLY or flags & L_O_TRUNC):
+        raise error(errno.EROFS, "%s: this server is read-only (--read-only): no process "
+                    "is changed" % what)
 
 
 def parse_signal(word):
@@ -166,9 +180,10 @@ class _LazyEntries:
 # --- proc/ ---------------------------------------------------------------------------
 
 class ProcRoot(Dir):
-    def __init__(self, name="proc", hide_others=False):
+    def __init__(self, name="proc", hide_others=False, read_only=False):
         super().__init__(name, mode=0o555)
         self.hide_others = hide_others
+        self.read_only = read_only
         self._cache = {}          # pid -> ProcDir
 
     def _lookup(self, pid, ctx, listed=False):
@@ -192,7 +207,7 @@ class ProcRoot(Dir):
                 tgid = PT._tgid_of(pid)
                 if tgid is not None and tgid != pid:
                     return None         # a thread id: threads live under task/
-            d = ProcDir(pid, start, st.st_uid, st.st_gid)
+            d = ProcDir(pid, start, st.st_uid, st.st_gid, self.read_only)
             self._cache[pid] = d
         if self.hide_others and not _is_root(ctx) and d.uid != ctx.uid:
             return None
@@ -250,15 +265,16 @@ class ProcDir(Dir):
     """proc/PID/ for one process, identified by (pid, start time).  Its entries are made
     on first use: listing proc/ stays cheap."""
 
-    def __init__(self, pid, start, uid, gid):
+    def __init__(self, pid, start, uid, gid, read_only):
         super().__init__(str(pid), mode=0o555, uid=uid, gid=gid)
         self.pid = pid
         self.start = start
+        self.read_only = read_only
         self.built = False
 
     def entries(self, ctx):
         if not self.built:
-            h = _Handle(self.pid, self.start, self.uid, None)
+            h = _Handle(self.pid, self.start, self.uid, None, self.read_only)
             kids = {}
             try:
                 for e in _real_files("/proc/%d" % self.pid, self.uid, self.gid, self.pid,
@@ -321,7 +337,7 @@ class ThreadDir(Dir):
     def __init__(self, h, tid, tstart, uid, gid):
         super().__init__(str(tid), mode=0o555, uid=uid, gid=gid)
         self.tstart = tstart
-        th = _Handle(h.pid, h.start, h.uid, tid)
+        th = _Handle(h.pid, h.start, h.uid, tid, h.read_only)
         for e in _real_files("/proc/%d/task/%d" % (h.pid, tid), uid, gid, h.pid, h.start,
                              tid):
             self.children[e.name] = e
@@ -332,14 +348,16 @@ class ThreadDir(Dir):
 # --- the control files -----------------------------------------------------------------
 
 class _Handle:
-    """What a control file refers to: a process (pid, start) and maybe one thread."""
-    __slots__ = ("pid", "start", "uid", "tid")
+    """What a control file refers to: a process (pid, start) and maybe one thread, in a
+    tree that may be read-only."""
+    __slots__ = ("pid", "start", "uid", "tid", "read_only")
 
-    def __init__(self, pid, start, uid, tid):
+    def __init__(self, pid, start, uid, tid, read_only):
         self.pid = pid
         self.start = start
         self.uid = uid
         self.tid = tid
+        self.read_only = read_only
 
 
 class _Open:
@@ -357,7 +375,7 @@ def _control_files(h, uid, gid, with_mem):
     T = PT.tracer
 
     def ref_open(ctx, flags):
-        _check_owner(ctx, h)
+        _check_writable(ctx, h, flags, "process %d" % h.pid)
         if PT.starttime(h.pid) != h.start and T().known(h.pid, h.start) is None:
             raise error(errno.ESRCH, "process %d has exited" % h.pid)
         return _Open(T().ref(h.pid, h.start))
@@ -466,7 +484,7 @@ def _control_files(h, uid, gid, with_mem):
 
 def _mem_file(h, uid, gid):
     def mem_open(ctx, flags):
-        _check_owner(ctx, h)
+        _check_writable(ctx, h, flags, "process %d: mem" % h.pid)
         acc = flags & 3
         st = _Open(None)
         st.fd = os.open("/proc/%d/mem" % h.pid, os.O_RDONLY if acc == 0 else os.O_RDWR)
