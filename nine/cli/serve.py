@@ -243,11 +243,10 @@ def cmd_demo(args):
                     print(" ".join(sorted(out)))
                 print()
             c.close()
-            host, _, port = addr.rpartition(":")
             print("Mount the root from Linux (needs 9p in the kernel):")
-            print("  mount -t 9p -o trans=tcp,port=%s,version=9p2000.L %s /mnt" % (port, host))
-            print("  mount -t 9p -o trans=tcp,port=%s,aname=nodes/%s/files %s /mnt/%s\n"
-                  % (port, first, host, first))
+            print("  nine mount %s /mnt                  # authenticates, then hands the "
+                  "socket to the kernel" % addr)
+            print("  nine mount -o aname=nodes/%s/files %s /mnt/%s\n" % (first, addr, first))
             sys.stdout.flush()
 
         def safe_tour():
