@@ -150,6 +150,15 @@ def _setup_find_2000(d: Path):
             _write(d / "tree" / f"d{j:02d}" / f"f{i:03d}", str(i))
 
 
+def _setup_ls_2000(d: Path):
+    """flat/ with 2,000 files whose stat records run from about 60 to 160 bytes (more
+    than 128 KiB in all), and names.md5, the md5 of their sorted names, one a line."""
+    names = [f"file-{i:04d}-{'x' * (i % 100)}" for i in range(2000)]
+    for n in names:
+        _write(d / "flat" / n, "")
+    _write(d / "names.md5", _md5("".join(n + "\n" for n in sorted(names)).encode()) + "\n")
+
+
 def _setup_tar(d: Path):
     src = d / "src"
     _write(src / "hello.txt", "hello\n")
@@ -167,6 +176,8 @@ HOST_SETUP = {
     "stat_types": _setup_stat_types,
     "cat": _setup_cat,
     "find_2000": _setup_find_2000,
+    "ls_2000": _setup_ls_2000,
+    "ls_2000_msize_8192": _setup_ls_2000,
     "tar": _setup_tar,
 }
 

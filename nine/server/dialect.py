@@ -4,18 +4,32 @@ Backends speak only .L (Linux open flags, st_mode, numeric uids; nine.server.nod
 requests the older dialects have and .L has not are answered here, over the same fids:
 
   Tstat        getattr() made into a Stat (mode bits DM*, names of uid and gid, and in .u
-               the extension: a symlink's target, a device's "c MAJOR MINOR")
+               the extension: a symlink's target, a device's "c MAJOR MINOR", a file's or
+               directory's "HARDLINKCOUNT n", the link count the kernel client shows, as
+               QEMU's server sends it)
   Twstat       the fields that are not "don't touch" become one setattr() and a rename
                within the directory; a wstat touching nothing is an fsync
   Topen        the 9P2000 mode (OREAD ... OEXEC, OTRUNC, ORCLOSE) as Linux flags
   Tcreate      perm and mode as mkdir / create, and in .u the special files (symlink,
-               hard link, device, named pipe, socket) as symlink / link / mknod
+               hard link: the extension is the number of the target's fid, as the kernel
+               client writes it, "%d\n"; device, named pipe, socket) as symlink / link /
+               mknod
   Tread of a directory: readdir() entries, each walked and stat'ed, sent as whole Stat
                records (offset 0, or the previous offset plus the previous count)
+
+Directory reads, as Plan 9's lib9p (dirread9p) and QEMU (v9fs_do_readdir_with_stat) do
+them: a reply holds the records that fit in its count, in order; the first that does not
+fit stays for the read at the next offset, so reads of any sizes never lose or repeat a
+record.  A reply may so be empty before the end: the Linux client fills its buffer with
+several Treads, the last one often smaller than the next record, and stops at the empty
+reply; its next read, at the same offset, asks for a whole buffer.  (An error there
+would lose the whole listing.)  A record larger than any reply can hold is skipped.
 """
 
+import collections
 import errno
 import os
+import re
 import stat as S
 import struct
 
@@ -25,6 +39,8 @@ from .node import SetAttr, error
 from .users import USERS
 
 _RREAD = struct.Struct("<IBHI")
+_DEVICE = re.compile(r"([bc]) +([0-9]+) +([0-9]+)")    # .u device extension
+_FIDNUM = re.compile(r"-?[0-9]+")                       # .u hard link extension
 
 
 def make_stat(node, ctx, dotu):
@@ -57,6 +73,8 @@ def make_stat(node, ctx, dotu):
             dm |= P.DMSETGID
         if mode & S.S_ISVTX:
             dm |= P.DMSETVTX
+    if dotu and fmt in (S.S_IFDIR, S.S_IFREG):
+        ext = "HARDLINKCOUNT %d" % a.nlink
     if a.qid[0] & P.QTAPPEND:
         dm |= P.DMAPPEND
     if a.qid[0] & P.QTEXCL:
@@ -87,6 +105,24 @@ def omode_to_lflags(mode):
     return flags
 
 
+def parse_device(ext):
+    """(S_IFBLK or S_IFCHR, major, minor) of a .u device extension "b|c MAJOR MINOR"
+    (EINVAL; a number that no host holds is refused by the backend)."""
+    m = _DEVICE.fullmatch(ext.strip())
+    if m is None or int(m.group(2)) > 0xFFFFFFFF or int(m.group(3)) > 0xFFFFFFFF:
+        raise error(errno.EINVAL, "bad device extension %r" % ext)
+    return (S.S_IFBLK if m.group(1) == "b" else S.S_IFCHR), int(m.group(2)), int(m.group(3))
+
+
+def parse_fidnum(ext):
+    """The fid of a .u hard link extension: its number in decimal, as the kernel client
+    prints it ("%d\n" of a u32, so a fid of 2^31 or more comes negative)."""
+    m = _FIDNUM.fullmatch(ext.strip())
+    if m is None or not -0x80000000 <= int(m.group()) <= 0xFFFFFFFF:
+        raise error(errno.EINVAL, "bad link extension %r" % ext)
+    return int(m.group()) & 0xFFFFFFFF
+
+
 def dm_to_suid(perm):
     """The setuid, setgid and sticky bits of a .u perm, as st_mode bits."""
     m = 0
@@ -101,8 +137,8 @@ def dm_to_suid(perm):
 
 class Dialect9P2000:
     """The handlers of the 9P2000 and .u requests, mixed into the core's Connection.  It
-    uses the connection's fid rules: getfid, dir_fid, check_name, open_fid, retire and
-    iounit."""
+    uses the connection's fid rules and checks: getfid, dir_fid, check_name, check_size,
+    check_cstring, open_fid, retire and iounit."""
 
     def h_Tstat(self, m):
         f = self.getfid(m.fid)
@@ -113,6 +149,8 @@ class Dialect9P2000:
         st = m.stat
         ctx = f.ctx
         dotu = self.dialect == V9P2000U
+        if st.name and st.name != f.node.name:
+            self.check_name(st.name)            # before anything changes
         sa = SetAttr()
         touched = False
         if st.mode != 0xFFFFFFFF:
@@ -123,6 +161,7 @@ class Dialect9P2000:
             sa.mode = (st.mode & 0o777) | (dm_to_suid(st.mode) if dotu else 0)
         if st.length != 0xFFFFFFFFFFFFFFFF:
             touched = True
+            self.check_size(st.length)
             sa.size = st.length
         if st.mtime != 0xFFFFFFFF:
             touched = True
@@ -157,7 +196,6 @@ class Dialect9P2000:
                                                       "mtime")):
             f.node.setattr(ctx, sa)
         if st.name and st.name != f.node.name:
-            self.check_name(st.name)
             f.node.rename(ctx, None, st.name)  # wstat renames within the directory
         return P.Rwstat()
 
@@ -190,19 +228,14 @@ class Dialect9P2000:
                 raise
         elif dotu and perm & (P.DMSYMLINK | P.DMLINK | P.DMDEVICE | P.DMNAMEDPIPE | P.DMSOCKET):
             if perm & P.DMSYMLINK:
+                self.check_cstring("symlink target", m.extension)
                 f.node.symlink(ctx, m.name, m.extension, gid)
             elif perm & P.DMLINK:
-                try:
-                    target = self.getfid(int(m.extension.strip()))
-                except ValueError:
-                    raise error(errno.EINVAL, "bad link extension %r" % m.extension) from None
+                target = self.getfid(parse_fidnum(m.extension))
                 f.node.link(ctx, target.node, m.name)
             elif perm & P.DMDEVICE:
-                parts = m.extension.split()
-                if len(parts) != 3 or parts[0] not in ("b", "c"):
-                    raise error(errno.EINVAL, "bad device extension %r" % m.extension)
-                kind = S.S_IFBLK if parts[0] == "b" else S.S_IFCHR
-                f.node.mknod(ctx, m.name, kind | (perm & 0o777), int(parts[1]), int(parts[2]), gid)
+                kind, major, minor = parse_device(m.extension)
+                f.node.mknod(ctx, m.name, kind | (perm & 0o777), major, minor, gid)
             elif perm & P.DMNAMEDPIPE:
                 f.node.mknod(ctx, m.name, S.S_IFIFO | (perm & 0o777), 0, 0, gid)
             else:
@@ -233,48 +266,55 @@ class Dialect9P2000:
         return P.Rcreate(qid=node.qid, iounit=node.iounit or self.iounit)
 
     def read_dir_stats(self, f, offset, count, tag):
-        """A 9P2000/.u read of the open directory of fid f: the Rread (header and whole
-        Stat records)."""
+        """A 9P2000/.u read of the open directory of fid f: the Rread (header and the
+        whole Stat records that fit in count; see the module's notes)."""
         if offset == 0:
             f.diroff = 0
             f.dircookie = 0
-            f.dirbuf = []
+            f.dirbuf = collections.deque()
         elif offset != f.diroff:
             raise error(errno.EINVAL, "bad offset in directory read")
+        buf = f.dirbuf
         out = []
         n = 0
-        ctx = f.ctx
-        dotu = self.dialect == V9P2000U
-        while True:
-            if not f.dirbuf:
-                ents = f.node.readdir(ctx, f.dircookie, count)
-                if not ents:
-                    break
-                for e in ents:
-                    f.dircookie = e.offset
-                    if e.name in (".", ".."):
-                        continue
-                    try:
-                        child = f.node.walk(ctx, [e.name])
-                        if not child:
-                            continue
-                        c = child[0]
-                        try:
-                            st = make_stat(c, ctx, dotu)
-                        finally:
-                            c.close(ctx)
-                    except OSError:
-                        continue  # removed meanwhile
-                    f.dirbuf.append(P.pack_stat(st, self.dialect))
-                if not f.dirbuf:
-                    continue
-            b = f.dirbuf[0]
+        while buf or self._more_dir_stats(f, count):
+            b = buf[0]
             if n + len(b) > count:
-                if not out:
-                    raise error(errno.EINVAL, "read count too small for a directory entry")
-                break
+                if len(b) <= self.iounit:
+                    break
+                buf.popleft()             # fits no reply: skipped, not a stuck listing
+                continue
             out.append(b)
             n += len(b)
-            f.dirbuf.pop(0)
+            buf.popleft()
         f.diroff = offset + n
         return [_RREAD.pack(11 + n, 117, tag, n)] + out
+
+    def _more_dir_stats(self, f, count):
+        """Read the next batch of the backend's readdir() into f.dirbuf as packed Stat
+        records (each entry walked and stat'ed; '.', '..' and entries gone meanwhile
+        left out); False at the end of the directory."""
+        ctx = f.ctx
+        dotu = self.dialect == V9P2000U
+        buf = f.dirbuf
+        while not buf:
+            ents = f.node.readdir(ctx, f.dircookie, count)
+            if not ents:
+                return False
+            for e in ents:
+                f.dircookie = e.offset
+                if e.name in (".", ".."):
+                    continue
+                try:
+                    child = f.node.walk(ctx, [e.name])
+                    if not child:
+                        continue
+                    c = child[0]
+                    try:
+                        st = make_stat(c, ctx, dotu)
+                    finally:
+                        c.close(ctx)
+                except OSError:
+                    continue  # removed meanwhile
+                buf.append(P.pack_stat(st, self.dialect))
+        return True

@@ -1,10 +1,24 @@
-"""Mapping of 9P user names and numeric ids to local identities (cached)."""
+"""Mapping of 9P user names and numeric ids to local identities (cached).
+
+A name no database can hold (a NUL byte) is no user; a name made of ASCII digits stands
+for that number when no user has it, if it is an id (below 2^32 - 1, which is "no id").
+"""
 
 import grp
 import os
 import pwd
 
 NOBODY = 65534
+NOID = 0xFFFFFFFF           # "no id" (-1 to chown)
+
+
+def _number(name):
+    """The id a numeric name stands for, or None."""
+    if name.isascii() and name.isdigit():
+        n = int(name)
+        if n < NOID:
+            return n
+    return None
 
 
 class UserTable:
@@ -17,7 +31,7 @@ class UserTable:
     def resolve(self, uname, n_uname):
         """(uid, gid, groups, uname) for an attach.  A numeric n_uname wins; an unknown
         name maps to nobody."""
-        if n_uname is not None and n_uname != 0xFFFFFFFF:
+        if n_uname is not None and n_uname != NOID:
             uid = n_uname
             pw = self._pw_uid(uid)
             if pw is not None:
@@ -25,8 +39,8 @@ class UserTable:
             return uid, uid, (), uname or str(uid)
         pw = self._pw_name(uname)
         if pw is None:
-            if uname.isdigit():
-                uid = int(uname)
+            uid = _number(uname)
+            if uid is not None:
                 return uid, uid, (), uname
             pw = self._pw_uid(NOBODY)
             if pw is None:
@@ -50,7 +64,7 @@ class UserTable:
         except KeyError:
             try:
                 pw = pwd.getpwnam(name) if name else None
-            except KeyError:
+            except (KeyError, ValueError):      # ValueError: a NUL in the name
                 pw = None
             self._by_name[name] = pw
             return pw
@@ -86,15 +100,13 @@ class UserTable:
         pw = self._pw_name(name)
         if pw is not None:
             return pw.pw_uid
-        if name.isdigit():
-            return int(name)
-        return None
+        return _number(name)
 
     def gid_of(self, name):
         try:
             return grp.getgrnam(name).gr_gid
-        except KeyError:
-            return int(name) if name.isdigit() else None
+        except (KeyError, ValueError):          # ValueError: a NUL in the name
+            return _number(name)
 
 
 USERS = UserTable()
