@@ -64,6 +64,7 @@ MARKS = {
     "test_hosts": "process",
     "test_holes": "process",
     "test_interop_diod": "process",
+    "test_launch_ssh": "process",
     "test_mux": "process",
     "test_mux_remote": "process",
     "test_mux_hang": "process",
