@@ -1,6 +1,7 @@
 """What every verb of the `nine` command shares: errors, the client connection, the
 server loop until Ctrl-C, the client options."""
 
+import errno
 import os
 import sys
 
@@ -19,7 +20,9 @@ def _fmt_listen(srv, a):
     return "%s:%d" % (host, port)
 
 
-def _client(args):
+def _client(args, blocking=True):
+    """The Client of a verb's options; blocking: on a BlockingConnection (no gevent: a
+    one-shot verb starts faster), unless the link is TLS."""
     from ..client import Client
     tls = None
     if args.tls_cert or args.tls_key or args.tls_ca:    # (ssl is loaded for TLS only)
@@ -30,8 +33,12 @@ def _client(args):
             _die(str(ex), 2)
     try:
         return Client(args.addr, aname=args.aname, version=args.version,
-                      uname=args.uname, msize=args.msize, tls=tls)
+                      uname=args.uname, msize=args.msize, tls=tls, blocking=blocking)
     except (OSError, ValueError) as ex:
+        if getattr(ex, "errno", None) in (errno.ENOENT, errno.EACCES, errno.EPERM) and \
+                not args.addr.startswith("unix!"):     # the server refused the attach
+            _die("%s refused the attach to aname %r: %s" % (args.addr, args.aname,
+                                                            _errtext(ex)))
         _die("cannot connect to %s: %s" % (args.addr, _errtext(ex)))
 
 

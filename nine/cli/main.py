@@ -4,7 +4,6 @@ The parser is built here without importing the verbs; each verb's module (and wh
 needs of nine) is imported only when that verb runs, so that a client verb starts fast."""
 
 import argparse
-import logging
 
 from .. import __version__
 from .common import DEFAULT_ADDR, _add_client_opts, _add_tls_opts, _die
@@ -14,7 +13,8 @@ def _verb(module, name):
     """A lazy reference to cmd function `name` of nine.cli.MODULE."""
     def run(args):
         import importlib
-        return getattr(importlib.import_module("nine.cli." + module), name)(args)
+        return getattr(importlib.import_module(
+            module if "." in module else "nine.cli." + module), name)(args)
     run.__name__ = name
     return run
 
@@ -31,6 +31,13 @@ cmd_gread = _verb("groups", "cmd_gread")
 cmd_gwrite = _verb("groups", "cmd_gwrite")
 cmd_key = _verb("serve", "cmd_key")
 cmd_mount = _verb("mount", "cmd_mount")
+cmd_mkdir, cmd_ln, cmd_rm, cmd_rmdir = (_verb("edit", "cmd_" + v)
+                                        for v in ("mkdir", "ln", "rm", "rmdir"))
+cmd_group = _verb("group", "cmd_group")
+cmd_pgrep = _verb("nine.tools.pgrep", "verb")
+cmd_monitor = _verb("nine.monitor.main", "verb")
+# the client verbs log nothing: they do not load logging (a one-shot verb starts faster)
+_SILENT = ("ls", "read", "write", "stat", "gread", "gwrite")
 
 
 def _add_auth_opts(p, who="this server"):
@@ -53,6 +60,25 @@ def _add_daemon_opts(p):
                    "at exit; refused when it names a live process")
     g.add_argument("--log-file", metavar="FILE", help="the daemon's stdout and stderr "
                    "(appended to; default /dev/null)")
+
+
+def _add_limit_opts(p):
+    """--max-connections and the other limits of nine.server.limits (dest limit_FIELD)."""
+    from ..server.limits import Limits
+    g = p.add_argument_group("limits", "what one client may hold (0: no limit)")
+    for opt, field, metavar, hlp in (
+            ("--max-connections", "connections", "N", "connections at once"),
+            ("--max-per-peer", "per_peer", "N", "connections at once from one address"),
+            ("--max-fids", "fids", "N", "fids of one connection (more: EMFILE)"),
+            ("--max-requests", "requests", "N", "requests in flight on one connection "
+             "(more are not read until one ends)"),
+            ("--attach-timeout", "attach_timeout", "SECONDS", "a connection that has not "
+             "attached by then is closed"),
+            ("--frame-timeout", "frame_timeout", "SECONDS", "a connection whose frame has "
+             "begun but not arrived whole by then is closed")):
+        default = getattr(Limits, field)
+        g.add_argument(opt, dest="limit_" + field, metavar=metavar, type=type(default),
+                       default=default, help=hlp + " (default %(default)s)")
 
 
 def _socket_mode(text):
@@ -100,6 +126,7 @@ def make_parser():
     s.add_argument("--quiet", "-q", action="store_true")
     s.add_argument("--address-file", help=argparse.SUPPRESS)
     _add_auth_opts(s)
+    _add_limit_opts(s)
     _add_tls_opts(s, "every TCP link")
     _add_daemon_opts(s)
     s.set_defaults(func=cmd_serve)
@@ -119,6 +146,7 @@ def make_parser():
     m.add_argument("--quiet", "-q", action="store_true")
     m.add_argument("--address-file", help=argparse.SUPPRESS)
     _add_auth_opts(m, "this mux")
+    _add_limit_opts(m)
     _add_tls_opts(m, "every TCP link, to the clients and to the children,")
     m.add_argument("--child-auth", metavar="METHOD", default="auto",
                    help="how to authenticate to the children: munge, key, key=FILE, none "
@@ -136,13 +164,50 @@ def make_parser():
     t.add_argument("--leaves", "-n", type=int, default=8, help="local leaves (default 8)")
     t.add_argument("--fanout", "-f", type=int, default=4, help="children per mux (default 4)")
     t.add_argument("--listen", "-l", help="the root's address (default %s)" % DEFAULT_ADDR)
-    t.add_argument("--leaf-export", metavar="DIR", help="leaf NAME exports DIR/NAME as files/")
+    t.add_argument("--leaf-export", metavar="DIR", help="leaf NAME exports DIR/NAME as files/ "
+                   "(with --hosts: each leaf its host's own DIR)")
     t.add_argument("--aggregators", metavar="FILES", help="custom group aggregators for "
                    "every server and mux of the tree (Python files or modules)")
     t.add_argument("--final", metavar="FILE", help="FiNAL rules of the root")
     t.add_argument("--final-text", metavar="TEXT", help="FiNAL rules of the root, inline")
     t.add_argument("--once", action="store_true", help="start, print, stop (a check)")
     _add_auth_opts(t, "every server of the tree")
+    h = t.add_argument_group("on hosts over ssh", "one leaf per host, muxes on hosts too "
+                             "(nine/launch/ssh.py); `nine tree down` stops such a tree")
+    h.add_argument("action", nargs="?", choices=["down"], help="down: stop the tree that "
+                   "--state (or --name) records")
+    h.add_argument("--hosts", "-H", metavar="NODESET", help="start the tree on these hosts "
+                   "(ClusterShell node set, e.g. node[1-64]); --topology then gives its "
+                   "settings and [muxes] placement")
+    h.add_argument("--ssh-options", metavar="OPTS", help='options of every ssh, e.g. '
+                   '"-F FILE"')
+    h.add_argument("--ssh-fanout", metavar="N", type=int, help="ssh sessions at once "
+                   "(ClusterShell's fanout; its default 64)")
+    h.add_argument("--remote-python", metavar="PY", default="python3", help="the Python "
+                   "that runs nine on the hosts (default python3)")
+    h.add_argument("--remote-path", metavar="DIR", help="PYTHONPATH on the hosts (default: "
+                   "this checkout, for hosts that share it; \"\" for an installed nine)")
+    h.add_argument("--remote-workdir", metavar="DIR", help="the servers' pid, log and "
+                   "address files on each host, under DIR/HOST (default "
+                   ".cache/nine/tree-NAME in the home directory)")
+    h.add_argument("--port", type=int, default=5640, help="the leaves' port (default 5640; "
+                   "0: any, read back)")
+    h.add_argument("--root-host", metavar="HOST", help="run the root on HOST (--listen: its "
+                   "port there) instead of in this process")
+    h.add_argument("--daemon", action="store_true", help="return once the root answers; the "
+                   "root runs as a daemon (here on --listen, or on --root-host)")
+    h.add_argument("--name", default="default", help="the tree's name (state file, remote "
+                   "workdir)")
+    h.add_argument("--state", metavar="FILE", help="the state file (default "
+                   "~/.cache/nine/tree-NAME.json)")
+    h.add_argument("--copy-key", action="store_true", help="copy this host's key file to "
+                   "the same path on the hosts (mode 0600) first")
+    sl = t.add_argument_group("in a Slurm allocation", "one leaf per node as job steps "
+                              "beside the job (nine/launch/slurm.py)")
+    sl.add_argument("--slurm", action="store_true", help="start the tree on the nodes of "
+                    "the allocation this runs in (salloc, sbatch): leaves and muxes as "
+                    "steps (srun --overlap), the root here or on --root-host; --topology, "
+                    "--fanout, --port and --remote-path apply; the nodes run this Python")
     t.set_defaults(func=cmd_tree)
 
     d = sub.add_parser("demo", help="start a small local tree (8 leaves, 2 levels of muxes) "
@@ -213,14 +278,72 @@ def make_parser():
         else:
             c.add_argument("--data", help="the bytes to write (default: stdin)")
         c.set_defaults(func=fn)
+    c = sub.add_parser("monitor", add_help=False, prefix_chars="\0", help="cluster "
+                       "monitoring: gmond's XML, Prometheus, graphs (nine monitor --help)")
+    c.add_argument("argv", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_monitor)
+    _add_edit_verbs(sub)
     return p
+
+
+def _add_edit_verbs(sub):
+    """mkdir, ln, rm, rmdir (nine.cli.edit), group (nine.cli.group), pgrep, ptail, ptop
+    (their own parsers: nine.tools)."""
+    from ..tools.common import add_host_options, add_root_options
+    for name, fn, hlp, flags in (
+            ("mkdir", cmd_mkdir, "make directories", (("-p", "parents as needed"),)),
+            ("rm", cmd_rm, "remove files", (("-r", "directories and their contents"),
+                                            ("-f", "no error for missing files"))),
+            ("rmdir", cmd_rmdir, "remove empty directories", ())):
+        c = sub.add_parser(name, help=hlp)
+        _add_client_opts(c)
+        for flag, what in flags:
+            c.add_argument(flag, action="store_true", help=what)
+        if name == "mkdir":
+            c.add_argument("--mode", type=lambda v: int(v, 8), default=0o755,
+                           help="permissions (octal, default 755)")
+        c.add_argument("path", nargs="+")
+        c.set_defaults(func=fn)
+    c = sub.add_parser("ln", help="make a link (-s: symbolic)")
+    _add_client_opts(c)
+    c.add_argument("-s", action="store_true", help="a symbolic link")
+    c.add_argument("-f", action="store_true", help="replace LINK if it exists")
+    c.add_argument("target", metavar="TARGET")
+    c.add_argument("link", metavar="LINK")
+    c.set_defaults(func=cmd_ln)
+    g = sub.add_parser("group", help="make, list and remove groups (/groups)")
+    gs = g.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = gs.add_parser("make", help="a group of a path on each host: NAME/HOST -> its file")
+    add_root_options(c)
+    add_host_options(c)
+    c.add_argument("--agg", metavar="AGG", help='its aggregator, e.g. "equiv"')
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("path", metavar="PATH", help="the path on each host")
+    c = gs.add_parser("ls", help="the groups (NAME: its members)")
+    add_root_options(c)
+    c.add_argument("name", metavar="NAME", nargs="*")
+    c = gs.add_parser("rm", help="remove groups")
+    add_root_options(c)
+    c.add_argument("name", metavar="NAME", nargs="+")
+    g.set_defaults(func=cmd_group)
+    c = sub.add_parser("pgrep", add_help=False, prefix_chars="\0",
+                       help="grep on many hosts, matched at the leaves (nine pgrep --help)")
+    c.add_argument("argv", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_pgrep)
+    for name, hlp in (("ptail", "tail -f of a file on many hosts (nine ptail --help)"),
+                      ("ptop", "top over many hosts, live or batch (nine ptop --help)")):
+        c = sub.add_parser(name, add_help=False, prefix_chars="\0", help=hlp)
+        c.add_argument("argv", nargs=argparse.REMAINDER)
+        c.set_defaults(func=_verb("nine.tools." + name, "verb"))
 
 
 def main(argv=None):
     p = make_parser()
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="nine: %(message)s")
+    if args.cmd not in _SILENT:
+        import logging
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="nine: %(message)s")
     if not getattr(args, "func", None):
         p.print_help()
         return 2

@@ -18,7 +18,18 @@ def leaf_config(args):
     return LeafConfig(exports=exports, read_only=args.read_only, squash=args.squash,
                       proc=args.proc, host=args.host, exec=args.exec_, ctl=args.ctl,
                       msize=args.msize, auth=args.auth, allow_devices=args.allow_devices,
-                      tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca)
+                      tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
+                      limits=_limits(args))
+
+
+def _limits(args):
+    """The Limits (nine.server.limits) that --max-* and --*-timeout ask for."""
+    from dataclasses import fields
+    from ..server.limits import Limits
+    try:
+        return Limits(**{f.name: getattr(args, "limit_" + f.name) for f in fields(Limits)})
+    except ValueError as ex:
+        _die(str(ex), 2)
 
 
 def _detach(args):
@@ -97,7 +108,8 @@ def cmd_mux(args):
                                   child_aname=args.child_aname, msize=args.msize,
                                   auth=args.auth, child_auth=args.child_auth,
                                   tls_cert=args.tls_cert, tls_key=args.tls_key,
-                                  tls_ca=args.tls_ca, hang_timeout=args.hang_timeout))
+                                  tls_ca=args.tls_ca, hang_timeout=args.hang_timeout,
+                                  limits=_limits(args)))
     except FinalError as ex:
         _final_error(args, ex)
     except ConfigError as ex:
@@ -109,26 +121,44 @@ def cmd_mux(args):
 def cmd_tree(args):
     from ..final import FinalError
     from ..launch import Topology, Tree
+    if args.action == "down":
+        return _tree_down(args)
     try:
+        hosts = None
+        if args.hosts:              # a tree on hosts over ssh: the hosts are the leaves
+            from ..launch.ssh import node_list
+            hosts = [(h, "ssh") for h in node_list(args.hosts)]
+        if args.slurm:              # a tree in a Slurm allocation: its nodes are the leaves
+            from ..launch.slurm import allocation
+            if hosts:
+                raise ValueError("--slurm: the allocation's nodes are the leaves (no --hosts)")
+            hosts = [(h, "slurm") for h in allocation()[1]]
         if args.topology:
-            topo = Topology.load(args.topology)
+            topo = Topology.load(args.topology, leaves=hosts)
             if args.listen:
                 topo.listen = args.listen
             if args.aggregators:
                 topo.aggregators = args.aggregators
         else:
-            topo = Topology.local(args.leaves, fanout=args.fanout,
-                                  listen=args.listen or DEFAULT_ADDR,
-                                  leaf_export=args.leaf_export,
-                                  final_root=_final_text(args),
-                                  aggregators=args.aggregators)
+            topo = (Topology if hosts else Topology.local)(
+                hosts or args.leaves, fanout=args.fanout, listen=args.listen or DEFAULT_ADDR,
+                leaf_export=args.leaf_export, final_root=_final_text(args),
+                aggregators=args.aggregators)
     except (OSError, ValueError) as ex:
         _die(str(ex), 2)
+    if topo.muxes and not hosts:
+        _die("%s: [muxes] places muxes on hosts: give --hosts" % args.topology, 2)
+    if not hosts and (args.daemon or args.root_host or args.copy_key):
+        _die("--daemon, --root-host and --copy-key go with --hosts", 2)
     topo.auth = args.auth
     try:
         ensure_auth(args.auth)
     except OSError as ex:
         _die("cannot make a key: %s" % _errtext(ex))
+    if args.slurm:
+        return _tree_in_slurm(args, topo)
+    if hosts:
+        return _tree_on_hosts(args, topo)
     tree = Tree(topo, quiet=not args.verbose)
     try:
         try:
@@ -152,6 +182,134 @@ def cmd_tree(args):
         return 0
     finally:
         tree.stop()
+
+
+def _tree_on_hosts(args, topo):
+    """nine tree --hosts: the tree on hosts over ssh (nine.launch.ssh); in the foreground
+    it serves the root until Ctrl-C or SIGTERM, then stops every server it started."""
+    import signal
+    import time
+    from ..launch.ssh import CHECKOUT, LaunchError, SshTree
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    try:
+        tree = SshTree([h for h, _ in topo.leaves], topology=topo,
+                       ssh_options=args.ssh_options, ssh_fanout=args.ssh_fanout,
+                       remote_python=args.remote_python,
+                       remote_path=CHECKOUT if args.remote_path is None else args.remote_path,
+                       remote_workdir=args.remote_workdir, state_file=args.state,
+                       name=args.name, port=args.port, root_host=args.root_host,
+                       root_port=int(args.listen.rpartition(":")[2])
+                       if args.root_host and args.listen else 0, root_daemon=args.daemon)
+    except ValueError as ex:
+        _die(str(ex), 2)
+    signal.signal(signal.SIGTERM, interrupt)    # while starting: stop what started
+    up = False
+    try:
+        if args.copy_key:
+            key = _key_file(args.auth)
+            copied = tree.copy_key(key)
+            if copied:
+                from ClusterShell.NodeSet import NodeSet
+                sys.stderr.write("nine: copied %s to %s\n" % (key, NodeSet.fromlist(copied)))
+        t0 = time.monotonic()
+        addr = tree.start()
+        print("nine tree: %d leaves on hosts, %d levels of muxes, root on %s (up in %.1f s)"
+              % (len(tree.hosts), tree.members[-1].level, addr, time.monotonic() - t0))
+        print(tree.describe())
+        sys.stdout.flush()
+        if args.daemon:
+            up = True
+            return 0
+        if not args.once:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _serve_forever()
+        return 0
+    except LaunchError as ex:
+        sys.stderr.write("nine: %s\n" % ex)
+        return 1
+    finally:
+        if not up:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+            try:
+                tree.down()
+            except LaunchError as ex:
+                _die("stopping the tree: %s" % ex)
+
+
+def _tree_in_slurm(args, topo):
+    """nine tree --slurm: the tree as steps of the allocation this runs in
+    (nine.launch.slurm); it serves the root until Ctrl-C or SIGTERM, then ends every
+    step it started."""
+    import signal
+    import time
+    from ..launch.slurm import LaunchError, SlurmTree
+    from ..launch.ssh import CHECKOUT
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+    if args.daemon:
+        _die("--slurm: the steps end with this process (no --daemon)", 2)
+    try:
+        tree = SlurmTree([h for h, _ in topo.leaves], topology=topo, port=args.port,
+                         root_host=args.root_host,
+                         root_port=int(args.listen.rpartition(":")[2])
+                         if args.root_host and args.listen else 0,
+                         python_path=CHECKOUT if args.remote_path is None else args.remote_path)
+    except ValueError as ex:
+        _die(str(ex), 2)
+    signal.signal(signal.SIGTERM, interrupt)    # while starting: stop what started
+    try:
+        t0 = time.monotonic()
+        addr = tree.start()
+        print("nine tree: %d leaves in Slurm job %s, %d levels of muxes, root on %s "
+              "(up in %.1f s)" % (len(tree.nodes), tree.job_id, tree.members[-1].level, addr,
+                                  time.monotonic() - t0))
+        print(tree.describe())
+        sys.stdout.flush()
+        if not args.once:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _serve_forever()
+        return 0
+    except LaunchError as ex:
+        sys.stderr.write("nine: %s\n" % ex)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            tree.down()
+        except LaunchError as ex:
+            _die("stopping the tree: %s" % ex)
+
+
+def _key_file(auth):
+    """The key file this host uses for --auth (for --copy-key)."""
+    from ..auth.key import key_paths
+    if auth.startswith("key="):
+        return auth[4:]
+    if auth not in ("auto", "key"):
+        _die("--copy-key: --auth %s uses no key file" % auth, 2)
+    for path in key_paths():
+        if os.path.exists(path):
+            return path
+    _die("--copy-key: no key file here (nine key makes one)")
+
+
+def _tree_down(args):
+    """nine tree down: stop the tree a state file records (nine.launch.ssh)."""
+    from ..launch.ssh import LaunchError, down, state_path
+    path = args.state or state_path(args.name)
+    if not os.path.exists(path):
+        _die("no tree recorded in %s" % path)
+    try:
+        for line in down(path):
+            print(line)
+    except (LaunchError, OSError, ValueError) as ex:
+        _die("%s: %s" % (path, ex))
+    return 0
 
 
 DEMO_FILES = {

@@ -33,7 +33,8 @@ Topology file (INI):
                                    # muxes (ClusterShell node sets), MRNet-style
     edge1 = node2: node[1-4]
     edge2 = node7: node[5-8]
-    root = node1: edge1 edge2      # optional: the root on a host (else as --root-host)
+    root = node1: edge1 edge2      # optional: the root on a host (else as --root-host;
+                                   # HOST local: in the `nine tree` process)
 
 The defaults give the root, whatever the depth, `/nodes/node1/...` (one directory per
 leaf server), `/proc/PID/node1/...` and `/host/load/node1` (the seed's merge view): the
@@ -129,7 +130,7 @@ class Topology:
                    fanout=int(t.get("fanout", 4)), leaf_args=t.get("leaf-args", LEAF_ARGS),
                    leaf_export=exp, final_root=text("final-root"),
                    final_mid=text("final-mid"), final_leaf_mux=text("final-leaf-mux"),
-                   auth=t.get("auth", "auto"), tls=pki,
+                   auth=t.get("auth", "auto"), tls=pki, muxes=muxes,
                    aggregators=",".join(
                        a if not (a.endswith(".py") or "/" in a) or os.path.isabs(a)
                        else os.path.join(base, a)
