@@ -38,6 +38,9 @@ THING are written as octal escapes (\\040, \\011, \\012, \\134), as in /proc/mou
     uptime      uptime S (2 decimals), boot_time T (seconds since the epoch), idle S
     users       count N (login sessions), unique N (distinct users), NAME.sessions N
     procs       count N (processes), threads N, running N, blocked N, forks N (since boot)
+    metrics     Ganglia gmond's metrics, `NAME VALUE [UNITS]` (nine.synth.metrics)
+    ps pscmd psuser top
+                the process table, for a top(1) over many hosts (nine.synth.ps)
 
 `cpu` percentages cover the time since an earlier read of `cpu` (by anyone) made between
 0.2 and 10 seconds ago; when there was none, the read waits 0.25 s to measure.
@@ -55,6 +58,8 @@ import gevent
 import psutil
 
 from .files import Dir, File
+from .metrics import Metrics
+from .ps import ps_files
 
 PROC_FILES = ["cpuinfo", "meminfo", "loadavg", "uptime", "stat", "vmstat", "mounts",
               "version", "diskstats", "partitions", "swaps", "filesystems", "cmdline"]
@@ -281,4 +286,5 @@ def host_tree(procroot="/proc"):
         _versioned("uptime", _uptime),
         _versioned("users", _users),
         _versioned("procs", _procs),
-    ])
+        _versioned("metrics", Metrics(procroot).text, blocking=True),
+    ] + ps_files())
