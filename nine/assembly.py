@@ -57,6 +57,8 @@ class LeafConfig:
     tls_cert: str = None
     tls_key: str = None
     tls_ca: str = None
+    #: what one client may hold (nine.server.limits.Limits; None: its defaults)
+    limits: object = None
 
 
 @dataclass
@@ -82,6 +84,7 @@ class MuxConfig:
     tls_cert: str = None
     tls_key: str = None
     tls_ca: str = None
+    limits: object = None       # as LeafConfig's
 
 
 def _squash_ids(user):
@@ -144,7 +147,7 @@ def _own_user_only(attach, what):
 def build_leaf(cfg):
     """A leaf Server (not yet listening) for cfg."""
     from .server.core import Server
-    from .synth.files import Dir, Mount, SynthFS
+    from .synth.files import Dir, File, Mount, SynthFS
     gate = make_gate(cfg.auth, "this server")
 
     exports = {}
@@ -160,7 +163,7 @@ def build_leaf(cfg):
             exports[name] = fs.attach
     squash = _squash_ids(cfg.squash) if cfg.squash else None
     server = Server(exports, msize=cfg.msize, squash=squash, name=cfg.name, gate=gate,
-                    tls=tls_contexts(cfg)[0])
+                    tls=tls_contexts(cfg)[0], limits=cfg.limits)
     synth = []
     if cfg.proc:
         from .synth.proc import proc_tree
@@ -188,7 +191,15 @@ def build_leaf(cfg):
     if synth:
         if exports.get(None) is not None:
             top.insert(0, Mount("files", exports[None]))  # the default export as files/
+            # which directory of this host files/ is (tools map host paths with it)
+            text = "".join(["files %s\n" % os.path.abspath(d) for n, d in cfg.exports
+                            if n is None][-1:]).encode()
+            top.insert(1, File("exports", read=lambda ctx: text))
+            from .synth.filectl import FileCtl      # file operations on files/ (pcp, psync)
+            top.insert(2, FileCtl(exports[None]).file())
         server.exports["nine"] = SynthFS(Dir("", top)).attach
+        if exports.get(None) is None:       # the empty aname: the combined tree too
+            server.exports[""] = server.exports["nine"]
     if cfg.ctl or not (exports or synth):
         from .synth.ctl import ctl_tree
         server.exports["ctl"] = SynthFS(ctl_tree(server)).attach
@@ -221,6 +232,8 @@ def build_mux(cfg):
         if type(ex) is not ValueError:
             raise
         raise ConfigError(str(ex)) from None
+    if cfg.limits is not None:
+        mux.server.limits = cfg.limits
     mux.groups = _mux_groups(mux) if cfg.groups else None
     return mux
 

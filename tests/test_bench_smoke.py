@@ -57,3 +57,16 @@ def test_auth_bench_quick_runs_and_checks():
     assert "ERROR" not in p.stdout, p.stdout
     for row in ("--no-auth", "key + TLS", "bulk read", "group read"):
         assert row in p.stdout, p.stdout
+
+
+def test_attack_bench_quick_keeps_the_server_up_and_bounded():
+    """bench/attack.py --quick: every attack leaves the server up, within its RSS bound
+    (the probe's latency is reported, not asserted)."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "attack.py"), "--quick"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=scaled(600))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    lines = re.findall(r"^attack (\S+): RSS peak (\d+) MB \(bound (\d+) MB\).*server (\w+)",
+                       p.stdout, re.M)
+    assert len(lines) >= 9, p.stdout
+    for name, peak, bound, state in lines:
+        assert state == "up" and int(peak) <= int(bound), (name, p.stdout)

@@ -1079,3 +1079,145 @@ def test_fake_flushed_walk_releases_newfid(answer_first):
         c.close()
     finally:
         p.stop()
+
+
+# ---------------------------------------------------------------------------
+# BlockingConnection (nine.client.blocking): the one-shot client of the `nine` verbs,
+# against nine servers in another process (a blocking call here would stop a server
+# running on this thread's hub)
+
+def test_blocking_client_files(nine_server):
+    from nine.client.blocking import BlockingConnection
+    c = Client(nine_server.addr, msize=8192 + 24, blocking=True)
+    try:
+        assert isinstance(c.conn, BlockingConnection) and c.conn.msize == 8192 + 24
+        assert c.read_file("hello.txt") == b"hello, world\n"
+        assert sorted(c.listdir("")) == ["hello.txt", "sub"]
+        data = os.urandom(100000)          # many iounits: pipelined writes and reads
+        with c.open("big", "w") as f:
+            f.write(data)
+        assert (nine_server.export / "big").read_bytes() == data
+        assert c.read_file("big") == data
+        assert c.stat("big").st_size == len(data)
+        c.mkdir("d")
+        c.symlink("../hello.txt", "d/link")
+        assert c.readlink("d/link") == "../hello.txt"
+        with pytest.raises(FileNotFoundError):
+            c.read_file("missing")
+        with pytest.raises(NotADirectoryError):
+            c.stat("hello.txt/x")
+        c.remove("d/link")
+        c.remove("d")
+        # clunks sent without waiting free their fids as their replies are read
+        n = c.conn._next_fid
+        for _ in range(20):
+            c.read_file("hello.txt")
+        assert c.conn._next_fid <= n + 2
+    finally:
+        c.close()
+    assert c.conn.closed
+
+
+@pytest.mark.parametrize("dialect", [V9P2000, V9P2000U])
+def test_blocking_client_older_dialects(nine_server, dialect):
+    c = Client(nine_server.addr, version=dialect, blocking=True)
+    try:
+        assert c.dialect == dialect
+        assert c.read_file("sub/inner") == b"inner\n"
+        assert c.listdir("sub") == ["inner"]
+        with pytest.raises(FileNotFoundError):
+            c.stat("nope")
+    finally:
+        c.close()
+
+
+def test_blocking_group(nine_server):
+    g = nine_server.export / "grp"
+    g.mkdir()
+    for i in (1, 2, 3):
+        (nine_server.export / ("m%d" % i)).write_bytes(b"same\n")
+        os.symlink("../m%d" % i, g / ("n%d" % i))
+    c = Client(nine_server.addr, blocking=True)
+    try:
+        gf = c.gopen("/grp", "rw", aggregator="equiv")
+        assert gf.served and gf.labels == ["n1", "n2", "n3"]
+        assert gf.classes() == {b"same\n": {"n1", "n2", "n3"}}
+        gf.lseek(0)
+        assert gf.write(b"SAME") == 4 and not gf.failed
+        gf.close()
+        assert (nine_server.export / "m2").read_bytes() == b"SAME\n"
+    finally:
+        c.close()
+
+
+def test_blocking_loads_no_gevent(nine_server):
+    """What the `nine` verbs do, in a fresh interpreter: key authentication, a read and
+    a served group read, and gevent is never imported."""
+    code = ("import sys; from nine.client import Client; "
+            "c = Client(%r, blocking=True); d = c.read_file('hello.txt'); "
+            "g = c.gopen(None, members=[('a', '/hello.txt')]); r = g.read(); c.close(); "
+            "print(d == b'hello, world\\n', r, 'gevent' in sys.modules)" % nine_server.addr)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, timeout=30)
+    assert p.stdout.decode().split() == ["True", "b'a:", "hello,", "world\\n'", "False"], \
+        p.stderr
+
+
+def _silent_server(answer_version):
+    """A listening socket whose peer answers Tversion (or not) and then nothing."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+
+    def run():
+        s, _ = ls.accept()
+        frame = s.recv(4096)
+        if answer_version:
+            t = P.decode(frame)
+            s.sendall(P.encode(P.Rversion(msize=t.msize, version=t.version, tag=t.tag)))
+        s.recv(4096)
+        time.sleep(3)
+        s.close()
+    import threading
+    threading.Thread(target=run, daemon=True).start()
+    return ls, "127.0.0.1:%d" % ls.getsockname()[1]
+
+
+def test_blocking_timeouts():
+    from nine.client.blocking import BlockingConnection
+    ls, addr = _silent_server(False)
+    with pytest.raises(NineTimeout):
+        BlockingConnection(addr, connect_timeout=0.3)
+    ls.close()
+    ls, addr = _silent_server(True)
+    conn = BlockingConnection(addr)
+    t0 = time.monotonic()
+    with pytest.raises(NineTimeout) as ei:
+        conn.rpc(P.Tattach(fid=0, afid=P.NOFID, uname="u", aname=""), timeout=0.3)
+    assert ei.value.orphaned and conn.closed and time.monotonic() - t0 < 2
+    with pytest.raises(NineError):
+        conn.rpc(P.Tclunk(fid=0))
+    ls.close()
+
+
+@needs_diod
+def test_blocking_gopen_needs_group_service(diod):
+    """A group the client must do itself needs gevent: on a BlockingConnection gopen
+    says so (EOPNOTSUPP), and `nine gread` then connects again with gevent."""
+    d = os.path.join(diod.export, "gsvc")
+    os.mkdir(d)
+    for n in ("a", "b"):
+        with open(os.path.join(d, n), "w") as f:
+            f.write("x\n")
+    c = Client(diod.addr, aname=d, blocking=True)
+    try:
+        with pytest.raises(NineError) as ei:
+            c.gopen("/", members=[("a", "/a"), ("b", "/b")])
+        assert ei.value.errno == errno.EOPNOTSUPP
+    finally:
+        c.close()
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.run([sys.executable, "-m", "nine", "gread", "-a", diod.addr, "-A", d,
+                        "--member", "a=/a", "--member", "b=/b", "--agg", "equiv"],
+                       capture_output=True, env=env, timeout=30)
+    assert p.returncode == 0 and b"a,b (2)\n" in p.stdout, p

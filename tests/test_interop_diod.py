@@ -130,6 +130,11 @@ P9FS_SCRIPT = textwrap.dedent("""
     out["after_mv"] = sorted(e.rsplit("/", 1)[-1] for e in fs.ls("made_" + version, detail=False))
     fs.rm("made_%s/moved.txt" % version)
     out["after_rm"] = fs.ls("made_" + version, detail=False)
+    # p9fs removes a directory with Tunlinkat(flags 0) in .L, and knows a missing file
+    # only by ENOENT or the words "file not found" (nine.server.realfs, conn)
+    fs.mkdir("gone_" + version)
+    fs.rmdir("gone_" + version)
+    out["exists_missing"] = fs.exists("nope")
     try:
         fs.cat_file("nope")
         out["missing"] = "no error"
@@ -156,6 +161,8 @@ def test_p9fs_reads_and_writes(srv, big_export, version, tmp_path):
     assert out["after_mv"] == ["moved.txt"]
     assert out["after_rm"] == []
     assert out["missing"] != "no error"
+    assert out["exists_missing"] is False
+    assert not (big_export / ("gone_" + version)).exists()
     # the writes landed on the host
     assert (big_export / ("made_" + version)).is_dir()
     assert not (big_export / ("made_" + version) / "moved.txt").exists()

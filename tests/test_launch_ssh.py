@@ -141,7 +141,9 @@ def read_until(proc, text, timeout=120):
     deadline = time.monotonic() + scaled(timeout)
     while text.encode() not in out:
         left = deadline - time.monotonic()
-        if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+        poll = select.poll()                 # select() cannot watch fds >= 1024
+        poll.register(proc.stdout, select.POLLIN)
+        if left <= 0 or not poll.poll(left * 1000):
             raise AssertionError("no %r in %s s: %r" % (text, timeout, out))
         chunk = os.read(proc.stdout.fileno(), 65536)
         if not chunk:

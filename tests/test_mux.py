@@ -765,8 +765,9 @@ def read_lines(proc, n, timeout=30):
     t0 = time.time()
     fd = proc.stdout.fileno()
     while buf.count(b"\n") < n and time.time() - t0 < timeout:
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
+        poll = select.poll()                 # select() cannot watch fds >= 1024
+        poll.register(fd, select.POLLIN)
+        if poll.poll(200):
             d = os.read(fd, 65536)
             if not d:
                 break
@@ -817,7 +818,8 @@ def test_tree_8_leaves_fanout_4(procs, tmp_path):
     try:
         assert sorted(c.listdir()) == ["groups", "host", "nodes", "proc"]
         assert sorted(c.listdir("nodes")) == nodes
-        assert sorted(c.listdir("nodes/node6")) == ["exec", "files", "host", "proc"]
+        assert sorted(c.listdir("nodes/node6")) == ["exec", "exports", "filectl", "files", "host",
+                                                     "proc"]
         load = parse_kv(c.read_file("host/load/node5").decode())
         assert sorted(load) == ["load1", "load15", "load5"]
         assert all(v >= 0 for v in load.values())
@@ -920,7 +922,8 @@ def test_tree_three_levels_from_topology_file(procs, tmp_path):
         assert sorted(c.listdir("nodes")) == nodes
         # the middle level removed exec, the root moved load
         for n in nodes:
-            assert sorted(c.listdir("nodes/" + n)) == ["files", "host", "proc"], n
+            assert sorted(c.listdir("nodes/" + n)) == ["exports", "filectl", "files", "host",
+                                                      "proc"], n
         assert "load" not in c.listdir("host") and "cpu" in c.listdir("host")
         assert sorted(c.listdir("load")) == nodes
         load = parse_kv(c.read_file("load/node5").decode())

@@ -285,11 +285,12 @@ def test_malformed_messages_get_errors(tsrv):
     assert isinstance(c.rpc(P.Tgetattr(fid=1, request_mask=1, tag=12)), P.Rgetattr)
 
 
-def test_100000_fids(tsrv):
+def test_65536_fids(tsrv):
+    # the most one connection may hold by default (Limits.fids; tests/test_limits.py)
     c = RawConn(tsrv.port, timeout=60)
     c.version()
     c.attach(fid=0)
-    n = 100000
+    n = 65535
     batch = 2000
     for start in range(1, n + 1, batch):
         c.send_raw(b"".join(P.encode(P.Twalk(fid=0, newfid=f, wnames=["d"], tag=f % 60000))
@@ -314,7 +315,8 @@ def test_errors_per_dialect(tsrv):
         c.version()
         c.rpc(P.Tattach(fid=1, afid=P.NOFID, uname="root", aname="", n_uname=0, tag=1))
         r = c.rpc(P.Twalk(fid=1, newfid=2, wnames=["missing"], tag=1))
-        assert isinstance(r, P.Rerror) and r.ename == os.strerror(errno.ENOENT)
+        # ENOENT in lib9p's words (p9fs recognises no other; the kernel maps both)
+        assert isinstance(r, P.Rerror) and r.ename == "file not found"
         if dialect == P.V9P2000U:
             assert r.errno == errno.ENOENT
         # .L-only messages do not exist in 9P2000/.u

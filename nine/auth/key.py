@@ -70,7 +70,6 @@ import os
 import secrets
 import stat
 import struct
-import tempfile
 
 from ..protocol.const import NONUNAME
 from .base import ClientMethod, Conversation, Method, Principal, refused
@@ -149,6 +148,7 @@ def make_key(path):
     directory = os.path.dirname(path)
     _make_private_dirs(directory)
     key = secrets.token_bytes(KEY_BYTES)
+    import tempfile                     # (here: every client verb loads this module)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".key-")     # mode 0600
     try:
         with os.fdopen(fd, "w") as f:

@@ -37,8 +37,7 @@ import functools
 import os
 import pwd
 import stat
-
-import gevent
+import sys
 
 from .base import ClientMethod, Conversation, Method, Principal, refused
 
@@ -195,6 +194,11 @@ def decode(cred, socket=None):
 
 
 def _off_hub(fn, *args):
+    """fn(*args) in gevent's thread pool, the hub running meanwhile; called directly in
+    a program without gevent (a blocking client: no hub to keep running)."""
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        return fn(*args)
     return gevent.get_hub().threadpool.apply(fn, args)
 
 

@@ -1,13 +1,13 @@
 """The group verbs: gread and gwrite."""
 
+import errno
 import sys
 
 from .common import _client, _die, _errtext
 
 
 def _gopen(args, mode):
-    from ..group.ctl import parse_agg
-    c = _client(args)
+    from ..group.handle import parse_agg
     members = None
     if args.member:
         members = []
@@ -26,11 +26,17 @@ def _gopen(args, mode):
             _die("--agg: %s" % ex, 2)
     sync = "nowait" if getattr(args, "follow", False) else \
         ("timeout" if args.timeout else "all")
-    try:
-        g = c.gopen(args.path, mode, aggregator=agg, sync=sync, timeout=args.timeout,
-                    members=members, **params)
-    except (OSError, ValueError) as ex:
-        _die("%s: %s" % (args.path or "group", _errtext(ex)))
+    for blocking in (True, False):
+        c = _client(args, blocking)
+        try:
+            g = c.gopen(args.path, mode, aggregator=agg, sync=sync, timeout=args.timeout,
+                        members=members, **params)
+            break
+        except (OSError, ValueError) as ex:
+            c.close()
+            if blocking and getattr(ex, "errno", None) == errno.EOPNOTSUPP:
+                continue    # no group service there: the client does the work, in gevent
+            _die("%s: %s" % (args.path or "group", _errtext(ex)))
     if args.offset:
         g.lseek(args.offset)
     return c, g

@@ -73,7 +73,7 @@ def _add_limit_opts(p):
             ("--max-requests", "requests", "N", "requests in flight on one connection "
              "(more are not read until one ends)"),
             ("--attach-timeout", "attach_timeout", "SECONDS", "a connection that has not "
-             "attached by then is closed"),
+             "attached by then is closed (with authentication only)"),
             ("--frame-timeout", "frame_timeout", "SECONDS", "a connection whose frame has "
              "begun but not arrived whole by then is closed")):
         default = getattr(Limits, field)
@@ -174,8 +174,9 @@ def make_parser():
     _add_auth_opts(t, "every server of the tree")
     h = t.add_argument_group("on hosts over ssh", "one leaf per host, muxes on hosts too "
                              "(nine/launch/ssh.py); `nine tree down` stops such a tree")
-    h.add_argument("action", nargs="?", choices=["down"], help="down: stop the tree that "
-                   "--state (or --name) records")
+    h.add_argument("action", nargs="?", choices=["down", "watch"], help="down: stop the "
+                   "tree that --state (or --name) records; watch: watch it (a --daemon "
+                   "tree) until Ctrl-C or `nine tree down`, adopting its lost muxes")
     h.add_argument("--hosts", "-H", metavar="NODESET", help="start the tree on these hosts "
                    "(ClusterShell node set, e.g. node[1-64]); --topology then gives its "
                    "settings and [muxes] placement")
@@ -202,6 +203,12 @@ def make_parser():
                    "~/.cache/nine/tree-NAME.json)")
     h.add_argument("--copy-key", action="store_true", help="copy this host's key file to "
                    "the same path on the hosts (mode 0600) first")
+    h.add_argument("--no-adopt", dest="adopt", action="store_false", help="in the "
+                   "foreground, do not watch the tree (by default a mux whose host is "
+                   "lost is started again on another host and its parent pointed at it: "
+                   "nine/launch/watch.py)")
+    h.add_argument("--adopt-grace", metavar="SECONDS", type=float, default=2.0,
+                   help="how long a mux stays down before it is adopted (default 2)")
     sl = t.add_argument_group("in a Slurm allocation", "one leaf per node as job steps "
                               "beside the job (nine/launch/slurm.py)")
     sl.add_argument("--slurm", action="store_true", help="start the tree on the nodes of "
@@ -331,7 +338,9 @@ def _add_edit_verbs(sub):
     c.add_argument("argv", nargs=argparse.REMAINDER)
     c.set_defaults(func=cmd_pgrep)
     for name, hlp in (("ptail", "tail -f of a file on many hosts (nine ptail --help)"),
-                      ("ptop", "top over many hosts, live or batch (nine ptop --help)")):
+                      ("ptop", "top over many hosts, live or batch (nine ptop --help)"),
+                      ("pcp", "copy files to many hosts (nine pcp --help)"),
+                      ("psync", "rsync to many hosts (nine psync --help)")):
         c = sub.add_parser(name, add_help=False, prefix_chars="\0", help=hlp)
         c.add_argument("argv", nargs=argparse.REMAINDER)
         c.set_defaults(func=_verb("nine.tools." + name, "verb"))

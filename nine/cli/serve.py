@@ -123,6 +123,8 @@ def cmd_tree(args):
     from ..launch import Topology, Tree
     if args.action == "down":
         return _tree_down(args)
+    if args.action == "watch":
+        return _tree_watch(args)
     try:
         hosts = None
         if args.hosts:              # a tree on hosts over ssh: the hosts are the leaves
@@ -206,6 +208,7 @@ def _tree_on_hosts(args, topo):
         _die(str(ex), 2)
     signal.signal(signal.SIGTERM, interrupt)    # while starting: stop what started
     up = False
+    watcher = None
     try:
         if args.copy_key:
             key = _key_file(args.auth)
@@ -218,12 +221,17 @@ def _tree_on_hosts(args, topo):
         print("nine tree: %d leaves on hosts, %d levels of muxes, root on %s (up in %.1f s)"
               % (len(tree.hosts), tree.members[-1].level, addr, time.monotonic() - t0))
         print(tree.describe())
-        sys.stdout.flush()
         if args.daemon:
+            print("%-18s `nine tree watch --state %s` adopts its lost muxes" % (
+                "watch:", tree.state_file))
+            sys.stdout.flush()
             up = True
             return 0
         if not args.once:
+            if args.adopt:
+                watcher = _watch(tree, args)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            sys.stdout.flush()
             _serve_forever()
         return 0
     except LaunchError as ex:
@@ -233,10 +241,57 @@ def _tree_on_hosts(args, topo):
         if not up:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
+            if watcher is not None:
+                import gevent
+                watcher.stop(tree.start_timeout + 30, sleep=gevent.sleep)
             try:
                 tree.down()
             except LaunchError as ex:
                 _die("stopping the tree: %s" % ex)
+
+
+def _watch(tree, args):
+    """Watch a foreground tree in a thread of this process (nine.launch.watch)."""
+    from ..launch.watch import Watcher
+    watcher = Watcher(tree, grace=args.adopt_grace)
+    tree.watcher = os.getpid()
+    tree._save()
+    watcher.start()
+    print("%-18s a mux lost for %g s is adopted on another host (--no-adopt: never)" % (
+        "watch:", args.adopt_grace))
+    return watcher
+
+
+def _tree_watch(args):
+    """nine tree watch: watch the tree that a state file records (a --daemon tree) until
+    Ctrl-C, SIGTERM or `nine tree down` (nine.launch.watch)."""
+    import signal
+    from ..launch.ssh import SshTree, state_path, tree_process
+    from ..launch.watch import Watcher
+    path = args.state or state_path(args.name)
+    try:
+        tree = SshTree.from_state(path)
+    except (OSError, ValueError, KeyError) as ex:
+        _die("%s: %s" % (path, ex))
+    for pid, what in ((tree.watcher, "watched by"), (tree.launcher, "held by the foreground "
+                                                     "nine tree (it watches its tree),")):
+        if pid is not None and pid != os.getpid() and tree_process(pid):
+            _die("%s: the tree is %s pid %d" % (path, what, pid))
+    stop = []                   # (a handler sets no lock: see Watcher.run)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    tree.watcher = os.getpid()
+    tree._save()
+    print("nine tree watch: %s (root %s): a mux lost for %g s is adopted on another host"
+          % (path, tree.address, args.adopt_grace))
+    sys.stdout.flush()
+    try:
+        Watcher(tree, grace=args.adopt_grace).run(lambda: bool(stop))
+    finally:
+        if os.path.exists(path):
+            tree.watcher = None
+            tree._save()
+    return 0
 
 
 def _tree_in_slurm(args, topo):

@@ -11,7 +11,7 @@ from ..protocol.const import (DMDIR, DMLINK, DMSYMLINK, GETATTR_SIZE,
                               OWRITE, SETATTR_ATIME, SETATTR_ATIME_SET, SETATTR_GID,
                               SETATTR_MODE, SETATTR_MTIME, SETATTR_MTIME_SET, SETATTR_SIZE,
                               SETATTR_UID, V9P2000L)
-from .conn import DEFAULT_MSIZE, Connection
+from .dial import DEFAULT_MSIZE
 from .errors import NineError, nine_error
 from .fid import attach, split_path, st_mode_to_dm
 from .file import File
@@ -51,18 +51,28 @@ class Client:
     "find" (the default: the method nine.auth.client_method finds on this host: $NINE_AUTH,
     a key file, a running munged; none found attaches without one).  ``tls``: a
     nine.auth.tls.client_context for a TCP link over TLS (Connection's tls=).
+    ``blocking``: connect with a nine.client.blocking.BlockingConnection (no gevent: for
+    a one-shot program in one thread; a TLS link still takes a Connection).
     Paths are '/'-separated and relative to the attach root ('' or '/' is the root).
     Errors are NineError subclasses carrying errno (FileNotFoundError etc. too).
-    All methods may be called from many greenlets at once.
+    All methods may be called from many greenlets at once (on a Connection).
     """
 
     def __init__(self, addr=None, uname=None, aname="", version=V9P2000L, msize=DEFAULT_MSIZE,
                  n_uname=NONUNAME, *, conn=None, timeout=None, connect_timeout=10.0,
-                 strict_version=True, gid=NONUNAME, depth=8, auth="find", tls=None):
+                 strict_version=True, gid=NONUNAME, depth=8, auth="find", tls=None,
+                 blocking=False):
         if conn is None:
-            conn = Connection(addr, msize, version, timeout=timeout,
-                              connect_timeout=connect_timeout, strict_version=strict_version,
-                              tls=tls)
+            if blocking and tls is None:
+                from .blocking import BlockingConnection
+                conn = BlockingConnection(addr, msize, version, timeout=timeout,
+                                          connect_timeout=connect_timeout,
+                                          strict_version=strict_version)
+            else:
+                from .conn import Connection
+                conn = Connection(addr, msize, version, timeout=timeout,
+                                  connect_timeout=connect_timeout,
+                                  strict_version=strict_version, tls=tls)
             self._own = True
         else:
             self._own = False

@@ -39,12 +39,10 @@ from gevent import socket as gsocket
 from ..protocol import codec
 from ..protocol.codec import ProtocolError
 from ..protocol.const import (DIALECTS, HEADER, IOHDRSZ, NOFID, NOTAG, V9P2000, V9P2000L)
-from .errors import NineError, NineProtocolError, errno_from_ename, nine_error
+from .dial import DEFAULT_MSIZE, DEFAULT_PORT, parse_addr
+from .errors import NineError, NineProtocolError, nine_error, reply_error
 
 __all__ = ["Connection", "parse_addr", "DEFAULT_MSIZE", "DEFAULT_PORT"]
-
-DEFAULT_PORT = 564
-DEFAULT_MSIZE = 131072 + IOHDRSZ
 
 _HDR = struct.Struct("<IBH")
 _U32 = struct.Struct("<I")
@@ -61,73 +59,6 @@ _T_RREADDIR = 41
 # Requests that must not be flushed: they consume their fid whatever happens.
 _NOFLUSH = frozenset((120, 122))  # Tclunk, Tremove
 _MAXTAG = 0xFFFE
-
-
-def parse_addr(addr, default_port=DEFAULT_PORT):
-    """Parse a 9P address into (family, sockaddr).
-
-    Accepted forms: ``HOST:PORT``, ``[V6ADDR]:PORT``, ``tcp!HOST!PORT``, ``tcp!HOST``,
-    ``unix!PATH``, ``unix:PATH``, a bare absolute path (unix socket), or a
-    ``(host, port)`` tuple.  ``net!`` is taken as ``tcp!``.
-    """
-    if isinstance(addr, tuple):
-        host, port = addr
-        return _socket.AF_INET6 if ":" in host else _socket.AF_INET, (host, int(port))
-    if not isinstance(addr, str) or not addr:
-        raise ValueError("bad 9P address %r" % (addr,))
-    if "!" in addr:
-        parts = addr.split("!")
-        proto = parts[0]
-        if proto == "unix":
-            path = "!".join(parts[1:])
-            if not path:
-                raise ValueError("bad 9P address %r: no path" % addr)
-            return _socket.AF_UNIX, path
-        if proto not in ("tcp", "net", "tcp4", "tcp6") or len(parts) not in (2, 3):
-            raise ValueError("bad 9P address %r" % addr)
-        host = parts[1]
-        port = _port(parts[2], addr) if len(parts) == 3 else default_port
-    elif addr.startswith("unix:"):
-        return _socket.AF_UNIX, addr[5:]
-    elif addr.startswith("/") or addr.startswith("./"):
-        return _socket.AF_UNIX, addr
-    elif addr.startswith("["):
-        i = addr.find("]")
-        if i < 0:
-            raise ValueError("bad 9P address %r" % addr)
-        host = addr[1:i]
-        rest = addr[i + 1:]
-        port = _port(rest[1:], addr) if rest.startswith(":") else default_port
-        return _socket.AF_INET6, (host, port)
-    elif addr.count(":") == 1:
-        host, p = addr.split(":")
-        port = _port(p, addr)
-    elif ":" in addr:  # bare IPv6 address
-        return _socket.AF_INET6, (addr, default_port)
-    else:
-        host, port = addr, default_port
-    if host in ("*", ""):
-        host = "127.0.0.1"
-    fam = _socket.AF_INET6 if ":" in host else _socket.AF_INET
-    return fam, (host, port)
-
-
-_SERVICES = {"9fs": 564, "9pfs": 564, "9p": 564, "styx": 6666}
-
-
-def _port(p, addr):
-    try:
-        port = int(p)
-    except ValueError:
-        if p in _SERVICES:
-            return _SERVICES[p]
-        try:
-            port = _socket.getservbyname(p, "tcp")
-        except OSError:
-            raise ValueError("bad port in 9P address %r" % addr) from None
-    if not 0 < port < 65536:
-        raise ValueError("bad port in 9P address %r" % addr)
-    return port
 
 
 class _Orphan:
@@ -583,16 +514,7 @@ class Connection:
         self.post(_Tclunk(fid=fid), done)
 
     def _bad_reply(self, msg, r):
-        t = r.mtype
-        if t == _T_RLERROR:
-            raise nine_error(r.ecode)
-        if t == _T_RERROR:
-            e = r.errno if self.dialect != V9P2000 else 0
-            if not 0 < e < 4096:
-                e = errno_from_ename(r.ename)
-            raise nine_error(e, r.ename)
-        raise NineProtocolError(errno.EPROTO, "%s answered with %s" % (
-            type(msg).__name__, type(r).__name__))
+        raise reply_error(msg, r, self.dialect)
 
     def _dead_error(self):
         eno, text = self._dead

@@ -13,6 +13,8 @@ works as well as ``except NineError``.
 import errno as _errno
 import os
 
+from ..protocol.const import V9P2000
+
 
 class NineError(OSError):
     """An error from a 9P peer or from the connection to it.  ``.errno`` is always set."""
@@ -61,6 +63,21 @@ def nine_error(eno, text=None, cls=None):
     if cls is None:
         cls = _CLASSES.get(eno, NineError)
     return cls(eno, text)
+
+
+def reply_error(msg, r, dialect):
+    """The error to raise when request msg was answered by r, not by its own reply: the
+    server's error (Rlerror; Rerror, its errno in 9P2000.u), else a NineProtocolError."""
+    t = r.mtype
+    if t == 7:                  # Rlerror
+        return nine_error(r.ecode)
+    if t == 107:                # Rerror
+        e = r.errno if dialect != V9P2000 else 0
+        if not 0 < e < 4096:
+            e = errno_from_ename(r.ename)
+        return nine_error(e, r.ename)
+    return NineProtocolError(_errno.EPROTO, "%s answered with %s" % (
+        type(msg).__name__, type(r).__name__))
 
 
 # ---------------------------------------------------------------------------

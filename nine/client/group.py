@@ -17,18 +17,16 @@ When the server offers the group service (nine.group.service: every nine server 
 does), the group is made there: each read is one request to the server, which carries it
 down its tree and merges on the way up, so the client receives one aggregated result.
 Otherwise (another 9P server) the client opens every member and does the same work
-itself, concurrently.
+itself, concurrently: that needs a gevent Connection (on a BlockingConnection gopen says
+EOPNOTSUPP; the `nine` verbs then connect again with gevent).
 """
 
 import errno
 import os
 import posixpath
 
-import gevent
-
 from ..group import aggregate as A
-from ..group.handle import (GroupHandle, offers_groups, settings, read_whole, follow, join,
-                            CHUNK)
+from ..group.handle import GroupHandle, offers_groups, settings
 from .errors import NineError, nine_error
 from .fid import attach as _attach
 
@@ -74,16 +72,27 @@ def members_of(client, path):
     ents = [e for e in sorted(ents, key=lambda e: A.natural_key(e.name))
             if e.name not in skip and (e.is_symlink() or not e.is_dir())]
     paths = [posixpath.join(base, e.name) for e in ents]
-    links = [gevent.spawn(client.readlink, p) if e.is_symlink() else None
-             for e, p in zip(ents, paths)]       # one round trip for all the symlinks
-    gevent.joinall([g for g in links if g is not None], raise_error=True)
+    targets = iter(_call_all(client, client.readlink,
+                             [p for e, p in zip(ents, paths) if e.is_symlink()]))
     out = []
-    for e, p, g in zip(ents, paths, links):
-        if g is not None:
-            t = g.value
+    for e, p in zip(ents, paths):
+        if e.is_symlink():
+            t = next(targets)
             p = t if t.startswith("/") else posixpath.normpath(posixpath.join(base, t))
         out.append((e.name, p))
     return out
+
+
+def _call_all(client, fn, args):
+    """[fn(a) for a in args]: in greenlets on a gevent Connection (one round trip for
+    all), one after another on a BlockingConnection; the first failure is raised."""
+    from .blocking import BlockingConnection
+    if isinstance(client.conn, BlockingConnection):
+        return [fn(a) for a in args]
+    import gevent
+    jobs = [gevent.spawn(fn, a) for a in args]
+    gevent.joinall(jobs, raise_error=True)
+    return [j.value for j in jobs]
 
 
 class GroupFile:
@@ -109,16 +118,23 @@ class GroupFile:
         self._local = None
         self._sent = None
         self._closed = False
+        why = "use_server=False"
         if use_server:
             try:
                 self._remote = _RemoteGroup(client, self)
-            except (NineError, OSError):
+            except (NineError, OSError) as e:
                 # no group service there (another server, or an aname it refuses):
                 # the client does the work; a dead connection fails again below
-                if client.conn.closed or getattr(client.conn, "_dead", None) is not None:
+                if client.conn.closed:
                     raise
+                why = getattr(e, "strerror", None) or str(e)
         if self._remote is None:
-            self._local = _LocalGroup(client, self)
+            from .blocking import BlockingConnection
+            if isinstance(client.conn, BlockingConnection):
+                raise nine_error(errno.EOPNOTSUPP, "no group service (%s); a group done by "
+                                 "the client needs a gevent Connection" % why)
+            from .localgroup import LocalGroup
+            self._local = LocalGroup(client, self)
 
     # -- settings -----------------------------------------------------------------
     @property
@@ -301,103 +317,3 @@ class _RemoteGroup:
     def close(self):
         self.h.close()
         self.root.clunk_nowait()
-
-
-class _LocalGroup:
-    """The client does the group's work: every member opened here, reads concurrent."""
-
-    def __init__(self, client, g):
-        self.g = g
-        self.files = {}
-        self.fail = {}
-
-        def op(label, path):
-            try:
-                f = client.walk(path)
-            except (NineError, OSError) as e:
-                self.fail[label] = "open: " + (e.strerror or str(e))
-                return
-            try:
-                f.lopen(g.flags) if client.dialect.endswith(".L") else f.open(
-                    {os.O_RDONLY: 0, os.O_WRONLY: 1, os.O_RDWR: 2}[g.flags & 3])
-                self.files[label] = f
-            except (NineError, OSError) as e:
-                f.clunk_nowait()
-                self.fail[label] = "open: " + (e.strerror or str(e))
-        gevent.joinall([gevent.spawn(op, m, p) for m, p in g.members])
-        self.stream_q = None
-
-    def _run(self, fn, agg=None):
-        g = self.g
-        jobs = [(m, gevent.spawn(fn, f)) for m, f in self.files.items()]
-        join([j for _, j in jobs], g.timeout)
-        ok, errors = {}, {}
-        for m, r in self.fail.items():
-            errors.setdefault(r, set()).add(m)
-        for m, j in jobs:
-            if not j.ready():
-                j.kill(block=False)
-                errors.setdefault("timed out after %gs" % g.timeout, set()).add(m)
-            elif j.successful():
-                ok[m] = j.value
-            else:
-                e = j.exception
-                errors.setdefault(getattr(e, "strerror", None) or str(e), set()).add(m)
-        return ok, errors
-
-    def read(self, count):
-        g = self.g
-        agg = g.aggregator()
-        off = g.offset
-
-        def rd(f):
-            return read_whole(f.read, off, count, min(f._iou(), CHUNK))
-        ok, errors = self._run(rd)
-        parts = [agg.leaf(m, d) for m, d in ok.items()]
-        parts.append(A.Partial(None, errors))
-        return agg.merge(parts)
-
-    def write(self, offset, data):
-        def wr(f):
-            return f.pwrite(offset, data) if len(data) > f._iou() else f.write(offset, data)
-        ok, errors = self._run(wr)
-        for m, n in ok.items():
-            if n != len(data):
-                errors.setdefault("short write (%d of %d bytes)" % (n, len(data)),
-                                  set()).add(m)
-        return errors
-
-    def next_batch(self, timeout):
-        from gevent.queue import Queue, Empty
-        g = self.g
-        agg = g.aggregator()
-        if self.stream_q is None:
-            q = self.stream_q = Queue()
-            for m, r in self.fail.items():
-                q.put(agg.fail(m, r))
-
-            def reason(e):
-                return getattr(e, "strerror", None) or str(e)
-            self.followers = [gevent.spawn(follow, f.read, m, g.offset, agg, q.put, 0, reason)
-                              for m, f in self.files.items()]
-        q = self.stream_q
-        try:
-            items = [q.get(timeout=timeout)]
-        except Empty:
-            return None
-        while True:
-            try:
-                items.append(q.get_nowait())
-            except Empty:
-                break
-        return agg.merge(items)
-
-    def close(self):
-        if self.stream_q is not None:
-            gevent.killall(self.followers, block=False)
-        for f in self.files.values():
-            try:
-                f.clunk_nowait()
-            except Exception:
-                pass
-        self.files = {}

@@ -50,8 +50,6 @@ import json
 import math
 import re
 
-from ClusterShell.NodeSet import NodeSet
-
 __all__ = [
     "Aggregator", "Partial", "AggregatorError", "UnknownAggregator",
     "register", "get", "names", "load", "fold", "natural_key",
@@ -98,6 +96,9 @@ def _fold_wire(members):
     if not key:
         return []
     w = None
+    # ClusterShell is loaded by the first set to fold (a one-shot `nine gread` whose
+    # members all answer needs none)
+    from ClusterShell.NodeSet import NodeSet
     try:
         folded = str(NodeSet.fromlist(key))
         if set(NodeSet(folded)) == key:
@@ -121,6 +122,7 @@ def _unfold_wire(w):
         got = _UNFOLDED.get(w)
         if got is not None:
             return set(got)
+        from ClusterShell.NodeSet import NodeSet
         try:
             got = frozenset(NodeSet(w))
         except Exception as e:
@@ -374,9 +376,12 @@ class Concat(Aggregator):
         return {member: data}
 
     def combine(self, values):
+        # a member may be in several values (successive pieces of a nowait stream,
+        # merged in the order they came): its pieces are joined in that order
         out = {}
         for v in values:
-            out.update(v)
+            for m, d in v.items():
+                out[m] = out[m] + d if m in out else d
         return out
 
     def show(self, value):
@@ -702,3 +707,7 @@ class Histogram(Aggregator):
         if not all(isinstance(c, list) and len(c) == self.bins + 2 for c in w.values()):
             raise AggregatorError("histogram partial does not match bins=%d" % self.bins)
         return w
+
+
+from . import textagg  # noqa: E402,F401  (grep, tail, topk: registered on import)
+from . import fileagg  # noqa: E402,F401  (hash, signature: registered on import)

@@ -10,7 +10,7 @@ The ctl language, one command per line (a write is all or nothing)::
 
     add NAME PATH       a member
     del NAME ...
-    agg AGGREGATOR [key=value ...]      parse_agg(): values are typed (int, float,
+    agg AGGREGATOR [key=value ...]      handle.parse_agg(): values are typed (int, float,
                                         bool, a:b:c tuple, else str)
     sync all | timeout SECONDS | nowait
     seek OFFSET [count N|all]
@@ -27,7 +27,7 @@ import time
 from ..server.node import error
 from ..synth import files as _synth
 from . import aggregate as A
-from .handle import MAX_WHOLE, format_agg
+from .handle import MAX_WHOLE, format_agg, parse_agg
 
 MAX_MEMBERS = 1 << 20
 
@@ -35,42 +35,6 @@ MAX_MEMBERS = 1 << 20
 def new_qpath():
     """A qid path of its own, from the counter of the synthetic file trees."""
     return next(_synth._qpaths)
-
-
-def _parse_value(v):
-    """An aggregator parameter's value: bool, int, float, a:b:c tuple of floats, or str."""
-    low = v.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    for conv in (int, float):
-        try:
-            return conv(v)
-        except ValueError:
-            pass
-    if ":" in v:
-        parts = v.split(":")
-        try:
-            return tuple(float(p) for p in parts)
-        except ValueError:
-            pass
-    return v
-
-
-def parse_agg(args):
-    """The words of an `agg` line, ['equiv', 'format=i64'] -> (name, params); an
-    unknown aggregator or parameter raises at once."""
-    if not args:
-        raise ValueError("agg needs an aggregator name (known: %s)" % ", ".join(A.names()))
-    params = {}
-    for a in args[1:]:
-        k, sep, v = a.partition("=")
-        if not sep or not k:
-            raise ValueError("aggregator parameter %r is not key=value" % a)
-        params[k] = _parse_value(v)
-    A.get(args[0], **params)      # refuses an unknown name or parameter now
-    return args[0], params
 
 
 class Group:

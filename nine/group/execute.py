@@ -14,9 +14,14 @@ members, with the group's settings:
 - `sync timeout T`: a member (or a whole child) that has not answered by T is named as
   timed out and its request flushed; children get 0.8 T - 20 ms so that their partial
   result arrives in time.
-- `sync nowait`: every member is followed (tail -f, nine.group.handle.follow) into one
+- `sync nowait`: every member is followed (tail -f, nine.group.gather.follow) into one
   queue, and next_batch() merges what has arrived.  A followed member whose child went
-  is reopened every REPAIR_EVERY s and followed on from where it stopped.
+  is reopened every REPAIR_EVERY s and followed on from where it stopped.  A tail
+  stream (offset nine.group.gather.TAIL + N) follows names as tail -n N -F does: each
+  member starts N lines before its end; one that could not be opened is tried again
+  every REPAIR_EVERY s; at end of file, a member shorter than the offset reached
+  (truncated) is read again from 0, and one whose path names another file now
+  (renamed away and made anew) is replaced by that file, read from 0.
 
 A member whose failure is healable (nine.group.resolve.healable) is resolved again at
 the next operation (Placement.repair).
@@ -31,7 +36,8 @@ from gevent.queue import Queue, Empty
 
 from ..server.node import error
 from . import aggregate as A
-from .handle import CHUNK, Gather, read_whole, follow, join
+from .gather import TAIL, Gather, follow, join
+from .handle import CHUNK, read_whole
 from .plan import REPAIR_EVERY, Placement, reason
 from .resolve import healable
 
@@ -135,6 +141,8 @@ class GroupOpen(Placement):
         greenlets = []
         for label, r in self.openfail.items():
             q.put(agg.fail(label, "open: " + r))
+            if g.offset >= TAIL:
+                greenlets.append(gevent.spawn(self._follow_later, label, g.offset, agg, q))
         for label, node in self.local.items():
             greenlets.append(gevent.spawn(self._follow, label, node, g.offset, agg, q))
         for c in self.children:
@@ -159,11 +167,17 @@ class GroupOpen(Placement):
         on from where it stopped, or from 0 if it is another file now (a new qid, or
         shorter than that offset)."""
         ctx = self.ctx
+        held = [node]             # what the member's name opens now (a tail stream's)
+        tail = offset >= TAIL
         while True:
-            offset, e = follow(lambda off, n: node.read(ctx, off, n), label, offset, agg,
-                               q.put, hold=1.0, reason=reason)
+            offset, e = follow(
+                lambda off, n: held[0].read(ctx, off, n), label, offset, agg, q.put,
+                hold=1.0, reason=reason,
+                size=(lambda: held[0].getattr(ctx).size) if tail else None,
+                at_end=(lambda off: self._rotated(label, held, off)) if tail else None)
             if not healable(e):
                 return
+            node = held[0]
             while True:
                 gevent.sleep(REPAIR_EVERY)
                 try:
@@ -181,13 +195,53 @@ class GroupOpen(Placement):
                 node.close(ctx)
             except Exception:
                 pass
-            node = fresh
+            node = held[0] = fresh
+            if offset >= TAIL:
+                continue              # where it starts is not known yet
             try:         # a new file (another qid), or a shorter one: from its start
-                size = node.getattr(ctx).size
-                if node.qid.path != old_path or 0 < size < offset:
+                now = node.getattr(ctx).size
+                if node.qid.path != old_path or 0 < now < offset:
                     offset = 0
             except Exception:
                 pass
+
+    def _follow_later(self, label, offset, agg, q):
+        """A tail stream's member that could not be opened: opened every REPAIR_EVERY s
+        until it opens, then followed."""
+        while True:
+            gevent.sleep(REPAIR_EVERY)
+            try:
+                node = self.reopen(label)
+                break
+            except Exception:
+                continue
+        self.openfail.pop(label, None)
+        self.local[label] = node
+        self._follow(label, node, offset, agg, q)
+
+    def _rotated(self, label, held, offset):
+        """A tail stream's check of a member at end of file: the offset to read on from,
+        0 when the file is shorter than offset (truncated) or when the member's path
+        names another file now (rotated by a rename: that file replaces held[0])."""
+        ctx = self.ctx
+        node = held[0]
+        try:
+            if node.getattr(ctx).size < offset:
+                return 0
+            fresh = self.reopen(label)
+        except Exception:
+            return offset            # (a failure shows at the next read)
+        if fresh.qid.path == node.qid.path:
+            fresh.close(ctx)
+            return offset
+        held[0] = fresh
+        if self.local.get(label) is node:
+            self.local[label] = fresh
+        try:
+            node.close(ctx)
+        except Exception:
+            pass
+        return 0
 
     def stop_stream(self):
         """nowait: stop following the members."""

@@ -311,6 +311,8 @@ class GroupNode(Node):
                 return out
             block = st.pause_at != offset
             st.pause_at = None
+            if not (block or render):
+                return b""              # the end of an encoded batch read on
             if st.gen != g.gen:
                 with st.lock:
                     st.refresh()
@@ -319,8 +321,8 @@ class GroupNode(Node):
                 return b""
             g.last = ("stream", st.members(), p, 0.0)
             data = agg.render(p) if render else agg.encode(p)
-            if not render:
-                return data          # a whole encoded partial per read
+            # a batch larger than count is read on at the following offsets (an
+            # encoded partial: GroupHandle.next_batch reads on while reads are full)
             out, st.buf = data[:count], data[count:]
             st.pause_at = offset + len(out) if not st.buf else None
             return out

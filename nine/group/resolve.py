@@ -5,8 +5,9 @@ A member's target is the text it was added with (a symlink's target or an `add` 
 candidates() turns it into the paths to try: a relative target is taken from the
 group's own directory (`base`/NAME, base being where the service is served, /groups);
 an absolute one from the name space root, after the group's `root` prefix (the client's
-mount point) is stripped, or, without one, with leading components dropped until a path
-resolves (/mnt/nine/proc/... finds /proc/...).
+mount point) is stripped, or, without one, with leading components dropped while the
+first of them is not a name of the name space (/mnt/nine/proc/... finds /proc/...; a
+missing /nodes/node4/x is not looked for as /x).
 
 resolve() walks a member to its (unopened) Node.  prime() walks and lists, once, the
 directories that many members share; resolve() then walks each member only from the
@@ -67,8 +68,10 @@ def walk(ctx, root, names):
             if len(nodes) != len(chunk):
                 if nodes:
                     nodes[-1].close(ctx)
-                raise error(errno.ENOENT, "No such file or directory: /%s" %
-                            "/".join(names[:i + len(nodes) + 1]))
+                e = error(errno.ENOENT, "No such file or directory: /%s" %
+                          "/".join(names[:i + len(nodes) + 1]))
+                e.walked = i + len(nodes)       # the names that were found
+                raise e
             cur.close(ctx)
             cur = nodes[-1]
             i += len(chunk)
@@ -97,6 +100,8 @@ def resolve(ctx, root, base, g, target, bases=None):
         except OSError as e:
             if last is None or e.errno != errno.ENOENT:
                 last = e
+            if e.errno != errno.ENOENT or getattr(e, "walked", 0) or start is not root:
+                break      # its first name is in the name space: no mount point to drop
     raise last or error(errno.ENOENT, "no such member file %r" % target)
 
 

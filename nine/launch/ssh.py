@@ -34,14 +34,18 @@ files of a server go to REMOTE_WORKDIR/HOST/NAME.{pid,log,addr} (relative to the
 directory; default .cache/nine/tree-TREE); the logs stay after down().
 
 The state file (default ~/.cache/nine/tree-TREE.json) records the hosts, the ssh
-settings, each server's host, role, pid and address, and the pid of a foreground
-launcher (the process whose root runs in itself); it is written before each level
+settings, the settings servers are started with (the topology's, the remote Python),
+each server's host, role, pid and address (and where a mux was before it was adopted:
+nine.launch.watch), the pid of a foreground launcher (the process whose root runs in
+itself) and that of the process that watches the tree; it is written before each level
 starts (so an interrupted start can be taken down too) and removed once the tree is
-down.  down() asks a live foreground launcher to stop its tree (SIGTERM) first;
-then, on each host at once, it sends SIGTERM to every process whose command line names
-the pid file of one of the tree's servers there (so never to a process that reused a
-pid, and also to a server still starting, before its pid file exists), waits up to
-10 s for them to go, SIGKILLs what is left then, and reports what still runs.
+down.  down() stops the watching process first (SIGTERM; it may have moved a mux since
+the state was read, so the state is read again), and asks a live foreground launcher
+to stop its tree (SIGTERM); then, on each host at once, it sends SIGTERM to every
+process whose command line names the pid file of one of the tree's servers there (so
+never to a process that reused a pid, and also to a server still starting, before its
+pid file exists), waits up to 10 s for them to go, SIGKILLs what is left then, and
+reports what still runs.
 """
 
 import json
@@ -56,6 +60,9 @@ from .topology import FINAL_LEAF_MUX, FINAL_UP, Topology
 DEFAULT_PORT = 5640
 #: the key of this machine in a ClusterShell task (never a host name)
 LOCAL = "(local)"
+#: what of a Topology the state file keeps (what starting a server again needs)
+_TOPOLOGY = ("listen", "fanout", "leaf_args", "leaf_export", "final_root", "final_mid",
+             "final_leaf_mux", "aggregators", "auth")
 #: nine's checkout here: the directory that holds the nine package
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -80,6 +87,9 @@ class Member:
     children: list = field(default_factory=list)
     pid: int = None
     address: str = None
+    #: where it ran before, one record per adoption (nine.launch.watch): host, address,
+    #: pid, lost (when it was found gone), on (the host it runs on since), at, now
+    adopted: list = field(default_factory=list)
 
     @property
     def stem(self):
@@ -197,6 +207,7 @@ class SshTree:
         self.root = None            # the root's Mux, when it runs in this process
         self.address = None
         self.launcher = None        # this process's pid while it holds the root
+        self.watcher = None         # the pid of the process that watches the tree
         self.recorded = False       # whether the state file is this tree's
 
     # -- the state file ------------------------------------------------------------
@@ -207,7 +218,13 @@ class SshTree:
         state = {"name": self.name, "hosts": self.hosts, "ssh_options": self.ssh_options,
                  "ssh_fanout": self.ssh_fanout, "connect_timeout": self.connect_timeout,
                  "remote_workdir": self.remote_workdir, "launcher": self.launcher,
-                 "address": self.address, "members": [asdict(m) for m in self.members]}
+                 "watcher": self.watcher, "address": self.address,
+                 "settings": {"topology": {k: getattr(self.topo, k) for k in _TOPOLOGY},
+                              "remote_python": self.remote_python,
+                              "remote_path": self.remote_path, "port": self.port,
+                              "root_port": self.root_port,
+                              "start_timeout": self.start_timeout},
+                 "members": [asdict(m) for m in self.members]}
         tmp = self.state_file + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f, indent=1)
@@ -216,7 +233,8 @@ class SshTree:
 
     @classmethod
     def from_state(cls, path):
-        """The tree a state file records (for down())."""
+        """The tree a state file records (for down(), and the watch that restarts
+        its servers elsewhere)."""
         with open(path) as f:
             st = json.load(f)
         self = cls.__new__(cls)
@@ -228,7 +246,12 @@ class SshTree:
         self.connect_timeout = st["connect_timeout"]
         self.remote_workdir = st["remote_workdir"]
         self.launcher = st["launcher"]
+        self.watcher = st["watcher"]
         self.address = st["address"]
+        settings = st["settings"]
+        self.topo = Topology([(h, "ssh") for h in self.hosts], **settings["topology"])
+        for k in ("remote_python", "remote_path", "port", "root_port", "start_timeout"):
+            setattr(self, k, settings[k])
         self.members = [Member(**m) for m in st["members"]]
         self.root = None
         self.recorded = True
@@ -500,7 +523,15 @@ class SshTree:
         if not self.recorded:
             return []               # start() refused: nothing of ours runs
         report = []
-        if self.launcher not in (None, os.getpid()) and self._stop_launcher(wait * 3):
+        if self.watcher not in (None, os.getpid(), self.launcher):
+            # (it ends what it does first: a server it starts is recorded, then stopped)
+            if self._stop_process(self.watcher, self.start_timeout + wait * 3):
+                report.append("the watch (pid %d) stopped" % self.watcher)
+            if not os.path.exists(self.state_file):
+                return report
+            self.members = SshTree.from_state(self.state_file).members
+        if self.launcher not in (None, os.getpid()) and self._stop_process(self.launcher,
+                                                                           wait * 3):
             report.append("the foreground nine tree (pid %d) stopped its tree" % self.launcher)
             if not os.path.exists(self.state_file):
                 return report
@@ -540,23 +571,18 @@ class SshTree:
             pass
         return report
 
-    def _stop_launcher(self, wait):
-        """SIGTERM the foreground launcher recorded, if it is one; wait for it."""
-        pid = self.launcher
-        try:
-            with open("/proc/%d/cmdline" % pid, "rb") as f:
-                cmdline = f.read().split(b"\0")
-        except OSError:
-            return False
-        if b"tree" not in cmdline:
-            return False            # a reused pid, not our nine tree
+    def _stop_process(self, pid, wait):
+        """SIGTERM the foreground launcher or watch recorded, if it is one (a `nine tree`
+        process); wait for it."""
+        if not tree_process(pid):
+            return False            # gone, or a reused pid: not our nine tree
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return False
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not os.path.exists("/proc/%d" % pid):
+            if not tree_process(pid):   # (gone, or a zombie its parent did not reap yet)
                 return True
             time.sleep(0.1)
         return False
@@ -571,7 +597,7 @@ _STOP = r'''ours() {
 }
 stop() {
   p=$(ours "$1")
-  if [ -z "$p" ]; then echo "nine-gone $1"; rm -f "$d/$1.addr"; return; fi
+  if [ -z "$p" ]; then echo "nine-gone $1"; rm -f "$d/$1.addr" "$d/$1.pid"; return; fi
   kill $p 2>/dev/null
   i=0
   while [ -n "$(ours "$1")" ] && [ $i -lt %d ]; do sleep 0.1; i=$((i+1)); done
@@ -582,6 +608,16 @@ stop() {
   rm -f "$d/$1.addr" "$d/$1.pid"
 }
 '''
+
+
+def tree_process(pid):
+    """Whether process pid runs and is a `nine tree` (a launcher, a watch); a zombie
+    has no command line: it is not."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"tree" in f.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def _where(m):

@@ -13,11 +13,17 @@ Anames served:
                                take one subtree.
   "mux"                        status of this mux: `status` (one line per child: name,
                                address, state, since, reason), `children`, `final` (the
-                               program in force).
+                               program in force), `ctl` (written by the mux's own user,
+                               one command a line: `retarget NAME ADDR [NOTE]` reaches
+                               child NAME at ADDR from now on, e.g. a replacement the
+                               launcher started elsewhere, nine.launch.watch; `retry
+                               NAME` dials a child that is down at once).
 """
 
 import errno
+import os
 
+from ..addr import parse_addr
 from ..final import compose, parse
 from ..server.core import Server
 from ..server.node import error
@@ -86,7 +92,35 @@ class Mux:
             File("status", read=status),
             File("children", read=children),
             File("final", read=lambda ctx: self.final_text),
+            File("ctl", write=lambda ctx, off, data: self.ctl(data), mode=0o200,
+                 uid=os.geteuid(), gid=os.getegid()),
         ])
+
+    def ctl(self, data):
+        """Run the commands of a write to mux/ctl, one a line: `retarget NAME ADDR
+        [NOTE]` (Child.retarget), `retry NAME` (Child.retry_now).  EINVAL for a command
+        it does not know or a bad address, ENOENT for a child it does not have (the
+        lines before the bad one have run)."""
+        for line in bytes(data).decode("utf-8", "replace").splitlines():
+            words = line.split(None, 3)
+            if not words:
+                continue
+            if not (words[0] == "retarget" and len(words) >= 3 or
+                    words[0] == "retry" and len(words) == 2):
+                raise error(errno.EINVAL, "mux ctl: want `retarget NAME ADDR [NOTE]` or "
+                            "`retry NAME`, not %r" % line)
+            child = self.children.get(words[1])
+            if child is None:
+                raise error(errno.ENOENT, "mux ctl: no child %r" % words[1])
+            if words[0] == "retry":
+                child.retry_now()
+                continue
+            try:
+                parse_addr(words[2])
+            except ValueError as ex:
+                raise error(errno.EINVAL, "mux ctl: %s" % ex) from None
+            child.retarget(words[2], words[3] if len(words) > 3 else None)
+        return len(data)
 
     def close(self):
         self.server.stop()

@@ -16,6 +16,9 @@ Child (a nine.server.node.Remote; its failures ChildDown and StaleNode are Unrea
   - one Tattach per distinct user (n_uname = ctx.uid, uname = the mux's name for it;
     ctx.uid None -> the mux's own identity); root fids are cached for the link's life;
   - state 'up' / 'down' / 'connecting' / 'hung', last_error, since, status_line();
+  - retarget(addr): the child is reached at another address from now on (a replacement
+    the launcher started on another host when this one's was lost: nine.launch.watch);
+    the reconnect loop dials it at once, and status_line() says where it was;
   - when the connection dies, every outstanding request fails at once with
     ChildDown(EHOSTDOWN, "child NAME (ADDR) is down: REASON"); while down, requests fail
     at once the same way (no connect attempt per request); a background greenlet
@@ -166,8 +169,10 @@ class Child(Remote):
         self.msize = msize
         self.qidmap = DEFAULT_QIDMAP if qidmap is None else qidmap
         #: the key of this child in the QidMap: the same file of the same child keeps its
-        #: mux qid across reconnects
+        #: mux qid across reconnects (not across a retarget: see there)
         self.qkey = (name, str(addr), aname)
+        #: (time, old address, note) of the last retarget, None if never
+        self.moved = None
         self.connect_timeout = connect_timeout
         self.op_timeout = op_timeout
         #: seconds of silence with requests outstanding before a probe, and for the
@@ -217,6 +222,11 @@ class Child(Remote):
         if self._next_retry is not None and self.state in ("down", "hung"):
             parts.append("retry_in=%.1fs" % max(0.0, self._next_retry - now))
         parts.append("connects=%d failures=%d" % (self.connects, self.failures))
+        if self.moved is not None:
+            t, old, note = self.moved
+            parts.append("retargeted at %s: was %s%s" % (
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t)), old,
+                " (%s)" % note if note else ""))
         return " ".join(parts)
 
     def _set_state(self, state, error=None):
@@ -366,12 +376,12 @@ class Child(Remote):
 
     def _start_retry(self):
         if self._retry is None and not self.closed:
-            self._retry = gevent.spawn(self._retry_loop)
+            self._wake = Event()    # before the loop runs: retry_now() reaches it at once
+            self._retry = gevent.spawn(self._retry_loop, self._wake)
 
-    def _retry_loop(self):
+    def _retry_loop(self, wake):
         delay, top = self.backoff
         me = gevent.getcurrent()
-        self._wake = wake = Event()
         try:
             while not self.closed:
                 self._next_retry = time.time() + delay
@@ -394,6 +404,24 @@ class Child(Remote):
         w = self._wake
         if w is not None:
             w.set()
+
+    def retarget(self, addr, note=None):
+        """Reach this child at addr from now on: the launcher started a replacement of
+        it elsewhere (nine.launch.watch, through the mux's ctl file).  A live connection
+        to the old address is dropped (its requests fail with ChildDown; nodes walked on
+        it are stale: a walk from the root, or a group's healing, finds them again); the
+        reconnect loop dials addr at once; a child never reached yet is dialled there by
+        its first request.  status_line() says where it was, and why (note).  Its files
+        get new mux qids: the replacement's qid space is its own, so mapping its qids
+        under the old key would make different files one."""
+        old = self.addr
+        self.addr = addr
+        self.qkey = (self.name, str(addr), self.aname)
+        self.moved = (time.time(), old, note)
+        ln = self._link
+        if ln is not None and ln.conn._dead is None:
+            ln.conn.drop(errno.EHOSTDOWN, "child %s (%s) moved to %s" % (self.name, old, addr))
+        self.retry_now()
 
     def close(self):
         """Close the connection and stop reconnecting; later requests fail."""

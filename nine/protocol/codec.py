@@ -1,6 +1,7 @@
 """Sans-IO 9P codec: bytes in, message objects out, and back.
 
-The encoders and decoders are generated once, at import, from the table in spec.py:
+The encoders and decoders are generated from the table in spec.py, each on its first
+use (all of them at import cost 25 ms, most of a one-shot client command's work):
 consecutive fixed-size fields are merged into a single struct call, so the hot path
 costs about what hand-written struct code costs.  Nothing here does I/O.
 
@@ -477,10 +478,25 @@ _unpack_from = struct.unpack_from
 # type number -> class; name -> class
 TYPES = {}
 BY_NAME = {}
-# dialect -> {type: decoder}, dialect -> {type: encoder}
+
+
+class _Lazy(dict):
+    """{type: function} of one dialect: a known type's encoder and decoder are generated
+    together on the first lookup of either (a KeyError for a type not in the dialect)."""
+
+    def __init__(self, dialect):
+        super().__init__()
+        self.dialect = dialect
+
+    def __missing__(self, num):
+        _generate(self.dialect, num)
+        return dict.__getitem__(self, num)
+
+
+# dialect -> {type: (class, the fields it carries in that dialect)}: the known types
 _DECODERS = {d: {} for d in DIALECTS}
-_DEC = {d: {} for d in DIALECTS}  # dialect -> {type: decoder function}
-_ENCODERS = {d: {} for d in DIALECTS}
+_DEC = {d: _Lazy(d) for d in DIALECTS}  # dialect -> {type: decoder function}
+_ENCODERS = {d: _Lazy(d) for d in DIALECTS}
 
 
 def _make_class(num, name, fields):
@@ -501,32 +517,36 @@ def _make_class(num, name, fields):
 
 
 def _build():
-    g = {"ProtocolError": ProtocolError, "Qid": Qid, "_unpack_from": _unpack_from,
-         "_pack": _pack, "_dec_str": _dec_str, "_enc_str": _enc_str,
-         "_dec_stat": _dec_stat, "_enc_stat": _enc_stat, "_too_short": _too_short,
-         "_str_bytes": _str_bytes, "_PH": struct.Struct("<H").pack,
-         "_PI": struct.Struct("<I").pack, "_PQ": struct.Struct("<BIQ").pack}
+    """The message classes, and the types each dialect knows."""
     for num, name, fields in spec.MESSAGES:
         full = fields + spec.DOTU.get(name, [])
         cls = _make_class(num, name, full)
         TYPES[num] = cls
         BY_NAME[name] = cls
         for dialect in DIALECTS:
-            dotu = _IS_DOTU[dialect]
-            if dialect == V9P2000L and name in spec.NOT_IN_L:
-                pass  # decoded in their .u form all the same
             if dialect == V9P2000 and name in spec.ONLY_L:
                 continue
-            f = full if dotu else fields
-            ns = dict(g, DOTU=dotu, CLS=cls, _new=object.__new__)
-            tag = "%s_%s" % (name, dialect.replace(".", "_"))
-            extra = [(fn, 0xFFFFFFFF if fn == "n_uname" else _DEFAULTS[k])
-                     for fn, k in full[len(f):]]
-            exec(_gen_decoder(f, "dec_" + tag, ns, extra), ns)
-            exec(_gen_encoder(f, "enc_" + tag, num, ns), ns)
-            _DECODERS[dialect][num] = (cls, ns["dec_" + tag], tuple(n for n, _ in f))
-            _DEC[dialect][num] = ns["dec_" + tag]
-            _ENCODERS[dialect][num] = ns["enc_" + tag]
+            # (9P2000.L decodes the spec.NOT_IN_L messages in their .u form all the same)
+            _DECODERS[dialect][num] = (cls, full if _IS_DOTU[dialect] else fields)
+
+
+def _generate(dialect, num):
+    """Generate the decoder and encoder of type num in dialect (KeyError: unknown)."""
+    cls, f = _DECODERS[dialect][num]
+    full = cls.fields
+    ns = {"ProtocolError": ProtocolError, "Qid": Qid, "_unpack_from": _unpack_from,
+          "_pack": _pack, "_dec_str": _dec_str, "_enc_str": _enc_str,
+          "_dec_stat": _dec_stat, "_enc_stat": _enc_stat, "_too_short": _too_short,
+          "_str_bytes": _str_bytes, "_PH": struct.Struct("<H").pack,
+          "_PI": struct.Struct("<I").pack, "_PQ": struct.Struct("<BIQ").pack,
+          "DOTU": _IS_DOTU[dialect], "CLS": cls, "_new": object.__new__}
+    tag = "%s_%s" % (cls.__name__, dialect.replace(".", "_"))
+    extra = [(fn, 0xFFFFFFFF if fn == "n_uname" else _DEFAULTS[k])
+             for fn, k in full[len(f):]]
+    exec(_gen_decoder(f, "dec_" + tag, ns, extra), ns)
+    exec(_gen_encoder(f, "enc_" + tag, num, ns), ns)
+    dict.__setitem__(_DEC[dialect], num, ns["dec_" + tag])
+    dict.__setitem__(_ENCODERS[dialect], num, ns["enc_" + tag])
 
 
 _build()

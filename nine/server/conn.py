@@ -8,12 +8,28 @@ read does not hold up the connection, except those the subclass lets run inline
 (inline_ok: the node promises not to block).  Tversion is handled synchronously: it
 ends everything in flight.
 
+Memory follows what the peer has sent (nine.server.limits): the receive buffer starts
+small and grows only with bytes received, a frame over BIG bytes gets a buffer of its
+own sized by the bytes that have come (never by the size its header claims), and a
+frame before Tversion is at most PREVERSION_FRAME bytes.  Backpressure: while the
+requests in flight reach their limit (Limits.requests), or their large frames (over
+BIG) hold more than HELD_MSIZES times msize, the connection is not read until one ends
+(so a client that keeps that many requests blocked must close the connection).
+Fairness: a reader that has taken FAIR frames without once waiting for its socket (a
+peer that pipelines, or floods) lets the other connections run before it goes on.
+
 Tags: a tag in flight cannot be used again (EPROTO).  A request is ended (Tflush, or
 end() from the state machine: a Tclunk ends the requests still running on its fid) by
 killing its greenlet, which raises GreenletExit where it waits; end() returns only once
 that greenlet is gone, then frees the tag and, where asked, answers the request with an
 error.  Tflush answers Rflush after that, so the old request's reply (if it was already
-queued) goes first and nothing of the old request happens after Rflush.
+queued) goes first and nothing of the old request happens after Rflush.  Many requests
+end KILL_BATCH at a time, the other connections running between batches: ending tens of
+thousands (a connection that goes with that many reads blocked) never stalls the server.
+
+The end of a connection: shutdown() (from anywhere: a limit's sweeper, running out of
+descriptors, a failed write) closes the socket and wakes the reader; the reader's
+greenlet then ends every request and resets the session (close()).
 
 Output: replies from many greenlets are queued and combined into one write (a large
 payload goes out with sendmsg, without a copy).
@@ -25,26 +41,66 @@ copied: it is written on its own, after the small parts before it.
 """
 
 import errno
+import fcntl
 import logging
 import os
 import struct
 import sys
+import termios
+import time
 
 import gevent
 from gevent.event import Event
 
 from .. import protocol as P
 from ..protocol import ProtocolError, V9P2000U, V9P2000L, IOHDRSZ
+from .limits import PREVERSION_FRAME
 
 log = logging.getLogger("nine.server")
 
-RECVBUF = 64 * 1024     # frames over RECVBUF/4 get a buffer of their own
+RECVMIN = PREVERSION_FRAME  # a new connection's receive buffer: a frame before Tversion fits
+RECVBUF = 64 * 1024         # the most the receive buffer grows to (when reads fill it)
+BIG = RECVBUF // 4          # frames over BIG get a buffer of their own
+HELD_MSIZES = 4             # large frames in flight hold at most this many msizes
+KILL_BATCH = 128            # requests ended per turn of the hub
+FAIR = 64                   # frames taken in a row before the other connections' turn
 
 _RLERROR = struct.Struct("<IBHI")
+_INT = struct.Struct("i")
+_INT0 = bytes(4)
+_ENOENT_TEXT = os.strerror(errno.ENOENT)
 _RFLUSH = struct.Struct("<IBH")
 _U32 = struct.Struct("<I").unpack_from
 _TVERSION = P.BY_NAME["Tversion"].mtype
 _TFLUSH = P.BY_NAME["Tflush"].mtype
+_now = time.monotonic
+
+
+def _pause(seconds=0.0005):
+    """Let the hub poll and run everything else before going on (gevent.sleep(0) only
+    queues behind other callbacks: the loop may not poll for dozens of them)."""
+    gevent.sleep(seconds)
+
+
+def _queued(sock):
+    """Bytes received by the kernel on sock and not read yet (0 if it cannot say)."""
+    try:
+        return _INT.unpack(fcntl.ioctl(sock.fileno(), termios.FIONREAD, _INT0))[0]
+    except OSError:
+        return 0
+
+
+_HANDLERS = {}      # Transport subclass -> ((message type, name of its handler), ...)
+
+
+def _handler_names(cls):
+    """The handlers (h_Tname methods) of a Transport subclass, found once per class (a
+    flood of connections must cost little each)."""
+    names = _HANDLERS.get(cls)
+    if names is None:
+        names = _HANDLERS[cls] = tuple((P.BY_NAME[n[2:]].mtype, n) for n in dir(cls)
+                                       if n.startswith("h_") and n[2:] in P.BY_NAME)
+    return names
 
 
 def _is_tls(sock):
@@ -64,13 +120,16 @@ def _internal_error(msg, ex):
 
 
 class Request:
-    """One request in flight: its tag, message and greenlet.  `ending` is None while it
-    runs and may answer; an Event once something ends it (set when it is gone)."""
-    __slots__ = ("tag", "msg", "greenlet", "ending")
+    """One request in flight: its tag, message, frame size (0 for a small frame: only
+    large ones count against HELD_MSIZES) and greenlet.  `ending` is
+    None while it runs and may answer; an Event once something ends it (set when it is
+    gone)."""
+    __slots__ = ("tag", "msg", "size", "greenlet", "ending")
 
-    def __init__(self, tag, msg):
+    def __init__(self, tag, msg, size):
         self.tag = tag
         self.msg = msg
+        self.size = size
         self.greenlet = None
         self.ending = None
 
@@ -80,7 +139,12 @@ class Transport:
 
     A subclass provides the handlers (h_Tversion and one h_Tname per message it answers;
     a handler returns the reply: a Message, its encoded bytes, a list of byte parts, or
-    None when it answered itself) and may override inline_ok and reset_session."""
+    None when it answered itself) and may override inline_ok and reset_session.
+
+    What nine.server.guard reads: `born` and `since` (time.monotonic() of the accept,
+    and of the first byte of the frame being received: None between frames and while
+    the connection is not read), `attached` (set by the subclass at its first Tattach)
+    and `closed`."""
 
     #: message types that may be answered inline (in the loop) when inline_ok says so
     INLINE = frozenset()
@@ -94,8 +158,22 @@ class Transport:
         self.iounit = self.msize - IOHDRSZ
         self.inflight = {}          # tag -> Request
         self.closed = False
+        self.attached = False
+        self.born = _now()
+        self.since = None
+        lim = server.limits
+        #: the most fids the subclass may hold (Limits.fids)
+        self.max_fids = lim.fids or sys.maxsize
+        self._max_requests = lim.requests or sys.maxsize
+        self._max_frame = PREVERSION_FRAME
+        self._max_held = HELD_MSIZES * self.msize
+        self._held = 0              # bytes of the large frames of the requests in flight
+        self._room = None           # the Event the reader waits on for backpressure
+        self._waited = False        # the reader waited for its socket (the hub ran)
+        self._torn = False
         self._out = []
         self._writing = False
+        self._hub = gevent.get_hub()
         #: the link is TLS: no I/O on the descriptor itself
         self.tls = _is_tls(sock)
         # the hot path does its I/O on the gevent socket's own non-blocking socket and
@@ -105,16 +183,10 @@ class Transport:
         if raw is not None and not self.tls and getattr(sock, "timeout", 0) is None and \
                 raw.gettimeout() == 0.0:
             self._raw = raw
-            self._hub = gevent.get_hub()
             self._rwatch = self._hub.loop.io(sock.fileno(), 1)
         else:
             self._raw = self._rwatch = None
-        self.handlers = {}
-        for name in dir(self):
-            if name.startswith("h_"):
-                cls = P.BY_NAME.get(name[2:])
-                if cls is not None:
-                    self.handlers[cls.mtype] = getattr(self, name)
+        self.handlers = {t: getattr(self, name) for t, name in _handler_names(type(self))}
 
     # --- what the state machine decides ----------------------------------------------
     def inline_ok(self, typ, msg):
@@ -126,57 +198,157 @@ class Transport:
         """Everything in flight has ended (Tversion, or the connection is gone): forget
         the session's state."""
 
+    def over_limit(self, kind, code, text):
+        """The OSError that answers a request beyond a limit of nine.server.limits (kind:
+        its field), logged (once per kind, then how many more)."""
+        self.server.guard.log.hit(kind, "%s: %s", self.address, text)
+        return OSError(code, text)
+
+    def breathe(self, i):
+        """Long loops over a connection's things call this with their index: every
+        KILL_BATCH items it lets the other connections run (outside the hub)."""
+        if i and not i % KILL_BATCH and gevent.getcurrent() is not self._hub:
+            _pause()
+
     # --- the connection loop ------------------------------------------------------
     def run(self):
-        """Read frames and dispatch them.  Small frames are copied out of one reusable
-        receive buffer; a large frame (a big Twrite) is received straight into a buffer
-        of its own and handed on as a memoryview, so its payload is never copied again."""
+        """Read frames and dispatch them.  Small frames are copied out of the receive
+        buffer; a large frame (a big Twrite) is received into a buffer of its own
+        (_recv_big) and handed on as a memoryview, so its payload is not copied again."""
         sock = self.sock
         recv_into = sock.recv_into if self._raw is None else self._recv_into
-        buf = bytearray(RECVBUF)
+        buf = bytearray(RECVMIN)
         mv = memoryview(buf)
         start = end = 0
+        need = 0            # the size of the small frame begun at start, once known
+        grow = False        # the last read filled the buffer
+        taken = 0           # frames since the other connections' last turn
         try:
             while not self.closed:
-                if end == RECVBUF:
-                    if start:
+                if self.inflight and self._full():
+                    self._wait_room()
+                    if start != end:
+                        self.since = _now()
+                    continue
+                cap = len(buf)
+                if end == cap or start + need > cap:
+                    # no room after end: move what is left to the front, in a larger
+                    # buffer if the frame begun needs one or reads have been filling it
+                    want = cap
+                    while want < need or grow and want < RECVBUF:
+                        want *= 2
+                        grow = False
+                    if want != cap:
+                        nb = bytearray(want)
+                        nb[:end - start] = mv[start:end]
+                        mv.release()
+                        buf, mv = nb, memoryview(nb)
+                    elif start:
                         buf[:end - start] = mv[start:end]
-                        end -= start
-                        start = 0
+                    end -= start
+                    start = 0
                 n = recv_into(mv[end:])
                 if not n:
                     break
+                grow = end + n == len(buf)
                 end += n
+                progress = False
+                need = 0
                 while end - start >= 4:
                     size = _U32(buf, start)[0]
-                    if size < 7 or size > self.msize:
-                        log.info("dropping connection %s: frame size %d (msize %d)",
-                                 self.address, size, self.msize)
+                    if size < 7 or size > self._max_frame:
+                        self._bad_size(size)
                         return
                     if end - start >= size:
+                        if self.inflight and self._full():
+                            self._wait_room()       # backpressure (see the module)
+                            if self.closed:
+                                return
+                            continue
                         frame = bytes(mv[start:start + size])
                         start += size
+                        progress = True
                         self.dispatch(frame)
+                        taken += 1
+                        if taken == FAIR:
+                            # a peer that pipelines many requests (or sends faster than
+                            # they are taken) must not keep the others waiting: unless
+                            # the reader waited for its socket meanwhile, their turn
+                            taken = 0
+                            if self._waited:
+                                self._waited = False
+                            else:
+                                _pause(1e-6)
+                                if self.closed:
+                                    return
                         continue
-                    if size > RECVBUF // 4:
-                        big = bytearray(size)
-                        have = end - start
-                        big[:have] = mv[start:end]
-                        bmv = memoryview(big)
-                        while have < size:
-                            k = sock.recv_into(bmv[have:])
-                            if not k:
-                                return
-                            have += k
-                        start = end = 0
-                        self.dispatch(bmv)
+                    if size <= BIG:
+                        need = size             # a small frame: the rest comes next
+                        break
+                    if self.inflight and self._full():
+                        self._wait_room()
+                        if self.closed:
+                            return
+                        continue
+                    if progress or self.since is None:
+                        self.since = _now()
+                    frame = self._recv_big(mv[start:end], size)
+                    start = end = 0
+                    if frame is None:
+                        return
+                    if grow and len(buf) < RECVBUF:
+                        # large frames fill reads: read more of the next one at once
+                        mv.release()
+                        buf = bytearray(RECVBUF)
+                        mv = memoryview(buf)
+                        grow = False
+                    self.since = None
+                    self.dispatch(frame)
                     break
                 if start == end:
                     start = end = 0
+                    self.since = None
+                elif progress or self.since is None:
+                    self.since = _now()
         except OSError:
             pass
         finally:
             self.close()
+
+    def _bad_size(self, size):
+        if size < 7:
+            what = "shorter than a header"
+        elif self.dialect is None:
+            what = "before Tversion: at most %d" % self._max_frame
+        else:
+            what = "msize %d" % self._max_frame
+        self.server.guard.log.hit("frame_size", "dropped the connection of %s: a frame of "
+                                  "%d bytes (%s)", self.address, size, what)
+
+    def _recv_big(self, head, size):
+        """The whole frame of size bytes that begins with head, as a memoryview; None if
+        the connection ends first.  Its buffer holds at most twice what the peer has sent
+        (received, or queued in the kernel), however large the size: allocated for
+        what has come, doubled when full (a frame that has come whole is received in one
+        buffer of its size, its payload not copied again)."""
+        have = len(head)
+        cap = min(size, 2 * (have if 2 * have >= size else have + _queued(self.sock)))
+        buf = bytearray(cap)
+        buf[:have] = head
+        mv = memoryview(buf)
+        recv_into = self.sock.recv_into if self._raw is None else self._recv_into
+        while have < size:
+            if have == cap:
+                cap = min(size, max(2 * cap, have + _queued(self.sock)))
+                nb = bytearray(cap)
+                nb[:have] = mv
+                mv.release()
+                buf, mv = nb, memoryview(nb)
+            n = recv_into(mv[have:])
+            if not n:
+                return None
+            have += n
+        return mv
 
     def _recv_into(self, buf):
         raw = self._raw
@@ -187,14 +359,31 @@ class Transport:
                 pass
             if self.closed:
                 return 0
+            self._waited = True
             self._hub.wait(self._rwatch)
 
-    def close(self):
-        """End the connection: every request ends unanswered, the session is reset."""
+    def _full(self):
+        """Backpressure: are the requests in flight at their limit, or their large
+        frames over theirs?"""
+        return len(self.inflight) >= self._max_requests or self._held > self._max_held
+
+    def _wait_room(self):
+        """Backpressure: wait, not reading, until a request in flight ends (or the
+        connection is shut).  Meanwhile no frame is the peer's to finish."""
+        self.since = None
+        room = self._room = Event()
+        try:
+            room.wait()
+        finally:
+            self._room = None
+
+    def shutdown(self):
+        """Stop the link now, from anywhere (the hub included): nothing more is sent,
+        the socket is closed (its descriptor free at once), and the reader wakes to end
+        the connection in its own greenlet (close())."""
         if self.closed:
             return
         self.closed = True
-        self.abort_all()
         w = self._rwatch
         if w is not None:
             self._rwatch = None
@@ -204,6 +393,18 @@ class Transport:
             self.sock.close()
         except OSError:
             pass
+        room = self._room
+        if room is not None:
+            room.set()
+
+    def close(self):
+        """End the connection: shut it, then every request ends unanswered and the
+        session is reset (once)."""
+        self.shutdown()
+        if self._torn:
+            return
+        self._torn = True
+        self.abort_all()
 
     # --- requests -------------------------------------------------------------------
     def dispatch(self, frame):
@@ -217,6 +418,8 @@ class Transport:
             return
         if typ == _TVERSION:  # synchronous: it ends everything in flight
             self.h_Tversion(msg)
+            self._max_frame = self.msize if self.dialect is not None else PREVERSION_FRAME
+            self._max_held = HELD_MSIZES * self.msize
             return
         if self.dialect is None:
             self.send_error(tag, errno.EPROTO, "Tversion must come first")
@@ -229,16 +432,32 @@ class Transport:
             self.send_error(tag, errno.EPROTO, "duplicate tag %d" % tag)
             return
         if typ == _TFLUSH:
-            req = Request(tag, msg)
+            req = Request(tag, msg, 0)
             self.inflight[tag] = req
             req.greenlet = gevent.spawn(self.h_Tflush, req)
             return
         if typ in self.INLINE and self.inline_ok(typ, msg):
             self._run_inline(tag, msg, handler)
             return
-        req = Request(tag, msg)
+        if size > BIG:
+            self._held += size
+        else:
+            size = 0
+        req = Request(tag, msg, size)
         self.inflight[tag] = req
         req.greenlet = gevent.spawn(self._run, req, handler)
+
+    def _forget(self, req):
+        """req is over: free its tag and what its frame held, and wake the reader if it
+        waits for room.  Whether the tag was still req's."""
+        if self.inflight.get(req.tag) is not req:
+            return False
+        del self.inflight[req.tag]
+        self._held -= req.size
+        room = self._room
+        if room is not None:
+            room.set()
+        return True
 
     def _run_inline(self, tag, msg, handler):
         try:
@@ -261,13 +480,13 @@ class Transport:
         except OSError as ex:
             if req.ending is not None:
                 return
-            self.inflight.pop(req.tag, None)
+            self._forget(req)
             self.send_error(req.tag, ex.errno or errno.EIO, ex.strerror or str(ex))
             return
         except ProtocolError as ex:
             if req.ending is not None:
                 return
-            self.inflight.pop(req.tag, None)
+            self._forget(req)
             self.send_error(req.tag, errno.EINVAL, str(ex))
             return
         except gevent.GreenletExit:
@@ -276,12 +495,12 @@ class Transport:
             _internal_error(req.msg, ex)
             if req.ending is not None:
                 return
-            self.inflight.pop(req.tag, None)
+            self._forget(req)
             self.send_error(req.tag, errno.EIO, "internal server error: %s" % ex)
             return
         if req.ending is not None:
             return
-        self.inflight.pop(req.tag, None)
+        self._forget(req)
         self._reply(req.tag, reply)
 
     def _reply(self, tag, reply):
@@ -295,33 +514,46 @@ class Transport:
     def end(self, reqs, ecode=None, text=None):
         """End requests in flight: kill their greenlets and wait until they are gone;
         then free their tags and, given ecode, answer each with that error.  A request
-        that something else is ending already is waited for.  From the hub itself (where
-        nothing may wait) the kills are only scheduled."""
+        that something else is ending already is waited for.  They end KILL_BATCH at a
+        time, the hub running between batches.  From the hub itself (where nothing may
+        wait) the kills are only scheduled."""
         me = gevent.getcurrent()
-        wait = me is not gevent.get_hub()
+        wait = me is not self._hub
+        ending = Event()
         mine, theirs = [], []
-        for r in reqs:
+        # the newest first: a greenlet killed while waiting stops its watcher, and
+        # libev keeps the watchers of one descriptor newest first (each stop then finds
+        # its own at once, where oldest first would walk all the others)
+        for r in reversed(reqs):
             if r.ending is None:
-                r.ending = Event()
+                r.ending = ending
                 mine.append(r)
             else:
                 theirs.append(r)
+        done = 0
         try:
-            gs = [r.greenlet for r in mine if r.greenlet is not None and r.greenlet is not me]
-            if gs:
-                gevent.killall(gs, block=wait)
+            while done < len(mine):
+                if done and wait:
+                    _pause()
+                batch = mine[done:done + KILL_BATCH]
+                gs = [r.greenlet for r in batch if r.greenlet is not None and r.greenlet is not me]
+                if gs:
+                    gevent.killall(gs, block=wait)
+                done += len(batch)
+                self._ended(batch, ecode, text)
         finally:
-            for r in mine:
-                if self.inflight.get(r.tag) is r:
-                    del self.inflight[r.tag]
-                    if ecode is not None:
-                        self.send_error(r.tag, ecode, text)
-                r.ending.set()
+            self._ended(mine[done:], ecode, text)
+            ending.set()
         if wait:
             for r in theirs:
                 r.ending.wait()
                 if r.greenlet is not None and r.greenlet is not me:
                     r.greenlet.join()
+
+    def _ended(self, reqs, ecode, text):
+        for r in reqs:
+            if self._forget(r) and ecode is not None:
+                self.send_error(r.tag, ecode, text)
 
     def abort_all(self):
         """End every request unanswered (a Tversion, the end of the connection), then
@@ -333,8 +565,7 @@ class Transport:
         old = self.inflight.get(req.msg.oldtag)
         if old is not None and old is not req:
             self.end([old])
-        if self.inflight.get(req.tag) is req:
-            del self.inflight[req.tag]
+        if self._forget(req):
             self.send_raw(_RFLUSH.pack(7, 109, req.tag))
 
     # --- output -------------------------------------------------------------------
@@ -363,14 +594,9 @@ class Transport:
                     self._send_all(b"".join(out))
         except OSError:
             self._out = []
-            self.closed = True
-            try:
-                self.sock.close()
-            except OSError:
-                pass
+            self.shutdown()
         finally:
             self._writing = False
-
     def _send_all(self, data):
         raw = self._raw
         if raw is not None:
@@ -423,6 +649,8 @@ class Transport:
             self.send_raw(_RLERROR.pack(11, 7, tag, code))
         else:
             msg = text or os.strerror(code)
+            if code == errno.ENOENT and msg == _ENOENT_TEXT:
+                msg = "file not found"   # lib9p's words: p9fs knows no other for ENOENT
             if d == V9P2000U:
                 self.send_raw(P.encode(P.Rerror(ename=msg, errno=code, tag=tag), d))
             else:

@@ -24,6 +24,8 @@ from .. import protocol as P
 from ..protocol import V9P2000, V9P2000U, V9P2000L, NOFID, MAXWELEM, IOHDRSZ
 from .conn import Transport
 from .dialect import Dialect9P2000
+from .guard import Acceptor, Guard
+from .limits import Limits
 from .node import Context, SetAttr, error
 from .users import USERS
 
@@ -103,7 +105,7 @@ class Server:
     answers every aname not listed."""
 
     def __init__(self, exports, msize=DEFAULT_MSIZE, squash=None, name="nine", gate=None,
-                 tls=None):
+                 tls=None, limits=None):
         self.exports = dict(exports)
         self.msize = msize
         self.squash = squash        # (uid, gid): every user acts as this one
@@ -117,6 +119,10 @@ class Server:
         #: TCP connection first makes a TLS handshake that verifies the client's
         #: certificate (a unix socket is local, guarded by its file mode: no TLS there)
         self.tls = tls
+        #: what one peer may hold (nine.server.limits.Limits; read as connections come)
+        #: and their accounting (nine.server.guard)
+        self.limits = limits or Limits()
+        self.guard = Guard(self)
         self.conns = set()
         self._servers = []
 
@@ -126,7 +132,8 @@ class Server:
         if a is None:
             a = self.exports.get(None)
         if a is None:
-            raise error(errno.ENOENT, "no such export: %r" % aname)
+            raise error(errno.ENOENT, "no export %r (anames: %s)" % (aname, ", ".join(
+                sorted(a for a in self.exports if a and not a.startswith(("/", "groups:"))))))
         return a
 
     def make_context(self, conn, uname, n_uname, aname):
@@ -145,7 +152,6 @@ class Server:
         background; returns the gevent server (its .address has the real port).  A unix
         socket replaces only a stale socket at PATH and gets socket_mode (default: 0666
         with a gate, 0600 without; nine.server.listen)."""
-        from gevent.server import StreamServer
         from ..addr import parse_addr
         family, target = parse_addr(addr)
         if family == "unix":
@@ -153,9 +159,9 @@ class Server:
             if socket_mode is None:
                 socket_mode = default_mode(self.gate is not None)
             sock = unix_socket(target, socket_mode)
-            srv = StreamServer(sock, self.handle)
+            srv = Acceptor(sock, self)
         else:
-            srv = StreamServer(target, self.handle, backlog=1024)
+            srv = Acceptor(target, self, backlog=1024)
         srv.start()
         self._servers.append(srv)
         return srv
@@ -168,10 +174,19 @@ class Server:
     def stop(self):
         for s in self._servers:
             s.stop()
+        self.guard.stop()
         for c in list(self.conns):
             c.close()
 
     def handle(self, sock, address=None):
+        if not self.guard.admit(sock, address):     # beyond a limit: closed
+            return
+        try:
+            self._handle(sock, address)
+        finally:
+            self.guard.release(address)
+
+    def _handle(self, sock, address):
         try:
             sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
         except OSError:
@@ -220,7 +235,8 @@ class Connection(Dialect9P2000, Transport):
     def reset_session(self):
         fids = list(self.fids.values())
         self.fids.clear()
-        for f in fids:
+        for i, f in enumerate(fids):
+            self.breathe(i)
             self._close_fid(f)
 
     # --- fid helpers ---------------------------------------------------------------
@@ -235,6 +251,9 @@ class Connection(Dialect9P2000, Transport):
             raise error(errno.EBADF, "fid %d already in use" % fid)
         if fid == NOFID:
             raise error(errno.EBADF, "NOFID cannot be used")
+        if len(self.fids) >= self.max_fids:
+            raise self.over_limit("fids", errno.EMFILE, "%d fids, the limit (--max-fids)"
+                                  % len(self.fids))
 
     def dir_fid(self, fid):
         """The Fid of a directory to make something in: it must not be open."""
@@ -362,6 +381,7 @@ class Connection(Dialect9P2000, Transport):
             node.close(ctx)
             raise error(errno.EBADF, "fid %d already in use" % m.fid)
         self.fids[m.fid] = Fid(m.fid, node, ctx)
+        self.attached = True        # no attach timeout for it now (nine.server.limits)
         return P.Rattach(qid=node.qid)
 
     # --- walk ----------------------------------------------------------------------

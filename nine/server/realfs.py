@@ -5,32 +5,52 @@
 
 Design
 ------
-Confinement.  RealFS keeps one O_PATH fd of the export root.  Every path operation
-resolves a *relative* path (made only of plain names: never '', '.', '..', never a '/'
-inside a name) against that fd with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
-RESOLVE_NO_MAGICLINKS), so no symlink is ever followed, in any component, and nothing
-outside the export can be reached, whatever a local process does to the tree meanwhile.
-Operations on a name then use *at calls on an O_PATH fd of its directory, never
-following the final component (AT_SYMLINK_NOFOLLOW, O_NOFOLLOW).  chmod, truncate and
-xattrs of a non-symlink go through /proc/self/fd/N of an O_PATH fd of the file itself
-(the magic link names the inode, not a path, so there is no window for a swap).  Where
-openat2 is missing (ENOSYS, or EPERM from an old seccomp filter) resolution falls back
-to openat() one component at a time with O_PATH|O_NOFOLLOW|O_DIRECTORY (both in
-nine.server.syscalls).  /proc must be mounted.
+Files, not paths.  Every node holds its file: an O_PATH fd of it (a Handle of
+nine.server.handles, shared by the fids that reached that file by the same name in the
+same directory), never a path from the export root.  A walk opens one name at a time
+relative to the fd of the directory it walks from (openat2 with RESOLVE_BENEATH |
+RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS, or, where openat2 is missing (ENOSYS, or
+EPERM from an old seccomp filter), openat with O_NOFOLLOW: both refuse to follow a
+symlink, and a name is never '', '.', '..' nor holds a '/').  So no path is ever longer
+than one name (a tree deeper than PATH_MAX is served whole), and a fid keeps its file
+when a local process renames it or a directory above it: it still reads and stats that
+file, walks from a renamed directory still work, and a new file put at the old name is
+not what the fid sees.
 
-Nodes and paths.  A Node holds an _Entry (parent entry + name), not an fd, so a hundred
-thousand fids cost no fds; only an open node holds one.  Entries are interned per
-(parent, name) in a weak dictionary, so every fid of one path shares one entry; a rename
-done through this server moves the entry (so every fid of the renamed file, and of all
-files below a renamed directory, follows it, as diod and QEMU do), and a name removed or
-replaced through this server marks its entry dead (later path operations on those fids
-get ENOENT rather than reaching a new file of the same name).  Paths are cached per
-entry and recomputed lazily after any rename (a global generation counter).  '..'
-is lexical (the entry's parent); that equals the physical parent because no walk ever
-passes through a symlink.  '..' at the root stays at the root.
+Operations act on the node's own fd, or on its directory's fd and a name:
+  - getattr, statfs: fstat/fstatfs of the fd; readlink: readlinkat(fd, "");
+  - open: a reopen of /proc/self/fd/N (the magic link names the inode; the kernel checks
+    the acting user's permission; a symlink gives ELOOP);
+  - setattr: fchownat(fd, "", AT_EMPTY_PATH), and chmod, truncate, utimensat and the
+    xattr calls through /proc/self/fd/N (of a symlink: the link itself, never its target);
+  - link: linkat of /proc/self/fd/N (AT_SYMLINK_FOLLOW follows the magic link only);
+  - create, mkdir, symlink, mknod, unlinkat, renameat: *at calls on the directory's fd;
+  - remove and rename of the node itself (Tremove, Trename): its directory's fd and its
+    name, first checked to still name its file (else ENOENT: a local process moved it).
+/proc must be mounted.
+
+Confinement.  Nothing is resolved but one plain name below an fd of the export, and '..'
+is lexical: the directory the fid was walked from ('..' at the root stays at the root),
+never the physical parent.  A directory that a local process moves out of the export
+stays reachable through the fids that already held it (as an open directory would),
+never from the export's names.
+
+Names and renames (nine.server.handles): a walk reuses a fid's Handle only while the
+name still names the same inode; a rename through this server moves the Handle (every
+fid of it, and of everything below a renamed directory, then knows its new name); a
+removal forgets the name.  A fid whose file has lost its last name (st_nlink 0) and is
+not open answers ENOENT to getattr, setattr and open, as diod and QEMU do (they name
+files by path); xattrs and statfs still reach it, and an open fid stays fully usable.
+
+The fd budget (nine.server.handles): one O_PATH fd per distinct file that fids hold
+(bounded by the fids of the connections), plus at most `idle_fds` (1024) of files no
+fid holds any longer (directories above the fids, files just clunked), least recently
+used closed first and opened again by name when needed; an open fid holds one more fd,
+its open file.  RealFS raises the soft RLIMIT_NOFILE to the hard limit; an open beyond
+it answers EMFILE.
 
 Open nodes.  getattr, setattr, read, write, fsync, xattrs, statfs and locks of an open
-node use its fd, so a file opened and then unlinked stays fully usable.  A truncate
+node use its open fd, so a file opened and then unlinked stays fully usable.  A truncate
 through a node opened read-only reopens /proc/self/fd/N for writing (permission checked).
 Files are opened O_NONBLOCK (a FIFO or device must never block the one OS thread that all
 greenlets share): reads and writes of FIFOs/char devices wait for readiness with gevent;
@@ -43,16 +63,18 @@ sequential number with bit 63 set, from a table.  qid.version is 0 for directori
 symlinks and special files, and (mtime_ns ^ (size << 8)) & 0xffffffff for regular files
 (diod and QEMU use mtime ^ (size << 8) in seconds; ns changes with every write).
 
-readdir.  The listing includes '.' (cookie 1) and '..' (cookie 2) as diod does; every
-other entry's cookie is a 63-bit hash of its name (>= 3) and the entries are returned in
-cookie order from a snapshot taken when the listing starts (offset 0, or the first
-readdir of the open node).  "Continue after cookie c" is a bisection, so a cookie stays
-valid across batches, concurrent deletes and creates, a re-open, even another fid (like
-ext4's hashed offsets).  Each emitted entry is lstat'ed relative to the open directory fd
-(real qid, mount points included; done as the server: the open already passed the
-permission check); names deleted since the snapshot are skipped.  Entries whose cookies
-collide are never split across two replies.  Cost: the snapshot holds every name of the
-directory while a listing is in progress (released on close or at the next offset 0).
+readdir streams from the open directory's fd: each batch lseeks to its offset and reads
+getdents64 records until `count` is filled, so a listing costs one buffer (at most
+64 KiB) while it is built and nothing between batches, whatever the directory's size.
+Offsets are the file system's own d_off (as diod and QEMU pass them): ext4, xfs and
+btrfs (hashed or indexed offsets) and tmpfs since Linux 6.6 keep them valid across
+batches, concurrent creates and deletes, a re-open, even another fid (older tmpfs only
+within one fid's sequential reads).  Entries that share an offset (a hash collision)
+are never split across two replies.  Each entry is lstat'ed relative to the open fd for
+its qid (real qid, mount points included; done as the server: the open already passed
+the permission check); names deleted meanwhile are skipped.  A batch lets other
+greenlets run every 32 entries, so listing a huge directory never holds up the other
+clients for long (an open directory's node therefore has may_block = True).
 
 Identity.  When the server runs as root, each filesystem call is made as the attaching
 user (ctx.uid, ctx.gid, ctx.groups; ctx.uid None = the server's own identity), or always as
@@ -74,15 +96,30 @@ CAP_SETFCAP: so while acting as a non-root user, writing or removing 'trusted.*'
 'security.*' xattrs gets EPERM, and 'trusted.*' reads as absent (what the kernel does for
 an unprivileged process).  When the server is not root it always acts as itself.
 
+Groups.  A 9P2000.L attach carries a uid only: the groups are the group database's.
+What the kernel decides with those credentials is decided by the kernel, acting as the
+user: chown to a group the user is a member of, the clearing of the setgid bit by chmod
+and chown and of setuid/setgid by writes.  create, mkdir, symlink and mknod carry the
+creator's group (the client's fsgid, or a setgid directory's group): they are made with
+that fsgid when the user may act in that group (a member, or root), so that the kernel
+applies the setgid-directory and S_ISGID rules as for a local process; otherwise the
+file gets the user's own group and the request's group is applied with a chown where
+permitted (silently left otherwise).  What cannot be done: honour supplementary groups
+the client's process has but the server's group database does not list (chown to them,
+access through their group permissions, files made in them), since .L never sends
+them; a user the database does not know has only its gid (ctx.gid, else its uid).
+
 New files (create, mkdir, symlink, mknod) are made with umask 0 (the client applies its
-umask; the umask is switched around the call only) and owned by the acting user; the
-`gid` argument, when it differs from the group the new file got, is applied with
-fchownat if permitted (silently left otherwise).
+umask; the umask is switched around the call only) and owned by the acting user.
 
 Locks: OFD locks (F_OFD_SETLK / F_OFD_GETLK) on the node's open fd, so two fids (two
 opens) conflict like two processes; a lock that cannot be had now answers LOCK_BLOCKED (the
 kernel client retries).  The holder of a conflicting lock is not known to OFD locks:
 getlock reports proc_id 0 and an empty client_id.
+
+unlinkat without AT_REMOVEDIR of an empty directory removes it (the kernel never sends
+that: its VFS refuses unlink(2) of a directory first; p9fs removes directories so, and
+unpfs accepts it); a directory that is not empty still gets Linux's EISDIR.
 
 read_only: every mutating operation, and any open for writing or with O_TRUNC, gets EROFS.
 
@@ -92,29 +129,28 @@ EACCES, so that a client cannot make or reach /dev/sda or /dev/mem through a cop
 node in an export (root's mknod did make them).  FIFOs and sockets are not devices.  The
 open is refused before the device is opened when the node's type is known from its walk
 (opening some devices acts: a watchdog arms, a tape rewinds), and checked again on the
-opened fd (a name swapped for a device in between is closed unused).  Stat, chmod,
-chown, rename, link and remove of a device file stay allowed, as under nodev.
+opened fd.  Stat, chmod, chown, rename, link and remove of a device file stay allowed,
+as under nodev.
 """
 
-import bisect
 import functools
 import errno
 import fcntl
 import os
 import stat as _stat
 import struct
-import weakref
 
 from ..protocol import Qid, QTDIR, QTSYMLINK, QTFILE
 from ..protocol.const import (
     L_O_ACCMODE, L_O_RDONLY, L_O_EXCL, L_O_TRUNC, L_O_APPEND, LOCK_TYPE_UNLCK, LOCK_SUCCESS,
     LOCK_BLOCKED, AT_REMOVEDIR)
 from . import identity
+from .handles import Handles
 from .node import Node, Attr, StatFS, Dirent, error, dtype_of_mode
 from .syscalls import (
-    O_PATH, O_CLOEXEC, O_DIRECTORY, OPATH, ODIR, AT_FDCWD, AT_SYMLINK_NOFOLLOW, FLOCK, LTYPE,
-    LTYPE_BACK, F_OFD_GETLK, F_OFD_SETLK, fstatfs, lock_range, oflags, utimens,
-    openat2 as _openat2, openat_walk as _openat_walk)
+    O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, OPATH, ODIR, AT_FDCWD, AT_SYMLINK_NOFOLLOW,
+    AT_EMPTY_PATH, FLOCK, LTYPE, LTYPE_BACK, F_OFD_GETLK, F_OFD_SETLK, fchownat, fstatfs,
+    lock_range, oflags, raise_nofile, utimens, openat2 as _openat2, getdents as _getdents)
 
 __all__ = ["RealFS", "RealNode"]
 
@@ -130,17 +166,20 @@ _DEVICES = (S_IFBLK, S_IFCHR)
 _SUID_SGID = _stat.S_ISUID | _stat.S_ISGID
 _NOID = (None, -1, 0xFFFFFFFF)           # "no gid" in create-type requests
 _OFF_MAX = (1 << 63) - 1                 # a larger offset is negative to pread (EINVAL)
+_EMPTY = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
+_DENTS_MAX = 65536                       # bytes of getdents64 records read at once
+_YIELD_EVERY = 32                        # readdir entries between two yields
 
 
-
-def _as_user(method):
-    """Run a node method as the identity its ctx asks for, and restore the identity in
-    force before it (so nested calls and the rest of the process are unaffected)."""
+def _as_user(method, gid_at=None):
+    """Run a node method as the identity its ctx asks for (with args[gid_at] as the
+    fsgid where the user may act in that group), and restore the identity in force
+    before it (so nested calls and the rest of the process are unaffected)."""
     @functools.wraps(method)
     def wrapper(self, ctx, *args):
         fs = self.fs
         if fs._switch:
-            want = fs._want(ctx)
+            want = fs._want(ctx, None if gid_at is None else args[gid_at])
             cur = identity.current()
             if want != cur:
                 if not fs.restore_identity:
@@ -153,6 +192,16 @@ def _as_user(method):
                     identity.switch(identity.OWN if cur is None else cur)
         return method(self, ctx, *args)
     return wrapper
+
+
+def _as_creator(gid_at):
+    """_as_user for a method whose args[gid_at] is the group the new file asks for."""
+    return lambda method: _as_user(method, gid_at)
+
+
+def _proc(fd):
+    """The magic link of fd: it names the inode, whatever its path is now."""
+    return "/proc/self/fd/%d" % fd
 
 
 # --------------------------------------------------------------------------------------
@@ -197,49 +246,44 @@ def _sleep1(t):
         time.sleep(t)
 
 
+def _seekdir(fd, offset):
+    os.lseek(fd, offset, os.SEEK_SET)
+
+
+def _openat(dirfd, name, flags, mode=0):
+    """One name below dirfd (flags carry O_NOFOLLOW): the fallback of openat2."""
+    return os.open(name, flags, mode, dir_fd=dirfd)
+
+
 # --------------------------------------------------------------------------------------
-
-class _Entry:
-    """One path in the export: parent entry + name.  Shared by all nodes of that path."""
-    __slots__ = ("parent", "name", "bname", "dead", "path", "gen", "__weakref__")
-
-    def __init__(self, parent, name, bname):
-        self.parent = parent
-        self.name = name
-        self.bname = bname
-        self.dead = False
-        self.path = None
-        self.gen = -1
-
 
 class RealFS:
     """A directory of the host exported as a 9P file tree."""
 
     def __init__(self, root_dir, read_only=False, squash=None, *, use_openat2=None,
-                 restore_identity=True, allow_devices=False):
+                 restore_identity=True, allow_devices=False, idle_fds=1024):
         self.root_dir = os.path.abspath(root_dir)
         self.read_only = bool(read_only)
         self.allow_devices = bool(allow_devices)
-        self.root_fd = os.open(root_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)
-        st = os.fstat(self.root_fd)
+        raise_nofile()
+        root_fd = os.open(root_dir, ODIR & ~O_NOFOLLOW)
+        st = os.fstat(root_fd)
         if use_openat2 is None:
             try:
-                os.close(_openat2(self.root_fd, b".", ODIR))
+                os.close(_openat2(root_fd, b".", ODIR))
                 use_openat2 = True
             except OSError as e:
                 if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EINVAL):
+                    os.close(root_fd)
                     raise
                 use_openat2 = False
-        self._resolve = _openat2 if use_openat2 else _openat_walk
+        self._step = _openat2 if use_openat2 else _openat
         self.uses_openat2 = use_openat2
         # qid mapping
         self._dev_index = {st.st_dev: 0}
         self._big = {}
-        # entries
-        self.gen = 0
-        self._entries = weakref.WeakValueDictionary()
-        self.root_entry = _Entry(None, "/", b".")
-        self.root_entry.path = b"."
+        # files and their fds (nine.server.handles)
+        self.handles = Handles(root_fd, st, self._step, idle_fds)
         # identity
         self._switch = os.geteuid() == 0
         self.restore_identity = bool(restore_identity)
@@ -250,105 +294,54 @@ class RealFS:
             self._squash_id = (int(suid), int(sgid), (int(sgid),))
         self._idcache = {}
 
+    @property
+    def root_fd(self):
+        return self.handles.root.fd
+
     def attach(self, ctx):
-        node = RealNode(self, self.root_entry, None, S_IFDIR)
-        node.qid = self._qid(os.fstat(self.root_fd))
-        return node
+        return RealNode(self, self.handles.root, self._qid(os.fstat(self.root_fd)), S_IFDIR)
 
     def close(self):
-        if self.root_fd is not None:
-            os.close(self.root_fd)
-            self.root_fd = None
+        self.handles.close()
 
     # --- identity ---------------------------------------------------------------
-    def _want(self, ctx):
+    def _want(self, ctx, gid=None):
         if self._squash_id is not None:
             return self._squash_id
         uid = None if ctx is None else ctx.uid
         if uid is None:
-            return identity.OWN
-        groups = ctx.groups
-        key = (uid, ctx.gid, groups if type(groups) is tuple else tuple(groups or ()))
-        ident = self._idcache.get(key)
-        if ident is None:
-            ident = identity.lookup(*key)
-            if len(self._idcache) > 4096:
-                self._idcache.clear()
-            self._idcache[key] = ident
+            ident = identity.OWN
+        else:
+            groups = ctx.groups
+            key = (uid, ctx.gid, groups if type(groups) is tuple else tuple(groups or ()))
+            ident = self._idcache.get(key)
+            if ident is None:
+                ident = identity.lookup(*key)
+                if len(self._idcache) > 4096:
+                    self._idcache.clear()
+                self._idcache[key] = ident
+        if gid not in _NOID and gid != ident[1] and (ident[0] == 0 or gid in ident[2]):
+            return (ident[0], gid, ident[2])       # make the new file in that group
         return ident
 
     def _acting_uid(self, ctx):
         return self._want(ctx)[0] if self._switch else identity.OWN[0]
 
-    # --- paths --------------------------------------------------------------------
-    def _path(self, e):
-        if e.gen == self.gen:
-            return e.path
-        if e.dead:
-            raise error(errno.ENOENT)
-        p = e.parent
-        if p is None:
-            path = b"."
-        else:
-            pp = self._path(p)
-            path = e.bname if pp == b"." else pp + b"/" + e.bname
-        e.path = path
-        e.gen = self.gen
-        return path
-
-    def _open(self, e, flags, mode=0):
-        return self._resolve(self.root_fd, self._path(e), flags, mode)
-
-    def _child(self, e, name, bname):
-        key = (e, name)
-        c = self._entries.get(key)
-        if c is None:
-            c = _Entry(e, name, bname)
-            self._entries[key] = c
-        return c
-
-    def _kill(self, e):
-        e.dead = True
-        e.gen = -1
-
-    def _removed(self, dir_e, name):
-        c = self._entries.pop((dir_e, name), None)
-        if c is not None:
-            self.gen += 1
-            self._kill(c)
-
-    def _moved(self, odir, oname, ndir, nname):
-        self.gen += 1
-        src = self._entries.pop((odir, oname), None)
-        tgt = self._entries.pop((ndir, nname), None)
-        if tgt is not None and tgt is not src:
-            self._kill(tgt)
-        if src is not None:
-            src.parent = ndir
-            src.name = nname
-            src.bname = nname.encode("utf-8", "surrogateescape")
-            self._entries[(ndir, nname)] = src
-
+    # --- renames ------------------------------------------------------------------
     def _rename(self, odir, oname, ndir, nname):
-        sfd = self._open(odir, ODIR)
+        hs = self.handles
+        sfd = hs.fd(odir)
+        dfd = hs.fd(ndir)
+        s1 = same = None
         try:
-            dfd = sfd if ndir is odir else self._open(ndir, ODIR)
-            try:
-                same = False
-                try:
-                    s2 = os.stat(nname, dir_fd=dfd, follow_symlinks=False)
-                    s1 = os.stat(oname, dir_fd=sfd, follow_symlinks=False)
-                    same = s1.st_ino == s2.st_ino and s1.st_dev == s2.st_dev
-                except OSError:
-                    pass
-                os.rename(oname, nname, src_dir_fd=sfd, dst_dir_fd=dfd)
-            finally:
-                if dfd != sfd:
-                    os.close(dfd)
-        finally:
-            os.close(sfd)
+            s1 = os.stat(oname, dir_fd=sfd, follow_symlinks=False)
+            s2 = os.stat(nname, dir_fd=dfd, follow_symlinks=False)
+            same = s1.st_ino == s2.st_ino and s1.st_dev == s2.st_dev
+        except OSError:
+            pass
+        os.rename(oname, nname, src_dir_fd=sfd, dst_dir_fd=dfd)
         if not same:                      # renaming a hard link onto itself does nothing
-            self._moved(odir, oname, ndir, nname)
+            hs.moved(odir, oname, ndir, nname, s1)
 
     # --- qids ---------------------------------------------------------------------
     def _qpath(self, dev, ino):
@@ -384,18 +377,6 @@ class RealFS:
                     st.st_size, st.st_blksize, st.st_blocks, st.st_atime_ns, st.st_mtime_ns,
                     st.st_ctime_ns)
 
-    def _lstat(self, e):
-        if e is self.root_entry:
-            return os.fstat(self.root_fd)
-        return self._lstat_path(self._path(e))
-
-    def _lstat_path(self, path):
-        fd = self._resolve(self.root_fd, path, OPATH)
-        try:
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
     def _check_rw(self):
         if self.read_only:
             raise error(errno.EROFS)
@@ -419,88 +400,76 @@ _NEVER_BLOCK = frozenset((_stat.S_IFREG, _stat.S_IFDIR, _stat.S_IFLNK))
 
 
 class RealNode(Node):
-    __slots__ = ("fs", "entry", "qid", "fd", "_fmt", "_seekable", "_append", "_acc", "_snap")
+    __slots__ = ("fs", "file", "held", "qid", "fd", "_fmt", "_seekable", "_append", "_acc")
 
-    def __init__(self, fs, entry, qid=None, fmt=None):
+    def __init__(self, fs, file, qid, fmt):
+        fs.handles.pin(file)
         self.fs = fs
-        self.entry = entry
-        self.qid = qid if qid is not None else Qid(0, 0, 0)
+        self.file = file
+        self.held = True
+        self.qid = qid
         self.fd = None
-        self._snap = None
         self._fmt = fmt
 
     @property
     def may_block(self):
         # regular files, directories and symlinks never wait (the core may answer them
-        # inline); FIFOs, devices and sockets can
-        return self._fmt not in _NEVER_BLOCK
+        # inline); FIFOs, devices and sockets can, and so does the listing of an open
+        # directory (it lets other greenlets run between chunks)
+        fmt = self._fmt
+        return fmt not in _NEVER_BLOCK or (fmt == S_IFDIR and self.fd is not None)
 
     def __repr__(self):
-        return "RealNode(%r, fd=%r)" % (self.entry.path or self.entry.name, self.fd)
+        return "RealNode(%r, fd=%r)" % (self.file.name, self.fd)
 
     @property
     def name(self):
-        return "/" if self.entry.parent is None else self.entry.name
+        return self.file.name
 
     def _is_root(self):
-        return self.entry.parent is None
-
-    def _parent_fd(self):
-        """O_PATH fd of this node's directory (caller closes) and this node's name."""
-        e = self.entry
-        if e.parent is None:
-            raise error(errno.EBUSY)
-        return self.fs._open(e.parent, ODIR), e.name
+        return self.file.parent is None
 
     # --- name space -------------------------------------------------------------
     @_as_user
     def walk(self, ctx, names):
         fs = self.fs
-        e = self.entry
-        isdir = None
+        f = self.file
         out = []
-        for name in names:
-            try:
-                if isinstance(name, (bytes, bytearray)):
-                    name = os.fsdecode(bytes(name))
-                if name == "." or name == "..":
-                    if isdir is None:
-                        st = os.fstat(self.fd) if self.fd is not None else fs._lstat(e)
-                        isdir = (st.st_mode & S_IFMT) == S_IFDIR
-                    if not isdir:
-                        raise error(errno.ENOTDIR)
-                    if name == ".." and e.parent is not None:
-                        e = e.parent
-                    if e.dead:
-                        raise error(errno.ENOENT)
-                else:
-                    if not name or "/" in name or "\0" in name:
-                        raise error(errno.ENOENT if name else errno.EINVAL)
-                    e = fs._child(e, name, name.encode("utf-8", "surrogateescape"))
-                st = fs._lstat(e)
-            except OSError:
-                if not out:
-                    raise
-                break
-            isdir = (st.st_mode & S_IFMT) == S_IFDIR
-            out.append(RealNode(fs, e, fs._qid(st), st.st_mode & S_IFMT))
+        try:
+            for name in names:
+                try:
+                    if isinstance(name, (bytes, bytearray)):
+                        name = os.fsdecode(bytes(name))
+                    if name == "." or name == "..":
+                        if f.fmt != S_IFDIR:
+                            raise error(errno.ENOTDIR)
+                        if name == ".." and f.parent is not None:
+                            f = f.parent
+                        st = fs.handles.stat(f)
+                    else:
+                        if not name or "/" in name or "\0" in name:
+                            raise error(errno.ENOENT if name else errno.EINVAL)
+                        f, st = fs.handles.lookup(f, name, name.encode("utf-8", "surrogateescape"))
+                except OSError:
+                    if not out:
+                        raise
+                    break
+                out.append(RealNode(fs, f, fs._qid(st), st.st_mode & S_IFMT))
+        finally:
+            fs.handles.trim()
         return out
 
     def clone(self, ctx):
-        return RealNode(self.fs, self.entry, self.qid, self._fmt)
+        return RealNode(self.fs, self.file, self.qid, self._fmt)
 
     # --- attributes ---------------------------------------------------------------
     def getattr(self, ctx):
         fd = self.fd
         fs = self.fs
-        st = os.fstat(fd) if fd is not None else self._lstat(ctx)
+        st = os.fstat(fd) if fd is not None else fs.handles.stat(self.file)
         a = fs._attr(st)
         self.qid = a.qid
         return a
-
-    @_as_user
-    def _lstat(self, ctx):
-        return self.fs._lstat(self.entry)
 
     def setattr(self, ctx, sa):
         self.fs._check_rw()
@@ -524,38 +493,34 @@ class RealNode(Node):
             if times:
                 utimens(fd, None, sa.atime, sa.mtime, 0)
             return
-        opath = fs._resolve(fs.root_fd, fs._path(self.entry), OPATH) \
-            if not self._is_root() else os.open(".", ODIR, dir_fd=fs.root_fd)
-        try:
-            st = os.fstat(opath)
-            if (st.st_mode & S_IFMT) == S_IFLNK:
-                if sa.mode is not None:
-                    raise error(errno.EOPNOTSUPP)
-                if sa.size is not None:
-                    raise error(errno.EINVAL)
-                pfd, name = self._parent_fd()
-                try:
-                    if chown:
-                        os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
-                    if times:
-                        utimens(pfd, name.encode("utf-8", "surrogateescape"), sa.atime,
-                                 sa.mtime, AT_SYMLINK_NOFOLLOW)
-                finally:
-                    os.close(pfd)
-                return
-            proc = "/proc/self/fd/%d" % opath
-            if chown:
-                os.chown(proc, uid, gid)
+        f = self.file
+        st = fs.handles.stat(f)
+        fd = fs.handles.fd(f)
+        fmt = st.st_mode & S_IFMT
+        if fmt == S_IFLNK:
             if sa.mode is not None:
-                os.chmod(proc, sa.mode & 0o7777)
+                raise error(errno.EOPNOTSUPP)
             if sa.size is not None:
-                if (st.st_mode & S_IFMT) == S_IFDIR:
-                    raise error(errno.EISDIR)
-                os.truncate(proc, sa.size)
-            if times:
-                utimens(AT_FDCWD, proc.encode(), sa.atime, sa.mtime, 0)
-        finally:
-            os.close(opath)
+                raise error(errno.EINVAL)
+        if chown:
+            fchownat(fd, b"", uid, gid, _EMPTY)
+        if sa.mode is not None:
+            os.chmod(_proc(fd), sa.mode & 0o7777)
+        if sa.size is not None:
+            if fmt == S_IFDIR:
+                raise error(errno.EISDIR)
+            os.truncate(_proc(fd), sa.size)
+        if times:
+            if fmt != S_IFLNK:
+                utimens(AT_FDCWD, _proc(fd).encode(), sa.atime, sa.mtime, 0)
+                return
+            try:
+                utimens(fd, b"", sa.atime, sa.mtime, _EMPTY)
+            except OSError as e:
+                if e.errno != errno.EINVAL:   # a kernel before 5.8: by name, checked
+                    raise
+                pfd, bname = fs.handles.named(f)
+                utimens(pfd, bname, sa.atime, sa.mtime, AT_SYMLINK_NOFOLLOW)
 
     def _ftruncate(self, size):
         fd = self.fd
@@ -564,36 +529,27 @@ class RealNode(Node):
             return
         if self._fmt == S_IFDIR:
             raise error(errno.EISDIR)
-        wfd = os.open("/proc/self/fd/%d" % fd, os.O_WRONLY | O_CLOEXEC | os.O_NONBLOCK)
+        wfd = os.open(_proc(fd), os.O_WRONLY | O_CLOEXEC | os.O_NONBLOCK)
         try:
             os.ftruncate(wfd, size)
         finally:
             os.close(wfd)
 
-    @_as_user
     def statfs(self, ctx):
-        fs = self.fs
         fd = self.fd
         if fd is None:
-            fd = fs._open(self.entry, OPATH)
-            close = True
-        else:
-            close = False
+            fd = self.fs.handles.fd(self.file)
         try:
-            try:
-                b = fstatfs(fd)
-                return StatFS(b.f_type & 0xFFFFFFFF, b.f_bsize, b.f_blocks, b.f_bfree,
-                              b.f_bavail, b.f_files, b.f_ffree,
-                              (b.f_fsid[0] & 0xFFFFFFFF) | ((b.f_fsid[1] & 0xFFFFFFFF) << 32),
-                              b.f_namelen)
-            except (AttributeError, OSError):
-                v = os.fstatvfs(fd)
-                return StatFS(bsize=v.f_bsize, blocks=v.f_blocks, bfree=v.f_bfree,
-                              bavail=v.f_bavail, files=v.f_files, ffree=v.f_ffree,
-                              fsid=v.f_fsid, namelen=v.f_namemax)
-        finally:
-            if close:
-                os.close(fd)
+            b = fstatfs(fd)
+            return StatFS(b.f_type & 0xFFFFFFFF, b.f_bsize, b.f_blocks, b.f_bfree,
+                          b.f_bavail, b.f_files, b.f_ffree,
+                          (b.f_fsid[0] & 0xFFFFFFFF) | ((b.f_fsid[1] & 0xFFFFFFFF) << 32),
+                          b.f_namelen)
+        except (AttributeError, OSError):
+            v = os.fstatvfs(fd)
+            return StatFS(bsize=v.f_bsize, blocks=v.f_blocks, bfree=v.f_bfree,
+                          bavail=v.f_bavail, files=v.f_files, ffree=v.f_ffree,
+                          fsid=v.f_fsid, namelen=v.f_namemax)
 
     # --- I/O ------------------------------------------------------------------------
     def open(self, ctx, flags):
@@ -602,15 +558,19 @@ class RealNode(Node):
         if fs.read_only and (acc != L_O_RDONLY or flags & L_O_TRUNC):
             raise error(errno.EROFS)
         fs._check_nodev(self._fmt)      # before opening it: no open of a device
-        self._open_as(ctx, oflags(flags), flags)
+        self._open_as(ctx, oflags(flags) & ~O_NOFOLLOW, flags)
 
     @_as_user
     def _open_as(self, ctx, hflags, flags):
         fs = self.fs
+        f = self.file
+        fs.handles.stat(f)                     # ENOENT once removed, as by name
+        if f.fmt == S_IFLNK:
+            raise error(errno.ELOOP)
         try:
-            fd = fs._open(self.entry, hflags)
+            fd = os.open(_proc(fs.handles.fd(f)), hflags)
         except OSError as e:
-            if e.errno != errno.ENXIO:
+            if e.errno != errno.ENXIO or f.fmt != S_IFIFO:
                 raise
             fd = self._open_fifo_writer(hflags)
         self._opened(fd, flags)
@@ -618,14 +578,12 @@ class RealNode(Node):
     def _open_fifo_writer(self, hflags):
         """O_WRONLY open of a FIFO with no reader: wait (gevent) until one comes."""
         fs = self.fs
-        if (fs._lstat(self.entry).st_mode & S_IFMT) != S_IFIFO:
-            raise error(errno.ENXIO)
         delay = 0.01
         while True:
             _sleep(delay)
             delay = min(delay * 2, 0.25)
             try:
-                return fs._open(self.entry, hflags)
+                return os.open(_proc(fs.handles.fd(self.file)), hflags)
             except OSError as e:
                 if e.errno != errno.ENXIO:
                     raise
@@ -641,13 +599,12 @@ class RealNode(Node):
             os.close(fd)
             self.fs._check_nodev(fmt)
         if self.fd is not None:
-            self.close(None)
+            os.close(self.fd)
         self.fd = fd
         self._fmt = fmt
         self._seekable = fmt in (S_IFREG, S_IFDIR, S_IFBLK)
         self._append = bool(flags & L_O_APPEND)
         self._acc = flags & L_O_ACCMODE
-        self._snap = None
         self.qid = self.fs._qid(st)
 
     def read(self, ctx, offset, count):
@@ -700,69 +657,53 @@ class RealNode(Node):
             raise error(errno.EBADF)
         if self._fmt != S_IFDIR:
             raise error(errno.ENOTDIR)
-        fs = self.fs
-        snap = self._snap
-        if snap is None or offset == 0:
-            snap = self._snap = self._snapshot()
-        cookies, ents = snap
-        i = bisect.bisect_right(cookies, offset)
-        n = len(ents)
+        if offset > _OFF_MAX:
+            return []
+        size = min(max(count, 4096), _DENTS_MAX)
         out = []
         used = 0
-        qid_of = fs._qid
-        stat = os.stat
-        dev = None
-        while i < n:
-            cookie, name, ino, dtype = ents[i]
-            i += 1
-            size = 24 + len(name.encode("utf-8", "surrogateescape"))
-            if out and used + size > count:
-                # never split entries of one cookie (a hash collision) across replies
-                while len(out) > 1 and out[-1].offset == cookie:
-                    out.pop()
-                break
-            try:
-                if cookie == 1:
-                    st = os.fstat(fd)
-                elif cookie == 2:
-                    st = os.fstat(fd) if self._is_root() else \
-                        stat("..", dir_fd=fd, follow_symlinks=False)
-                else:
-                    st = stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue                  # deleted since the snapshot
-            except OSError:               # e.g. no search permission: what getdents said
-                if dev is None:
-                    dev = os.fstat(fd).st_dev
-                qt = QTDIR if dtype == 4 else QTSYMLINK if dtype == 10 else QTFILE
-                out.append(Dirent(Qid(qt, 0, fs._qpath(dev, ino)), cookie, dtype, name))
-                used += size
-                continue
-            out.append(Dirent(qid_of(st), cookie, dtype_of_mode(st.st_mode), name))
-            used += size
-        return out
+        seen = 0
+        pos = offset
+        while True:
+            _seekdir(fd, pos)           # (another batch on this fd may have moved it)
+            ents = _getdents(fd, size)
+            if not ents:
+                return out
+            for ino, off, dtype, bname in ents:
+                need = 24 + len(bname)
+                if out and used + need > count:
+                    # never split entries of one offset (a hash collision) across
+                    # replies: continuing after the last would repeat its mates
+                    while len(out) > 1 and out[-1].offset == out[-2].offset:
+                        out.pop()
+                    return out
+                seen += 1
+                if seen % _YIELD_EVERY == 0:
+                    _sleep(0)
+                d = self._dirent(fd, ino, off, dtype, bname)
+                if d is not None:
+                    out.append(d)
+                    used += need
+            pos = ents[-1][1]
 
-    def _snapshot(self):
-        fd = self.fd
-        os.lseek(fd, 0, os.SEEK_SET)
-        ents = [(1, ".", 0, 4), (2, "..", 0, 4)]
-        mask = (1 << 63) - 1
-        with os.scandir(fd) as it:
-            for d in it:
-                name = d.name
-                c = hash(name) & mask
-                if c < 3:
-                    c += 3
-                try:
-                    dt = (4 if d.is_dir(follow_symlinks=False) else
-                          10 if d.is_symlink() else
-                          8 if d.is_file(follow_symlinks=False) else 0)
-                except OSError:
-                    dt = 0
-                ents.append((c, name, d.inode(), dt))
-        os.lseek(fd, 0, os.SEEK_SET)
-        ents.sort()
-        return [t[0] for t in ents], ents
+    def _dirent(self, fd, ino, off, dtype, bname):
+        """The Dirent of one getdents record (None when deleted since)."""
+        fs = self.fs
+        try:
+            if bname == b".":
+                st = os.fstat(fd)
+            elif bname == b"..":
+                st = os.fstat(fd) if self._is_root() else \
+                    os.stat(b"..", dir_fd=fd, follow_symlinks=False)
+            else:
+                st = os.stat(bname, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError:                   # e.g. no search permission: what getdents said
+            dev = os.fstat(fd).st_dev
+            qt = QTDIR if dtype == 4 else QTSYMLINK if dtype == 10 else QTFILE
+            return Dirent(Qid(qt, 0, fs._qpath(dev, ino)), off, dtype, os.fsdecode(bname))
+        return Dirent(fs._qid(st), off, dtype_of_mode(st.st_mode), os.fsdecode(bname))
 
     def fsync(self, ctx, datasync=0):
         fd = self.fd
@@ -776,74 +717,83 @@ class RealNode(Node):
     def close(self, ctx):
         fd = self.fd
         self.fd = None
-        self._snap = None
-        if fd is not None:
-            os.close(fd)
+        try:
+            if fd is not None:
+                os.close(fd)
+        finally:
+            if self.held:
+                self.held = False
+                self.fs.handles.unpin(self.file)
 
     # --- creation and removal ---------------------------------------------------------
-    def _apply_gid(self, fd, name, st, gid):
-        """chgrp a freshly made file to the requested gid, where permitted."""
+    def _apply_gid(self, fd, st, gid):
+        """chgrp a freshly made file (its O_PATH or open fd) to the requested gid, where
+        permitted (where it could not be made in that group)."""
         if gid in _NOID or gid == st.st_gid:
             return st
         try:
-            if fd is not None:
-                os.fchown(fd, -1, gid)
-                return os.fstat(fd)
-            os.chown(name[1], -1, gid, dir_fd=name[0], follow_symlinks=False)
-            return os.stat(name[1], dir_fd=name[0], follow_symlinks=False)
+            fchownat(fd, b"", -1, gid, _EMPTY)
         except PermissionError:
             return st
+        return os.fstat(fd)
 
-    @_as_user
+    @_as_creator(3)
     def create(self, ctx, name, flags, mode, gid):
         fs = self.fs
         name, bname = _checkname(name)
         fs._check_rw()
-        dpath = fs._path(self.entry)
-        cpath = bname if dpath == b"." else dpath + b"/" + bname
+        d = self.file
+        dfd = fs.handles.fd(d)
         hflags = (oflags(flags) & ~O_DIRECTORY) | os.O_CREAT
         created = True
         old = os.umask(0)
         try:
             try:
-                fd = fs._resolve(fs.root_fd, cpath, hflags | os.O_EXCL, mode & 0o7777)
+                fd = fs._step(dfd, bname, hflags | os.O_EXCL, mode & 0o7777)
             except FileExistsError:
                 if flags & L_O_EXCL:
                     raise
                 created = False
                 if not fs.allow_devices:
-                    fs._check_nodev(fs._lstat_path(cpath).st_mode)
-                fd = fs._resolve(fs.root_fd, cpath, hflags & ~os.O_CREAT)
+                    fs._check_nodev(os.stat(bname, dir_fd=dfd, follow_symlinks=False).st_mode)
+                fd = fs._step(dfd, bname, hflags & ~os.O_CREAT)
         finally:
             os.umask(old)
         try:
+            st = os.fstat(fd)
             if created:
-                self._apply_gid(fd, None, os.fstat(fd), gid)
-                fs._removed(self.entry, name)     # fids of an earlier file of that name
+                st = self._apply_gid(fd, st, gid)
+            pfd = os.open(_proc(fd), OPATH & ~O_NOFOLLOW)    # the same inode, surely
+            f = fs.handles.intern(d, name, bname, pfd, st)
         except BaseException:
             os.close(fd)
             raise
-        node = RealNode(fs, fs._child(self.entry, name, bname), None, S_IFREG)
-        node._opened(fd, flags)
+        node = RealNode(fs, f, None, st.st_mode & S_IFMT)
+        try:
+            node._opened(fd, flags)
+        except BaseException:
+            node.close(ctx)
+            raise
         return node
 
-    @_as_user
+    @_as_creator(1)
     def _make(self, ctx, name, gid, fn):
         fs = self.fs
         name, bname = _checkname(name)
         fs._check_rw()
-        dfd = fs._open(self.entry, ODIR)
+        d = self.file
+        dfd = fs.handles.fd(d)
+        old = os.umask(0)
         try:
-            old = os.umask(0)
-            try:
-                fn(name, dfd)
-            finally:
-                os.umask(old)
-            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            st = self._apply_gid(None, (dfd, name), st, gid)
+            fn(bname, dfd)
         finally:
-            os.close(dfd)
-        fs._removed(self.entry, name)     # a stale entry of an earlier file of that name
+            os.umask(old)
+        fd = os.open(bname, OPATH, dir_fd=dfd)
+        try:
+            st = self._apply_gid(fd, os.fstat(fd), gid)
+        finally:
+            os.close(fd)
+        fs.handles.forget(d, name)              # an earlier file of that name
         return fs._qid(st)
 
     def mkdir(self, ctx, name, mode, gid):
@@ -868,8 +818,9 @@ class RealNode(Node):
                         "server runs without --allow-devices)")
         try:
             dev = os.makedev(major, minor)
-        except OverflowError:     # as glibc's EINVAL for a number the kernel cannot hold
-            raise error(errno.EINVAL, "device number out of range") from None
+        except OverflowError:     # glibc refuses a number the kernel cannot hold: EINVAL too
+            raise error(errno.EINVAL, "device number %d, %d out of range" % (major, minor)) \
+                from None
         return self._make(ctx, name, gid, lambda n, d: os.mknod(
             n, mode & (S_IFMT | 0o7777), dev, dir_fd=d))
 
@@ -880,16 +831,11 @@ class RealNode(Node):
         fs._check_rw()
         if not isinstance(target, RealNode) or target.fs is not fs:
             raise error(errno.EXDEV)
-        tpfd, tname = target._parent_fd()
-        try:
-            dfd = fs._open(self.entry, ODIR)
-            try:
-                os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=dfd, follow_symlinks=False)
-            finally:
-                os.close(dfd)
-        finally:
-            os.close(tpfd)
-        fs._removed(self.entry, name)
+        # the magic link names target's inode (a symlink itself: only the magic link
+        # is followed); an inode with no name left cannot be linked (ENOENT)
+        os.link(_proc(fs.handles.fd(target.file)), bname, dst_dir_fd=fs.handles.fd(self.file),
+                follow_symlinks=True)
+        fs.handles.forget(self.file, name)
 
     @_as_user
     def renameat(self, ctx, oldname, newdir, newname):
@@ -899,7 +845,7 @@ class RealNode(Node):
         fs._check_rw()
         if not isinstance(newdir, RealNode) or newdir.fs is not fs:
             raise error(errno.EXDEV)
-        fs._rename(self.entry, oldname, newdir.entry, newname)
+        fs._rename(self.file, oldname, newdir.file, newname)
 
     @_as_user
     def rename(self, ctx, newdir, newname):
@@ -908,55 +854,46 @@ class RealNode(Node):
         fs._check_rw()
         if newdir is not None and (not isinstance(newdir, RealNode) or newdir.fs is not fs):
             raise error(errno.EXDEV)
-        e = self.entry
-        if e.parent is None:
-            raise error(errno.EBUSY)
-        if e.dead:
-            raise error(errno.ENOENT)
-        fs._rename(e.parent, e.name, e.parent if newdir is None else newdir.entry, newname)
+        f = self.file
+        fs.handles.named(f)
+        fs._rename(f.parent, f.name, f.parent if newdir is None else newdir.file, newname)
 
     @_as_user
     def unlinkat(self, ctx, name, flags):
         fs = self.fs
-        name, _ = _checkname(name)
+        name, bname = _checkname(name)
         fs._check_rw()
-        dfd = fs._open(self.entry, ODIR)
-        try:
-            if flags & AT_REMOVEDIR:
-                os.rmdir(name, dir_fd=dfd)
-            else:
-                os.unlink(name, dir_fd=dfd)
-        finally:
-            os.close(dfd)
-        fs._removed(self.entry, name)
+        dfd = fs.handles.fd(self.file)
+        if flags & AT_REMOVEDIR:
+            os.rmdir(bname, dir_fd=dfd)
+        else:
+            try:
+                os.unlink(bname, dir_fd=dfd)
+            except IsADirectoryError as e:
+                # lenient (p9fs, unpfs): an empty directory goes; any other keeps EISDIR
+                try:
+                    os.rmdir(bname, dir_fd=dfd)
+                except OSError:
+                    raise e from None
+        fs.handles.forget(self.file, name)
 
     @_as_user
     def remove(self, ctx):
         fs = self.fs
         fs._check_rw()
-        e = self.entry
-        if e.parent is None:
-            raise error(errno.EBUSY)
-        pfd, name = self._parent_fd()
-        try:
-            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-            if (st.st_mode & S_IFMT) == S_IFDIR:
-                os.rmdir(name, dir_fd=pfd)
-            else:
-                os.unlink(name, dir_fd=pfd)
-        finally:
-            os.close(pfd)
-        fs._removed(e.parent, name)
+        f = self.file
+        pfd, bname = fs.handles.named(f)
+        if f.fmt == S_IFDIR:
+            os.rmdir(bname, dir_fd=pfd)
+        else:
+            os.unlink(bname, dir_fd=pfd)
+        fs.handles.forget(f.parent, f.name)
 
-    @_as_user
     def readlink(self, ctx):
-        if self._is_root():
+        f = self.file
+        if f.fmt != S_IFLNK:
             raise error(errno.EINVAL)
-        pfd, name = self._parent_fd()
-        try:
-            return os.readlink(name, dir_fd=pfd)
-        finally:
-            os.close(pfd)
+        return os.readlink(b"", dir_fd=self.fs.handles.fd(f)).decode("utf-8", "surrogateescape")
 
     # --- locks --------------------------------------------------------------------------
     def lock(self, ctx, type, flags, start, length, proc_id, client_id):
@@ -995,18 +932,12 @@ class RealNode(Node):
 
     # --- xattrs -----------------------------------------------------------------------------
     def _xattr(self, ctx, fn, *args):
-        """Run an os.*xattr function on this node, through its fd when open."""
+        """Run an os.*xattr function on this node: its open fd, else its O_PATH fd's
+        magic link (of a symlink: the link's own xattrs, never its target's)."""
         fd = self.fd
         if fd is not None:
             return fn(fd, *args)
-        fs = self.fs
-        if self._is_root():
-            return fn("/proc/self/fd/%d" % fs.root_fd, *args)
-        pfd, name = self._parent_fd()
-        try:
-            return fn("/proc/self/fd/%d/%s" % (pfd, name), *args, follow_symlinks=False)
-        finally:
-            os.close(pfd)
+        return fn(_proc(self.fs.handles.fd(self.file)), *args)
 
     @_as_user
     def listxattr(self, ctx):

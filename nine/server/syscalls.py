@@ -3,10 +3,11 @@ translation of the wire's Linux (asm-generic) open flags and lock types to the h
 
   openat2(dirfd, path, flags, mode)      resolution confined beneath dirfd, no symlink
                                          followed in any component, no magic link
-  openat_walk(dirfd, path, flags, mode)  the fallback where openat2 is missing: one
-                                         component at a time, O_PATH|O_NOFOLLOW|O_DIRECTORY
   utimens(dirfd, path, atime, mtime, flags)   utimensat/futimens with SetAttr.NOW
+  fchownat(dirfd, path, uid, gid, flags) fchownat(2) (AT_EMPTY_PATH: the O_PATH fd itself)
   fstatfs(fd)                            the statfs(2) buffer (f_type and f_fsid included)
+  getdents(fd, size)                     one getdents64(2): [(d_ino, d_off, d_type, name)]
+  raise_nofile()                         the soft limit of open files up to the hard one
   oflags(lflags)                         wire open flags -> host flags to act on
   lock_range(start, length), LTYPE, LTYPE_BACK, FLOCK, F_OFD_SETLK, F_OFD_GETLK
                                          OFD locks
@@ -16,6 +17,8 @@ import ctypes
 import errno
 import fcntl
 import os
+import resource
+import struct
 
 from ..protocol.const import (
     L_O_ACCMODE, L_O_TRUNC, L_O_APPEND, L_O_DSYNC, L_O_SYNC, L_O_DIRECTORY,
@@ -42,6 +45,7 @@ ODIR = O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC      # a handle on a direct
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 
@@ -95,20 +99,6 @@ def openat2(dirfd, path, flags, mode=0):
     raise oserror(errno.EAGAIN)
 
 
-def openat_walk(dirfd, path, flags, mode=0):
-    """The fallback: component by component, each intermediate O_NOFOLLOW|O_DIRECTORY."""
-    comps = path.split(b"/")
-    fd = os.open(".", ODIR, dir_fd=dirfd)
-    try:
-        for c in comps[:-1]:
-            nfd = os.open(c, ODIR, dir_fd=fd)
-            os.close(fd)
-            fd = nfd
-        return os.open(comps[-1], flags, mode, dir_fd=fd)
-    finally:
-        os.close(fd)
-
-
 def utimens(dirfd, path, atime, mtime, flags):
     """Set atime and mtime (integer ns, SetAttr.NOW, or None to leave) of path relative
     to dirfd, or of the open file dirfd itself when path is None."""
@@ -128,11 +118,58 @@ def utimens(dirfd, path, atime, mtime, flags):
         raise oserror(_get_errno())
 
 
+def fchownat(dirfd, path, uid, gid, flags):
+    """fchownat(2); with AT_EMPTY_PATH and path b"" it changes the file of dirfd, an
+    O_PATH fd included (a symbolic link itself with AT_SYMLINK_NOFOLLOW)."""
+    if libc.fchownat(_c_int(dirfd), _c_char_p(path), ctypes.c_uint(uid & 0xFFFFFFFF),
+                     ctypes.c_uint(gid & 0xFFFFFFFF), _c_int(flags)) != 0:
+        raise oserror(_get_errno())
+
+
 def fstatfs(fd):
     buf = _StatfsBuf()
     if libc.fstatfs(_c_int(fd), _byref(buf)) != 0:
         raise oserror(_get_errno())
     return buf
+
+
+_DIRENT = struct.Struct("<QqHB")          # struct linux_dirent64 up to d_name
+_dents_buf = {}
+_getdents64 = libc.getdents64            # glibc 2.30 and later
+_getdents64.restype = ctypes.c_ssize_t
+
+
+def getdents(fd, size):
+    """One getdents64(2) of at most size bytes from the directory fd's position:
+    [(d_ino, d_off, d_type, name bytes)], [] at the end.  d_off is the position after
+    the entry (lseek there to continue after it)."""
+    buf = _dents_buf.get(size)
+    if buf is None:
+        buf = _dents_buf[size] = ctypes.create_string_buffer(size)
+    n = _getdents64(_c_int(fd), buf, ctypes.c_size_t(size))
+    if n < 0:
+        raise oserror(_get_errno())
+    data = ctypes.string_at(buf, n)
+    out = []
+    unpack = _DIRENT.unpack_from
+    find = data.find
+    pos = 0
+    while pos < n:
+        ino, off, reclen, typ = unpack(data, pos)
+        end = find(b"\0", pos + 19, pos + reclen)
+        out.append((ino, off, typ, data[pos + 19:end if end >= 0 else pos + reclen]))
+        pos += reclen
+    return out
+
+
+def raise_nofile():
+    """Raise the soft limit of open files to the hard limit (each fid holds an fd)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):     # an infinite hard limit the kernel refuses
+            pass
 
 
 # --------------------------------------------------------------------------------------
@@ -162,7 +199,7 @@ def lock_range(start, length):
     omax = (1 << 63) - 1
     if start < 0 or start > omax or length < 0:
         raise error(errno.EINVAL)
-    if length > omax - start + 1:
+    if length > omax - start:
         length = 0                        # to the end of the file
     return start, length
 

@@ -1,7 +1,12 @@
 """Mapping of 9P user names and numeric ids to local identities (cached).
 
-A name no database can hold (a NUL byte) is no user; a name made of ASCII digits stands
-for that number when no user has it, if it is an id (below 2^32 - 1, which is "no id").
+A name no database can hold (a NUL byte, more than NAME_MAX bytes) is no user; a name
+made of ASCII digits stands for that number when no user has it, if it is an id (below
+2^32 - 1, which is "no id").
+
+The caches are bounded (CACHE_SIZE entries each, the least recently used forgotten):
+clients choose the names and ids they attach with.  A name that is no user is not
+cached at all (each costs a lookup), so a flood of made-up names holds nothing.
 """
 
 import grp
@@ -10,6 +15,9 @@ import pwd
 
 NOBODY = 65534
 NOID = 0xFFFFFFFF           # "no id" (-1 to chown)
+NAME_MAX = 256              # longer names are no user (Linux's LOGIN_NAME_MAX)
+CACHE_SIZE = 4096           # entries of each cache
+_MISS = object()
 
 
 def _number(name):
@@ -21,12 +29,34 @@ def _number(name):
     return None
 
 
+class _LRU:
+    """A mapping of at most CACHE_SIZE entries that forgets the least recently used."""
+
+    def __init__(self, size=CACHE_SIZE):
+        self.size = size
+        self._d = {}                # in order of use, the most recent last
+
+    def get(self, key):
+        """The value of key (now the most recent), or _MISS."""
+        v = self._d.pop(key, _MISS)
+        if v is not _MISS:
+            self._d[key] = v
+        return v
+
+    def put(self, key, value):
+        d = self._d
+        d.pop(key, None)
+        d[key] = value
+        if len(d) > self.size:
+            del d[next(iter(d))]
+
+
 class UserTable:
     def __init__(self):
-        self._by_name = {}
-        self._by_uid = {}
-        self._gname = {}
-        self._groups = {}
+        self._by_name = _LRU()      # users only
+        self._by_uid = _LRU()
+        self._gname = _LRU()
+        self._groups = _LRU()
 
     def resolve(self, uname, n_uname):
         """(uid, gid, groups, uname) for an attach.  A numeric n_uname wins; an unknown
@@ -48,53 +78,51 @@ class UserTable:
         return pw.pw_uid, pw.pw_gid, self.groups(pw.pw_name, pw.pw_gid), pw.pw_name
 
     def _pw_uid(self, uid):
-        try:
-            return self._by_uid[uid]
-        except KeyError:
+        pw = self._by_uid.get(uid)
+        if pw is _MISS:
             try:
                 pw = pwd.getpwuid(uid)
             except (KeyError, OverflowError):
                 pw = None
-            self._by_uid[uid] = pw
-            return pw
+            self._by_uid.put(uid, pw)
+        return pw
 
     def _pw_name(self, name):
-        try:
-            return self._by_name[name]
-        except KeyError:
+        pw = self._by_name.get(name)
+        if pw is _MISS:
+            if not name or len(name) > NAME_MAX:
+                return None
             try:
-                pw = pwd.getpwnam(name) if name else None
+                pw = pwd.getpwnam(name)
             except (KeyError, ValueError):      # ValueError: a NUL in the name
-                pw = None
-            self._by_name[name] = pw
-            return pw
+                return None
+            self._by_name.put(name, pw)
+        return pw
 
     def groups(self, name, gid):
         key = (name, gid)
-        try:
-            return self._groups[key]
-        except KeyError:
+        g = self._groups.get(key)
+        if g is _MISS:
             try:
                 g = tuple(os.getgrouplist(name, gid))
             except OSError:
                 g = (gid,)
-            self._groups[key] = g
-            return g
+            self._groups.put(key, g)
+        return g
 
     def uname(self, uid):
         pw = self._pw_uid(uid)
         return pw.pw_name if pw is not None else str(uid)
 
     def gname(self, gid):
-        try:
-            return self._gname[gid]
-        except KeyError:
+        n = self._gname.get(gid)
+        if n is _MISS:
             try:
                 n = grp.getgrgid(gid).gr_name
             except (KeyError, OverflowError):
                 n = str(gid)
-            self._gname[gid] = n
-            return n
+            self._gname.put(gid, n)
+        return n
 
     def uid_of(self, name):
         pw = self._pw_name(name)

@@ -1,0 +1,56 @@
+"""What one peer may hold of a server: the limits and their defaults.
+
+A server (nine.server.core.Server(limits=)) serves whoever connects, authenticated or
+not yet; these bound what a peer can make it hold, so that a hostile or broken one
+costs the others little.  Each limit is a number of things or of seconds; 0 means no
+limit.  nine.server.guard enforces the per-server ones (connections, timeouts, running
+out of descriptors), nine.server.conn and nine.server.core the per-connection ones.
+
+What hitting each one does:
+  connections, per_peer   the new connection is closed at once (before Tversion)
+  fids                    the request that would make one more fails with EMFILE
+  requests                the connection is not read until one ends (backpressure)
+  attach_timeout          a connection that has not attached by then is closed (on a
+                          server that requires authentication)
+  frame_timeout           a connection whose frame has begun but not arrived whole by
+                          then is closed (slowloris)
+and the server logs one line for it, then at most one every few seconds for the same
+kind, saying how many more there were.
+
+Besides these, whatever the settings: a frame before Tversion is at most PREVERSION_FRAME
+bytes (a larger size closes the connection), a connection's receive buffer grows with
+the bytes actually received, never to the size a frame header claims, and connections
+never take the descriptors that open files need (nine.server.guard).
+"""
+
+from dataclasses import dataclass
+
+#: the largest frame a connection may send before its Tversion (a Tversion is a few
+#: dozen bytes): a peer that has proven nothing gets nothing msize-sized
+PREVERSION_FRAME = 8192
+
+
+@dataclass(frozen=True)
+class Limits:
+    #: connections at once, from everyone
+    connections: int = 4096
+    #: connections at once from one peer address (TCP; unix sockets are not counted)
+    per_peer: int = 256
+    #: fids of one connection
+    fids: int = 65536
+    #: requests in flight on one connection; at the limit the connection is not read
+    #: until one ends
+    requests: int = 1024
+    #: seconds a connection has to attach (its first successful Tattach), where the
+    #: server requires authentication (without it an attach proves nothing, and a
+    #: mux's links to its children attach only once a user comes)
+    attach_timeout: float = 30.0
+    #: seconds a frame may take to arrive whole once its first byte has
+    frame_timeout: float = 30.0
+
+    def __post_init__(self):
+        for name in ("connections", "per_peer", "fids", "requests", "attach_timeout",
+                     "frame_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError("limit %s: %r is negative (0: no limit)"
+                                 % (name, getattr(self, name)))

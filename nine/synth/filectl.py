@@ -1,0 +1,450 @@
+"""filectl: file operations done on the host itself, for the tools that copy files to
+many hosts (nine pcp, nine psync: docs/tools.md).
+
+A leaf that serves a directory beside synthetic trees shows it as files/, with the file
+``exports`` beside it; ``filectl`` is the third file there.  Each open of it is one
+transaction: write commands (one per line), then read the replies (a read at offset 0
+runs them, once; later reads page through the replies).  A group of the filectl files
+of many hosts runs the same transaction on every host with one request per edge of the
+tree, and an ``equiv`` read folds the hosts whose replies are alike::
+
+    create dir/.app.tar.nine-tmp.k3j9 0600
+    fsync dir/.app.tar.nine-tmp.k3j9 67108864
+    attr dir/.app.tar.nine-tmp.k3j9 mode=0644 mtime=1700000000000000000
+    rename dir/.app.tar.nine-tmp.k3j9 dir/app.tar
+
+Commands run in order; each gives one reply line, ``ok [FIELDS]``, and the first that
+fails gives ``error ENAME text`` (the errno's name, then its text) and ends its step:
+a line ``--`` separates independent steps (the files of a recursive copy), and the
+replies of each step are followed by a ``--`` line of their own.  PATHs are relative to files/ (``a/b``: never ``..``); a path that is not a
+plain word is written ``~`` and the base64url of its bytes (path_word()).
+
+    stat PATH                 ok SIZE MTIME_NS MODE W   (MODE in octal with its type
+                              bits; W is ``w`` when the user may open the regular file
+                              for writing, else ``-``); ``ok absent`` when there is none
+    list PATH                 ok ENTRY ...: what is below the directory PATH, each
+                              entry ``d:``, ``f:`` (a regular file) or ``o:`` (anything
+                              else) and its path_word() from PATH, parents first
+    mkdir PATH MODE           the directory and its missing parents (mkdir -p)
+    create PATH MODE          a new file (an existing one is EEXIST)
+    fsync PATH SIZE           flush the file to disk; EIO unless it holds SIZE bytes
+    attr PATH [mode=OCTAL] [mtime=NS]
+    rename OLD NEW            rename(2): the new name replaces a file, never a directory
+                              (EISDIR); the directory is flushed after
+    sweep PATH AGE            remove the temporary files of earlier copies of PATH
+                              (``.NAME.nine-tmp.*``, ``.NAME.nine-delta.*``: a copy to a
+                              host that died) not written for AGE seconds
+    remove PATH               unlink a file (none there is not an error)
+    rmdir PATH                remove an empty directory
+    patch BASIS DELTA OUT [SHA256]
+                              OUT (made by create) becomes BASIS patched by the librsync
+                              delta DELTA; ``ok SIZE SHA256`` of what was written, EIO
+                              when it is not the SHA256 given
+
+Everything is done through the export's own Node (nine.server.realfs) with the
+reader's context: the same confinement and permission checks as a client's requests
+(a read-only server answers EROFS).  The bytes of a copy travel as group writes to the
+file that ``create`` made (nine.tools.transfer); filectl only names, checks, patches
+and renames.
+"""
+
+import base64
+import binascii
+import errno
+import hashlib
+import os
+import stat as S
+
+from ..protocol import L_O_RDONLY, L_O_WRONLY
+from ..server.node import SetAttr, error
+from .files import File
+
+NAME = "filectl"
+MAX_REQUEST = 1 << 20        # bytes of commands in one transaction
+READ_CHUNK = 1 << 16
+
+
+def path_word(path):
+    """A path as one word of a command: itself when plain, else ``~`` + base64url."""
+    b = path.encode("utf-8", "surrogateescape") if isinstance(path, str) else bytes(path)
+    try:
+        s = b.decode("ascii")
+    except UnicodeDecodeError:
+        s = None
+    if s and s.isprintable() and not s.startswith("~") and not any(c.isspace() for c in s):
+        return s
+    return "~" + base64.urlsafe_b64encode(b).decode("ascii")
+
+
+def word_path(word):
+    """The names of a path word (path_word()'s inverse); EINVAL for ``..`` or none."""
+    if word.startswith("~"):
+        try:
+            word = base64.urlsafe_b64decode(word[1:].encode("ascii")).decode(
+                "utf-8", "surrogateescape")
+        except (binascii.Error, ValueError) as e:
+            raise error(errno.EINVAL, "bad ~base64 path: %s" % e)
+    names = [n for n in word.split("/") if n and n != "."]
+    if not names or ".." in names:
+        raise error(errno.EINVAL, "bad path %r" % word)
+    return names
+
+
+class _Tx:
+    """One open of filectl: the commands written, the replies once run."""
+    __slots__ = ("request", "reply")
+
+    def __init__(self):
+        self.request = bytearray()
+        self.reply = None
+
+
+class _NodeFile:
+    """An open Node as the file object librsync's binding reads and writes."""
+
+    def __init__(self, ctx, node, digest=False):
+        self.ctx, self.node, self.pos = ctx, node, 0
+        self.sha = hashlib.sha256() if digest else None
+
+    def read(self, n=-1):
+        data = bytes(self.node.read(self.ctx, self.pos, READ_CHUNK if n < 0 else n))
+        self.pos += len(data)
+        return data
+
+    def write(self, data):
+        data = bytes(data)
+        done = 0
+        while done < len(data):
+            k = self.node.write(self.ctx, self.pos + done, data[done:])
+            if k <= 0:
+                raise error(errno.EIO, "short write")
+            done += k
+        self.pos += done
+        if self.sha is not None:
+            self.sha.update(data)
+        return done
+
+    def seek(self, pos, whence=0):
+        self.pos = pos if whence == 0 else self.pos + pos
+        return self.pos
+
+    def tell(self):
+        return self.pos
+
+
+class FileCtl:
+    """The transactions of one export: attach(ctx) gives its root Node."""
+
+    def __init__(self, attach):
+        self.attach = attach
+
+    def file(self):
+        """The synthetic File (nine.synth.files) to put beside files/."""
+        return File(NAME, read=self._read, write=self._write, open=self._open,
+                    mode=0o666, blocking=True)
+
+    # -- the file's callbacks ------------------------------------------------------
+    def _open(self, ctx, flags):
+        return _Tx()
+
+    def _write(self, ctx, offset, data, state):
+        if state.reply is not None:
+            raise error(errno.EBUSY, "this transaction has run: open filectl again")
+        end = offset + len(data)
+        if end > MAX_REQUEST:
+            raise error(errno.EFBIG, "a transaction holds at most %d bytes" % MAX_REQUEST)
+        req = state.request
+        if len(req) < end:
+            req.extend(bytes(end - len(req)))
+        req[offset:end] = data
+        return len(data)
+
+    def _read(self, ctx, state):
+        if state.reply is None:
+            state.reply = self.run(ctx, bytes(state.request).decode("utf-8",
+                                                                    "surrogateescape"))
+        return state.reply
+
+    # -- running a transaction -----------------------------------------------------
+    def run(self, ctx, text):
+        """The reply bytes of the commands in text."""
+        out = []
+        root = self.attach(ctx)
+        failed = False              # the step has failed: skip to the next one
+        try:
+            for line in text.splitlines():
+                words = line.split()
+                if words == ["--"]:
+                    out.append("--")
+                    failed = False
+                    continue
+                if not words or failed:
+                    continue
+                failed = True
+                try:
+                    fn = getattr(self, "cmd_" + words[0], None)
+                    if fn is None:
+                        raise error(errno.EINVAL, "unknown command %r" % words[0])
+                    out.append("ok" + "".join(" " + str(f) for f in fn(ctx, root, *words[1:])))
+                except TypeError as e:
+                    out.append("error EINVAL %s: %s" % (words[0], e))
+                    continue
+                except OSError as e:
+                    eno = e.errno or errno.EIO
+                    text_ = e.strerror or os.strerror(eno)
+                    out.append("error %s %s" % (errno.errorcode.get(eno, "EIO"),
+                                                " ".join(str(text_).split())))
+                    continue
+                failed = False
+        finally:
+            root.close(ctx)
+        return ("\n".join(out) + "\n").encode("utf-8", "surrogateescape")
+
+    @staticmethod
+    def _walk(ctx, root, names):
+        """The node names lead to (the caller closes it); ENOENT when it is not there."""
+        if not names:
+            return root.clone(ctx)
+        nodes = root.walk(ctx, list(names))
+        for n in nodes[:-1]:
+            n.close(ctx)
+        if len(nodes) != len(names):
+            if nodes:
+                nodes[-1].close(ctx)
+            raise error(errno.ENOENT, "No such file or directory: %s" % "/".join(names))
+        return nodes[-1]
+
+    def _open_file(self, ctx, root, names, flags):
+        node = self._walk(ctx, root, names)
+        try:
+            node.open(ctx, flags)
+        except BaseException:
+            node.close(ctx)
+            raise
+        return node
+
+    # -- the commands (each returns the fields of its ok line) -------------------------
+    def cmd_stat(self, ctx, root, path):
+        try:
+            node = self._walk(ctx, root, word_path(path))
+        except FileNotFoundError:
+            return ("absent",)
+        try:
+            a = node.getattr(ctx)
+            w = "-"
+            if S.S_ISREG(a.mode):
+                try:
+                    node.open(ctx, L_O_WRONLY)
+                    w = "w"
+                except OSError:
+                    pass
+        finally:
+            node.close(ctx)
+        return a.size, a.mtime, "%o" % a.mode, w
+
+    def cmd_mkdir(self, ctx, root, path, mode):
+        names = word_path(path)
+        mode = int(mode, 8)
+        for i in range(1, len(names) + 1):
+            try:
+                node = self._walk(ctx, root, names[:i])
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+                parent = self._walk(ctx, root, names[:i - 1])
+                try:
+                    try:
+                        parent.mkdir(ctx, names[i - 1], mode, None)
+                    except FileExistsError:
+                        pass
+                finally:
+                    parent.close(ctx)
+                continue
+            try:
+                if not S.S_ISDIR(node.getattr(ctx).mode):
+                    raise error(errno.ENOTDIR, "Not a directory: %s" % "/".join(names[:i]))
+            finally:
+                node.close(ctx)
+        return ()
+
+    def cmd_create(self, ctx, root, path, mode):
+        from ..protocol import L_O_CREAT, L_O_EXCL
+        names = word_path(path)
+        parent = self._walk(ctx, root, names[:-1])
+        try:
+            node = parent.create(ctx, names[-1], L_O_WRONLY | L_O_CREAT | L_O_EXCL,
+                                 int(mode, 8), None)
+            node.close(ctx)
+        finally:
+            parent.close(ctx)
+        return ()
+
+    def cmd_fsync(self, ctx, root, path, size):
+        node = self._open_file(ctx, root, word_path(path), L_O_RDONLY)
+        try:
+            node.fsync(ctx)
+            have = node.getattr(ctx).size
+        finally:
+            node.close(ctx)
+        if have != int(size):
+            raise error(errno.EIO, "holds %d bytes of %d" % (have, int(size)))
+        return ()
+
+    def cmd_attr(self, ctx, root, path, *settings):
+        sa = SetAttr()
+        for s in settings:
+            k, _, v = s.partition("=")
+            if k == "mode":
+                sa.mode = int(v, 8)
+            elif k == "mtime":
+                sa.mtime = sa.atime = int(v)
+            else:
+                raise error(errno.EINVAL, "attr: unknown setting %r" % s)
+        node = self._walk(ctx, root, word_path(path))
+        try:
+            node.setattr(ctx, sa)
+        finally:
+            node.close(ctx)
+        return ()
+
+    def cmd_rename(self, ctx, root, old, new):
+        old, new = word_path(old), word_path(new)
+        try:
+            there = self._walk(ctx, root, new)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        else:
+            try:
+                if S.S_ISDIR(there.getattr(ctx).mode):
+                    raise error(errno.EISDIR, "Is a directory: %s" % "/".join(new))
+            finally:
+                there.close(ctx)
+        odir = self._walk(ctx, root, old[:-1])
+        try:
+            ndir = self._walk(ctx, root, new[:-1])
+            try:
+                odir.renameat(ctx, old[-1], ndir, new[-1])
+                ndir.open(ctx, L_O_RDONLY)
+                ndir.fsync(ctx)
+            finally:
+                ndir.close(ctx)
+        finally:
+            odir.close(ctx)
+        return ()
+
+    def cmd_remove(self, ctx, root, path):
+        names = word_path(path)
+        try:
+            parent = self._walk(ctx, root, names[:-1])
+        except FileNotFoundError:
+            return ()
+        try:
+            parent.unlinkat(ctx, names[-1], 0)
+        except FileNotFoundError:
+            pass
+        finally:
+            parent.close(ctx)
+        return ()
+
+    def cmd_sweep(self, ctx, root, path, age):
+        import time
+        names = word_path(path)
+        prefixes = tuple(".%s.nine-%s." % (names[-1], k) for k in ("tmp", "delta"))
+        try:
+            parent = self._walk(ctx, root, names[:-1])
+        except FileNotFoundError:
+            return (0,)
+        gone = 0
+        try:
+            parent.open(ctx, L_O_RDONLY)
+            off, stale = 0, []
+            while True:
+                batch = parent.readdir(ctx, off, 1 << 16)
+                if not batch:
+                    break
+                stale.extend(e.name for e in batch if e.name.startswith(prefixes))
+                off = batch[-1].offset
+            before = time.time_ns() - int(float(age) * 1e9)
+            for name in stale:
+                try:
+                    node = self._walk(ctx, parent, [name])
+                except FileNotFoundError:
+                    continue
+                try:
+                    old = node.getattr(ctx).mtime < before
+                finally:
+                    node.close(ctx)
+                if old:
+                    try:
+                        parent.unlinkat(ctx, name, 0)
+                        gone += 1
+                    except FileNotFoundError:
+                        pass
+        finally:
+            parent.close(ctx)
+        return (gone,)
+
+    def cmd_rmdir(self, ctx, root, path):
+        from ..protocol import AT_REMOVEDIR
+        names = word_path(path)
+        parent = self._walk(ctx, root, names[:-1])
+        try:
+            parent.unlinkat(ctx, names[-1], AT_REMOVEDIR)
+        finally:
+            parent.close(ctx)
+        return ()
+
+    def cmd_list(self, ctx, root, path):
+        out = []
+
+        def down(node, prefix):
+            node.open(ctx, L_O_RDONLY)
+            ents = []
+            off = 0
+            while True:
+                batch = node.readdir(ctx, off, 1 << 16)
+                if not batch:
+                    break
+                ents.extend(e for e in batch if e.name not in (".", ".."))
+                off = batch[-1].offset
+            for e in sorted(ents, key=lambda e: e.name):
+                rel = prefix + [e.name]
+                kind = {4: "d", 8: "f"}.get(e.type, "o")
+                out.append("%s:%s" % (kind, path_word("/".join(rel))))
+                if kind == "d":
+                    child = self._walk(ctx, node, [e.name])
+                    try:
+                        down(child, rel)
+                    finally:
+                        child.close(ctx)
+
+        names = word_path(path) if path != "." else []
+        top = self._walk(ctx, root, names)
+        try:
+            down(top, [])
+        finally:
+            top.close(ctx)
+        return out
+
+    def cmd_patch(self, ctx, root, basis, delta, out, sha256=None):
+        import pyrsync
+        nodes = []
+        try:
+            for path, flags in ((basis, L_O_RDONLY), (delta, L_O_RDONLY), (out, L_O_WRONLY)):
+                nodes.append(self._open_file(ctx, root, word_path(path), flags))
+            files = [_NodeFile(ctx, nodes[0]), _NodeFile(ctx, nodes[1]),
+                     _NodeFile(ctx, nodes[2], digest=True)]
+            try:
+                pyrsync.patch(*files)
+            except OSError:
+                raise
+            except Exception as e:       # the binding's LibrsyncError: a bad delta
+                raise error(errno.EIO, "patch: %s" % e)
+        finally:
+            for n in nodes:
+                n.close(ctx)
+        got = files[2].sha.hexdigest()
+        if sha256 is not None and got != sha256:
+            raise error(errno.EIO, "patched file differs from the source (sha256 %s)" % got)
+        return files[2].pos, got
