@@ -3,9 +3,10 @@
 Guard: admits or refuses each accepted connection (connections per server and per peer
 address, and never so many that they take the descriptors the open files need: beyond
 the process's descriptor limit less a reserve (FD_RESERVE), the oldest connection that
-has not attached makes room, or the new one is refused), and closes, once a second or so (a sweeper greenlet that runs while the
-server has connections), those that have not attached in time (on a server that
-requires authentication) or hold a half-received frame too long.  A connection it closes is only shut (nine.server.conn's
+has not attached makes room, or the new one is refused), and closes, once a second or
+so (a sweeper greenlet that runs while the server has connections), those that have
+not attached in time (on a server that requires authentication) or hold a
+half-received frame too long.  A connection it closes is only shut (nine.server.conn's
 Transport.shutdown): its own greenlet then ends what it had in flight.
 
 RateLog: the log lines of refusals, which come in floods: the first of each kind at
@@ -103,9 +104,10 @@ def _peer(address):
 
 class Guard:
     """The connection limits of one server (server.limits, read at each use) and the
-    sweeper of its timeouts and held-back log lines.  A connection (nine.server.conn.Transport) shows `born` and
-    `since` (time.monotonic() of its accept and of the first byte of the frame it is
-    receiving, None when between frames), `attached`, and shutdown()."""
+    sweeper of its timeouts and held-back log lines.  A connection
+    (nine.server.conn.Transport) shows `born` and `since` (time.monotonic() of its
+    accept and of the first byte of the frame it is receiving, None when between
+    frames), `attached`, `closed` and shutdown()."""
 
     def __init__(self, server):
         self.server = server
