@@ -47,7 +47,9 @@ def _add_auth_opts(p, who="this server"):
                         "when munged runs here, else the key file; docs/security.md)" % who)
     g.add_argument("--no-auth", dest="auth", action="store_const", const="none",
                    help="no authentication: every client is whoever it claims to be "
-                        "(proc and exec then serve only the server's own user)")
+                        "(proc and exec then serve only the server's own user; for tree "
+                        "and demo: the root's clients, while the tree's own links still "
+                        "authenticate)")
 
 
 def _add_daemon_opts(p):

@@ -152,9 +152,11 @@ def cmd_tree(args):
         _die("%s: [muxes] places muxes on hosts: give --hosts" % args.topology, 2)
     if not hosts and (args.daemon or args.root_host or args.copy_key):
         _die("--daemon, --root-host and --copy-key go with --hosts", 2)
-    topo.auth = args.auth
+    # --no-auth: the root's clients need none; the tree's own links still authenticate
+    topo.auth = "auto" if args.auth == "none" else args.auth
+    topo.root_auth = args.auth
     try:
-        ensure_auth(args.auth)
+        ensure_auth(topo.auth)
     except OSError as ex:
         _die("cannot make a key: %s" % _errtext(ex))
     if args.slurm:
@@ -385,9 +387,11 @@ def cmd_demo(args):
     made_dir = not args.dir
     root_dir = args.dir or tempfile.mkdtemp(prefix="nine-demo-")
     topo = Topology.local(args.leaves, fanout=args.fanout, listen=args.listen,
-                          leaf_export=root_dir, auth=args.auth)
+                          leaf_export=root_dir,
+                          auth="auto" if args.auth == "none" else args.auth)
+    topo.root_auth = args.auth
     try:
-        ensure_auth(args.auth)
+        ensure_auth(topo.auth)
     except OSError as ex:
         _die("cannot make a key: %s" % _errtext(ex))
     for name, _ in topo.leaves:

@@ -159,7 +159,7 @@ class Tree:
             load(topo.aggregators)
         tls = dict(zip(("tls_cert", "tls_key", "tls_ca"), self.tls or ()))
         self.root = build_mux(MuxConfig(level, final_text=final, child_aname=aname,
-                                        name="root", auth=self.topo.auth, **tls))
+                                        name="root", auth=self.topo.root_auth, **tls))
         return self.root
 
     def describe(self):

@@ -355,7 +355,7 @@ class SlurmTree:
         self.root = build_mux(MuxConfig(
             [(c, addrs[c]) for c in root.children],
             final_text=topo.final_root or (FINAL_LEAF_MUX if first else FINAL_UP),
-            child_aname="nine" if first else "", name="root", auth=topo.auth))
+            child_aname="nine" if first else "", name="root", auth=topo.root_auth))
         try:
             srv = self.root.server.listen(topo.listen)
         except (OSError, ValueError) as ex:

@@ -429,7 +429,7 @@ class SshTree:
             load(topo.aggregators)
         self.root = build_mux(MuxConfig([(c, addrs[c]) for c in root.children],
                                         final_text=final, child_aname="nine" if first else "",
-                                        name="root", auth=topo.auth))
+                                        name="root", auth=topo.root_auth))
         try:
             srv = self.root.server.listen(topo.listen)
         except (OSError, ValueError) as ex:

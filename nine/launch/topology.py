@@ -74,6 +74,10 @@ class Topology:
         self.final_leaf_mux = final_leaf_mux
         #: authentication every server of the tree requires (nine.assembly LeafConfig.auth)
         self.auth = auth
+        #: what the root requires of its clients (the tree's own links keep `auth`):
+        #: `nine tree --no-auth` serves the root to unauthenticated clients (a kernel
+        #: mount with trans=tcp) while leaves and muxes still authenticate each other
+        self.root_auth = auth
         #: the directory of the tree's TLS certificates (None: plain TCP links)
         self.tls = tls
         #: [(name, host, children)]: muxes placed on hosts ([muxes]; nine.launch.ssh)
