@@ -244,7 +244,10 @@ def test_kill_every_process_of_a_command(tree, sleepers):
         for p in sleepers:
             with pytest.raises(ProcessLookupError):
                 os.kill(p.pid, 0)
-        assert cluster.find("cmd", "ptsleeper") == []
+        # the leaves' process tables are sampled: wait for the next sample
+        from nine.netwait import wait_for
+        wait_for(lambda: cluster.find("cmd", "ptsleeper") == [], 10,
+                 "the killed processes gone from every host's ps")
         cluster.close()
     finally:
         c.close()
