@@ -295,7 +295,12 @@ class Run:
             self.server = subprocess.Popen(
                 [sys.executable, "-m", "nine", "serve", "--listen", f"127.0.0.1:{self.port}",
                  "--proc", "--exec", "--host", "--export", str(export), "-q",
-                 "--no-auth"],     # the kernel mounts with trans=tcp: no Tauth
+                 # the kernel mounts with trans=tcp: no Tauth (the authenticated path is
+                 # tests/test_kernel_auth.py); its first attach claims `nobody`, and
+                 # without authentication proc and exec serve the server's own user
+                 # only, unless everyone is squashed to one user: root, as the checks
+                 # stop, poke and run processes as root
+                 "--no-auth", "--squash", "root"],
                 cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_port(self.port, 30, proc=self.server)
