@@ -568,7 +568,8 @@ def test_graphs_in_chromium(stack, tmp_path):
     s = stack
     need_whisper()
     from nine.monitor import svg
-    wait_for(lambda: len(os.listdir(os.path.join(s.hist, "nine"))) == LEAVES + 1, scaled(30),
+    hist = os.path.join(s.hist, "nine")
+    wait_for(lambda: os.path.isdir(hist) and len(os.listdir(hist)) == LEAVES + 1, scaled(30),
              "history archives")
     time.sleep(8 * INTERVAL)                  # some points to draw a line through
     # the graph alone: its line's colour inside the plot area

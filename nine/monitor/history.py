@@ -78,6 +78,8 @@ class History:
         # the nearest step, not the one below: collections a step apart (give or take
         # their jitter) fill consecutive points
         when = int(round(snap.time / self.step)) * self.step
+        # never in the future: whisper refuses a timestamp after its clock's now
+        when = min(when, int(time.time()))
         c = snap.cluster
         if snap.mode == "host":
             for name, _reported, answered, values, _error in snap.hosts:
