@@ -7,6 +7,7 @@
 """
 
 from ..server.qidmap import QidMap  # noqa: F401
-from .remote import Child, RemoteNode, ChildDown, StaleNode, DEFAULT_QIDMAP  # noqa: F401
+from .child import Child, ChildDown, StaleNode, DEFAULT_QIDMAP  # noqa: F401
+from .remote import RemoteNode  # noqa: F401
 
 __all__ = ["QidMap", "Child", "RemoteNode", "ChildDown", "StaleNode", "DEFAULT_QIDMAP"]

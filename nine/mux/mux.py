@@ -29,7 +29,7 @@ from ..server.core import Server
 from ..server.node import error
 from ..synth.files import Dir, File, SynthFS
 from ..server.qidmap import QidMap
-from .remote import HANG_TIMEOUT, Child
+from .child import HANG_TIMEOUT, Child
 
 DEFAULT_FINAL = "simple *:/ at /\n"
 
