@@ -1,4 +1,4 @@
-"""A mux notices a child that stops answering (nine.mux.child.s watchdog): real leaf
+"""A mux notices a child that stops answering (nine.mux.child's watchdog): real leaf
 processes (`nine serve --exec`) under a `nine mux --hang-timeout 1` process; a leaf is
 stopped with SIGSTOP (its TCP connections stay open, nothing answers) and continued with
 SIGCONT.  A stopped child's requests fail with EHOSTDOWN and "is hung" within about
