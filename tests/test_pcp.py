@@ -94,6 +94,22 @@ def restart(t, name):
     wait_port(addr, 20, sleep=gevent.sleep)
 
 
+def _serves(t, name):
+    """The root reaches leaf `name` again (its mux has reconnected)."""
+    from nine.client import Client
+    try:
+        c = Client(t.addr)
+    except OSError:
+        return False
+    try:
+        c.stat("/nodes/%s/files" % name)
+        return True
+    except OSError:
+        return False
+    finally:
+        c.close()
+
+
 def tmpfiles(d):
     return sorted(n for n in os.listdir(d) if ".nine-" in n) if os.path.isdir(d) else []
 
@@ -245,6 +261,7 @@ def test_host_killed_mid_copy(tree, tmp_path):
         assert len(left) == 1 and left[0].startswith(".image.bin.nine-tmp.")
     finally:
         restart(tree, "node6")      # the module's tree stays whole for the next tests
+        wait_for(lambda: _serves(tree, "node6"))
     os.utime(d / left[0], (1, 1))                        # older than a copy in progress
     rc, out, err = nine(tree, "pcp", "-a", tree.addr, "-w", "node6", "--retry", "3",
                         str(src), "srv/image.bin")
