@@ -44,6 +44,7 @@ MARKS = {
     "test_auth_key": "unit",
     "test_codec": "unit",
     "test_final": "unit",
+    "test_gather": "unit",
     "test_layout": "unit",
     "test_auth": "process",
     "test_realfs": "unit",

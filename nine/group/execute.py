@@ -42,6 +42,13 @@ from .plan import REPAIR_EVERY, Placement, reason
 from .resolve import healable
 
 
+def _late(timeout):
+    """The reason given to the members that did not answer in time."""
+    if timeout is None:
+        return "no answer"
+    return "timed out after %gs" % timeout
+
+
 def _wait_all(jobs, gather, timeout, t0):
     """Wait for the greenlet jobs [(greenlet, child group)] and the Gather's members until
     `timeout` seconds after t0 (None: for ever); returns the members the Gather still
@@ -106,7 +113,7 @@ class GroupOpen(Placement):
                 jobs.append((gevent.spawn(one), c))
             late = _wait_all(jobs, gather, timeout, t0)
             for label in late:
-                parts.append(agg.fail(label, "timed out after %gs" % timeout))
+                parts.append(agg.fail(label, _late(timeout)))
             for label, v in gather.results.items():
                 if isinstance(v, BaseException):
                     parts.append(agg.fail(label, reason(v)))
@@ -117,7 +124,7 @@ class GroupOpen(Placement):
             for j, who in jobs:                       # the child groups
                 if not j.ready():
                     j.kill(block=False)
-                    parts.append(A.Partial(None, {"timed out after %gs" % timeout:
+                    parts.append(A.Partial(None, {_late(timeout):
                                                   set(who.labels)}))
                     who.sent = None         # its state is unknown now: resend settings
                 elif j.successful():
@@ -293,7 +300,7 @@ class GroupOpen(Placement):
                 jobs.append((gevent.spawn(c.write, offset, data), c))
             late = _wait_all(jobs, gather, timeout, t0)
             if late:
-                errors.setdefault("timed out after %gs" % timeout, set()).update(late)
+                errors.setdefault(_late(timeout), set()).update(late)
             for label, v in gather.results.items():
                 if isinstance(v, BaseException):
                     errors.setdefault(reason(v), set()).add(label)
@@ -303,7 +310,7 @@ class GroupOpen(Placement):
                 labels = set(who.labels)
                 if not j.ready():
                     j.kill(block=False)
-                    errors.setdefault("timed out after %gs" % timeout, set()).update(labels)
+                    errors.setdefault(_late(timeout), set()).update(labels)
                 elif not j.successful():
                     self.broken_children.add(who)
                     errors.setdefault("%s: %s" % (who.child.name, reason(j.exception)),

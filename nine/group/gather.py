@@ -106,7 +106,7 @@ class _Whole:
 
     def start(self):
         self.n = n = min(self.want - self.got, self.chunk)
-        self.g.pending[self.label] = self.post(self.offset + self.got, n, self.reply)
+        self.g.posted(self.label, self.post(self.offset + self.got, n, self.reply))
 
     def reply(self, data, exc):
         if exc is None and data:
@@ -133,7 +133,7 @@ class _WholeWrite:
 
     def start(self):
         d = self.done
-        self.g.pending[self.label] = self.post(self.offset + d, self.data[d:], self.reply)
+        self.g.posted(self.label, self.post(self.offset + d, self.data[d:], self.reply))
 
     def reply(self, n, exc):
         if exc is None:
@@ -166,6 +166,7 @@ class Gather:
 
     def add(self, label, post, offset, count, chunk):
         self.left += 1
+        self.ev.clear()             # a member before this one may have ended at once
         w = _Whole(self, label, post, offset, MAX_WHOLE if count is None else count,
                    chunk)
         try:
@@ -177,6 +178,7 @@ class Gather:
         """A member whose node cannot post (Node.can_post): fn(*args) in a greenlet of
         its own; its value (or exception) is the member's result, like the others'."""
         self.left += 1
+        self.ev.clear()             # a member before this one may have ended at once
 
         def run():
             try:
@@ -192,11 +194,19 @@ class Gather:
     def add_write(self, label, post, offset, data):
         """Write data at offset with a node's post_write; the result is the count."""
         self.left += 1
+        self.ev.clear()             # a member before this one may have ended at once
         w = _WholeWrite(self, label, post, offset, data)
         try:
             w.start()
         except Exception as e:
             self.done(label, e)
+
+    def posted(self, label, cancel):
+        """A member's request was sent: cancel() flushes it.  A post may answer at once
+        (its reply callback called before it returns: a dead connection), and then the
+        member is already done, not pending."""
+        if label not in self.results:
+            self.pending[label] = cancel
 
     def done(self, label, value):
         self.pending.pop(label, None)
