@@ -709,6 +709,38 @@ def test_a_failing_child_drops_out_and_is_reported():
     assert ei.value.errno == errno.ECONNREFUSED
 
 
+def test_a_child_down_at_attach_joins_the_attach_when_back(monkeypatch):
+    """A long-lived attach (a kernel mount) made while a child was down: the union
+    settles again when the child answers, so its files appear in that same attach (the
+    root it walked from, and nodes cloned from it), not only in later attaches."""
+    import nine.final.nodes as nodes
+    monkeypatch.setattr(nodes, "RESETTLE_EVERY", 0.05)
+    kids = servers()
+    up = SynthFS(proc_tree("serverD", 400)).attach
+    state = {"down": True}
+
+    def maybe(ctx):
+        if state["down"]:
+            raise OSError(errno.ECONNREFUSED, "connection refused")
+        return up(ctx)
+    kids["serverD"] = maybe
+    comp = compose("insert *:/ at /", kids, ttl=0)      # the root of an upper mux
+    root = comp(CTX)
+    assert "400" not in ls(root, "proc")
+    keep = root.clone(CTX)
+    with pytest.raises(OSError):
+        cat(root, "proc/400/cmdline")
+    state["down"] = False
+    time.sleep(0.06)
+    assert "400" in ls(root, "proc")
+    assert cat(keep, "proc/400/cmdline") == b"daemon400@serverD"
+    assert cat(root, "etc/hostname") in (b"serverA\n", b"serverD\n")
+    assert root.retry is None                   # every layer answered: settled for good
+    # a union whose children all answer is never settled again
+    r2 = compose("insert *:/ at /", servers())(CTX)
+    assert r2.retry is None and walk(r2, "proc").retry is None
+
+
 # ------------------------------------------------------------------------------------------
 # writes, creates, renames go to the owning child
 # ------------------------------------------------------------------------------------------

@@ -956,3 +956,30 @@ def test_tree_three_levels_from_topology_file(procs, tmp_path):
     # an interrupt stops the tree and everything it started, and it exits cleanly
     assert check_stops_with_everything(t, signal.SIGINT) == 0
     print("3-level tree up in %.2fs" % started)
+
+
+def test_leaf_down_at_attach_joins_that_attach_when_it_starts(procs, tmp_path):
+    """An upper mux's root is a recursive union of its children ("insert *:/ at /").  A
+    long-lived attach (a kernel mount, a monitor) made while one leaf is down sees that
+    leaf's files once it starts, without attaching again."""
+    exports = {s: make_export(tmp_path, s) for s in SERVERS}
+    late = SERVERS[-1]
+    late_addr = "127.0.0.1:%d" % free_port()
+    up = {s: procs.leaf(exports[s]) for s in SERVERS if s != late}
+    ready(*up.values())
+
+    class Pending:
+        addr = late_addr
+    kids = [(s, up.get(s, Pending)) for s in SERVERS]
+    m, = ready(procs.mux(kids, "insert *:/ at /\n"))
+    c = client(m.addr)
+    try:
+        pid = PIDS[late]
+        assert pid not in c.listdir("proc")
+        ready(procs.leaf(exports[late], late_addr))
+        wait_for(lambda: pid in c.listdir("proc"), 30, "the late leaf in the same attach")
+        assert c.read_file("proc/%s/cmdline" % pid) == content(late, pid + "/cmdline")
+        for s in SERVERS[:-1]:
+            assert PIDS[s] in c.listdir("proc")
+    finally:
+        c.close()

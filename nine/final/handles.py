@@ -252,8 +252,10 @@ class UnionH(H):
         for i, r in zip(idxs, res):
             if isinstance(r, OSError):
                 c = _child_hint(layers[i])
-                if r.errno not in ABSENT and c is not None:
-                    s.comp.fail(c, r)
+                if r.errno not in ABSENT:
+                    s.failed_layers += 1        # nodes.make_node: settle again later
+                    if c is not None:
+                        s.comp.fail(c, r)
                 out.append((i, None, r))
             else:
                 out.append((i, r, None))
@@ -264,6 +266,195 @@ class UnionH(H):
             return self
         got = [r for _, r, _ in self._gather(s, vp, lambda h: h.settle(s, vp)) if r is not None]
         return _combine(s, vp, got)
+
+    def table(self, s, vp, failed):
+        """{name: [(child, cpath, qid, dtype), ...]} in source order, cached."""
+        srcs = self.srcs
+
+        def compute():
+            f = set()
+            res = s.gather([(c, (lambda c=c, p=p: s.list_child(c, p))) for c, p in srcs])
+            tbl = {}
+            for (c, p), r in zip(srcs, res):
+                if isinstance(r, OSError):
+                    if r.errno not in ABSENT:
+                        f.add(c)
+                        s.comp.fail(c, r)
+                    continue
+                s.comp.ok(c)
+                for name, q, t in r:
+                    h = tbl.get(name)
+                    if h is None:
+                        tbl[name] = [(c, p + (name,), q, t)]
+                    else:
+                        h.append((c, p + (name,), q, t))
+            return tbl, frozenset(f)
+        tbl, f = s.comp.listings.cached(("m", vp, s.uid), compute)
+        failed.update(f)
+        return tbl
+
+    def entries(self, s, vp, failed):
+        synth = s.comp.synth
+        return [(name, synth(vp + (name,)), DT_DIR) for name in self.table(s, vp, failed)]
+
+    def step(self, s, vp, name):
+        got = s.comp.listings.peek(("m", vp, s.uid))
+        if got is not None:
+            holders = got[0][0].get(name)
+            if not holders:
+                return None
+        else:
+            # no fresh listing: ask every source for this one name, concurrently
+            srcs = self.srcs
+            res = s.gather([(c, (lambda c=c, p=p: s.probe(c, p + (name,)))) for c, p in srcs])
+            holders = []
+            for (c, p), r in zip(srcs, res):
+                if isinstance(r, OSError):
+                    if r.errno not in ABSENT:
+                        s.comp.fail(c, r)
+                    continue
+                holders.append((c, p + (name,), r, _dtype(r)))
+            if not holders:
+                return None
+        if self.deep and all(h[3] == DT_DIR for h in holders):
+            return MergeH(tuple((h[0], h[1]) for h in holders), True)
+        return PerServerH(tuple(holders))
+
+
+class PerServerH(H):
+    """One name of a merge: an entry per server holding it, named after the server."""
+    __slots__ = ("holders",)
+
+    def __init__(self, holders):
+        self.holders = holders                  # ((child, cpath, qid, dtype), ...)
+
+    def entries(self, s, vp, failed):
+        return [(c, q, t) for c, _, q, t in self.holders]
+
+    def step(self, s, vp, name):
+        for c, p, q, t in self.holders:
+            if c == name:
+                return TreeH(c, p, q)
+        return None
+
+
+class TreeH(H):
+    """A child's file or directory: child name and path in the child.  qid (mapped) is
+    known once settled; lazy=True marks a per-server directory of a simple view, assumed
+    to be a directory, shown with a synthetic qid and attributes."""
+    __slots__ = ("child", "cpath", "qid", "lazy")
+
+    def __init__(self, child, cpath, qid=None, lazy=False):
+        self.child = child
+        self.cpath = cpath
+        self.qid = qid
+        self.lazy = lazy
+
+    def settle(self, s, vp):
+        if self.lazy or self.qid is not None:
+            return self
+        q = s.probe_opt(self.child, self.cpath)
+        return None if q is None else TreeH(self.child, self.cpath, q)
+
+    def kind(self, s, vp):
+        if self.lazy:
+            return s.comp.synth(vp), DT_DIR
+        return self.qid, _dtype(self.qid)
+
+    def entries(self, s, vp, failed):
+        return s.list_child(self.child, self.cpath)
+
+    def step(self, s, vp, name):
+        p = self.cpath + (name,)
+        q = s.probe_opt(self.child, p)
+        return None if q is None else TreeH(self.child, p, q)
+
+    def target(self, s, vp):
+        return self.child, self.cpath
+
+    def attr(self, s, vp):
+        if self.lazy:
+            return s.comp.dir_attr(vp)
+        n = s.node_at(self.child, self.cpath)
+        try:
+            return n.getattr(s.ctx)
+        finally:
+            n.close(s.ctx)
+
+
+def _child_hint(h):
+    return h.child if type(h) is TreeH else None
+
+
+def _combine(s, vp, hs):
+    """Settled, existing handles for one path, highest priority first: the first wins
+    unless it is a directory, then every directory among them is unioned."""
+    if not hs:
+        return None
+    if not hs[0].is_dir(s, vp):
+        return hs[0]
+    dirs = []
+    for h in hs:
+        if type(h) is EmptyH and len(hs) > 1:
+            continue                    # contributes nothing
+        if h.is_dir(s, vp):
+            if type(h) is UnionH:       # settled: flatten (a union is associative)
+                dirs.extend(h.layers)
+            else:
+                dirs.append(h)
+    if len(dirs) == 1:
+        return dirs[0]
+    return UnionH(tuple(dirs), True)
+
+
+class UnionH(H):
+    """Layers searched in order (a recursive union: directories of one name union again;
+    for any other name the first layer holding it wins)."""
+    __slots__ = ("layers", "settled")
+
+    def __init__(self, layers, settled=False):
+        self.layers = layers
+        self.settled = settled
+
+    def _gather(self, s, vp, fn, idxs=None):
+        layers = self.layers
+        if idxs is None:
+            idxs = range(len(layers))
+        tasks = [(_child_hint(layers[i]), (lambda h=layers[i]: fn(h))) for i in idxs]
+        res = s.gather(tasks)
+        out = []
+        for i, r in zip(idxs, res):
+            if isinstance(r, OSError):
+                c = _child_hint(layers[i])
+                if r.errno not in ABSENT:
+                    s.failed_layers += 1        # nodes.make_node: settle again later
+                    if c is not None:
+                        s.comp.fail(c, r)
+                out.append((i, None, r))
+            else:
+                out.append((i, r, None))
+        return out
+
+    def settle(self, s, vp):
+        if self.settled:
+            return self
+        got = [r for _, r, _ in self._gather(s, vp, lambda h: h.settle(s, vp)) if r is not None]
+        return _combine(s, vp, got)
+
+    def settle_parts(self, s, vp):
+        """(settle()'s handle, whether a layer failed): a child that is down or does not
+        answer, as opposed to a path that is absent from it.  After a failure the handle
+        stays a union (even of one layer), so that the node made from it can settle again
+        when the child is back (nine.final.nodes.VDir)."""
+        if self.settled:
+            return self, False
+        res = self._gather(s, vp, lambda h: h.settle(s, vp))
+        got = [r for _, r, _ in res if r is not None]
+        failed = any(ex is not None and ex.errno not in ABSENT for _, _, ex in res)
+        h = _combine(s, vp, got)
+        if failed and h is not None and type(h) is not UnionH and h.is_dir(s, vp):
+            h = UnionH((h,), True)
+        return h, failed
 
     def table(self, s, vp, failed):
         def compute():

@@ -10,23 +10,42 @@ a nine.server.node.Remote (a mux's child).
 
 import copy
 import errno
+import time
 
 from ..protocol import L_O_ACCMODE, L_O_RDONLY
 from ..server.node import Node, Dirent, StatFS, error
 from .handles import TreeH, SimpleH, UnionH
 
+RESETTLE_EVERY = 1.0         # s between two settlements of a union that missed a child
+
 
 def make_node(s, h, vp):
     """The node of session s for handle h (settled here) at the virtual path vp;
     ENOENT when nothing is there."""
+    retry = None
     if h is not None:
-        h = h.settle(s, vp)
+        h, retry = settle(s, h, vp)
     if h is None:
         raise error(errno.ENOENT)
     if type(h) is TreeH:
         return TNode(s, h.child, h.cpath, vp, qid=h.qid, lazy=h.lazy)
     q, _ = h.kind(s, vp)
-    return VDir(s, h, vp, q)
+    return VDir(s, h, vp, q, retry)
+
+
+def settle(s, h, vp):
+    """(h settled, None), or (h settled, h) when a union layer failed on the way (a child
+    down or not answering, as opposed to a path absent from it): then the directory is
+    kept a union, even of one layer, so that its node can settle it again later."""
+    seen = s.failed_layers
+    got = h.settle(s, vp)
+    if got is None or s.failed_layers == seen:
+        return got, None
+    if type(got) is not UnionH:
+        if not got.is_dir(s, vp):
+            return got, None
+        got = UnionH((got,), True)
+    return got, h
 
 
 def _at_vp(s, vp):
@@ -364,23 +383,48 @@ class VDir(Node):
     """A directory the composition makes (a union, a view, a path to a statement's target,
     a filtered child directory).  Listings are merged, cached, and snapshot per open so
     that readdir cookies (index + 1 into the snapshot) stay valid across batches."""
-    __slots__ = ("s", "h", "vp", "qid", "name", "snap", "failed", "closed")
+    __slots__ = ("s", "_h", "vp", "qid", "name", "snap", "failed", "closed", "retry",
+                 "retry_at")
     may_block = True
     iounit = 0
 
-    def __init__(self, s, h, vp, qid):
+    def __init__(self, s, h, vp, qid, retry=None):
         self.s = s
-        self.h = h
+        self._h = h
         self.vp = vp
         self.qid = qid
         self.name = vp[-1] if vp else "/"
         self.snap = None
         self.failed = frozenset()   # children that failed during this directory's listing
         self.closed = False
+        # a union settled while a child was down (retry: its unsettled handle) is settled
+        # again, at most every RESETTLE_EVERY s, until every layer answers: a child that
+        # was down when a long-lived attach (a kernel mount) was made joins it when back
+        self.retry = retry
+        self.retry_at = time.monotonic() + RESETTLE_EVERY
         s.refs += 1
 
+    @property
+    def h(self):
+        """The directory's settled handle (settled again while a layer is missing)."""
+        r = self.retry
+        if r is not None:
+            now = time.monotonic()
+            if now >= self.retry_at:
+                self.retry_at = now + RESETTLE_EVERY
+                try:
+                    h, again = settle(self.s, r, self.vp)
+                except OSError:
+                    h, again = None, r
+                if h is not None and h.is_dir(self.s, self.vp):
+                    if type(h) is not UnionH:
+                        h = UnionH((h,), True)
+                    self._h = h
+                    self.retry = again
+        return self._h
+
     def __repr__(self):
-        return "VDir(/%s, %s)" % ("/".join(self.vp), type(self.h).__name__)
+        return "VDir(/%s, %s)" % ("/".join(self.vp), type(self._h).__name__)
 
     # --- where it comes from ------------------------------------------------------------
     def locate(self, names):
@@ -415,7 +459,7 @@ class VDir(Node):
         return None if remote is None else (remote, cpath)
 
     def clone(self, ctx):
-        return VDir(self.s, self.h, self.vp, self.qid)
+        return VDir(self.s, self._h, self.vp, self.qid, self.retry)
 
     def walk(self, ctx, names):
         return _walk(self, ctx, names)

@@ -50,7 +50,7 @@ def _chunked_walk(ctx, start, names):
 class Session:
     """The children's roots attached for one attach of the composition (each on first
     use), and the Context they were attached with."""
-    __slots__ = ("comp", "ctx", "uid", "roots", "pending", "refs")
+    __slots__ = ("comp", "ctx", "uid", "roots", "pending", "refs", "failed_layers")
 
     def __init__(self, comp, ctx):
         self.comp = comp
@@ -59,6 +59,7 @@ class Session:
         self.roots = {}
         self.pending = {}
         self.refs = 0
+        self.failed_layers = 0      # union layers that failed (not absent) so far
 
     def root(self, child):
         r = self.roots.get(child)
