@@ -196,7 +196,9 @@ def build_leaf(cfg):
                             if n is None][-1:]).encode()
             top.insert(1, File("exports", read=lambda ctx: text))
             from .synth.filectl import FileCtl      # file operations on files/ (pcp, psync)
-            top.insert(2, FileCtl(exports[None]).file())
+            filectl = FileCtl(exports[None])
+            top.insert(2, filectl.file())
+            top.insert(3, filectl.unpack())         # pcp --compress: frames unpacked
         server.exports["nine"] = SynthFS(Dir("", top)).attach
         if exports.get(None) is None:       # the empty aname: the combined tree too
             server.exports[""] = server.exports["nine"]

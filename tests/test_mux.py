@@ -819,7 +819,7 @@ def test_tree_8_leaves_fanout_4(procs, tmp_path):
         assert sorted(c.listdir()) == ["groups", "host", "nodes", "proc"]
         assert sorted(c.listdir("nodes")) == nodes
         assert sorted(c.listdir("nodes/node6")) == ["exec", "exports", "filectl", "files", "host",
-                                                     "proc"]
+                                                     "proc", "unpack"]
         load = parse_kv(c.read_file("host/load/node5").decode())
         assert sorted(load) == ["load1", "load15", "load5"]
         assert all(v >= 0 for v in load.values())
@@ -923,7 +923,7 @@ def test_tree_three_levels_from_topology_file(procs, tmp_path):
         # the middle level removed exec, the root moved load
         for n in nodes:
             assert sorted(c.listdir("nodes/" + n)) == ["exports", "filectl", "files", "host",
-                                                      "proc"], n
+                                                      "proc", "unpack"], n
         assert "load" not in c.listdir("host") and "cpu" in c.listdir("host")
         assert sorted(c.listdir("load")) == nodes
         load = parse_kv(c.read_file("load/node5").decode())

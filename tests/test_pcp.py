@@ -4,7 +4,9 @@ faults named per host in the folded status (a destination that is a directory, a
 disk: a 1 MiB tmpfs, permissions the user lacks, a host killed in the middle of the
 copy, a source that changes during it), never a partly written file under the final
 name, and a re-run that finishes the job; -r -p; --reverse; the leaf's filectl; the
-hash aggregator."""
+hash aggregator; --compress (zstd, lz4: fewer bytes out of the root, counted by the
+root mux's own connections; the leaf's unpack/ and its errnos; a leaf without the
+codec's package)."""
 
 import os
 import signal
@@ -38,6 +40,8 @@ def make_tree(tmp_path_factory, name):
     mounts = []
     try:
         root = t.start()
+        t.root = root
+        t.now = {}              # leaf name -> its Popen after a restart
         srv = root.server.listen("127.0.0.1:0")
         t.addr = "127.0.0.1:%d" % srv.address[1]
         t.exp = exp
@@ -78,18 +82,21 @@ def wait_for(cond, timeout=60):
 
 
 def leaf(t, name):
-    """The Popen of leaf `name` (the tree starts its leaves first, in order)."""
-    return t.procs[NAMES.index(name)][0]
+    """The Popen of leaf `name` (the tree starts its leaves first, in order; restart()
+    starts another)."""
+    return t.now.get(name) or t.procs[NAMES.index(name)][0]
 
 
-def restart(t, name):
+def restart(t, name, env=None):
     """Start leaf `name` again on its address (its mux reconnects)."""
     from gevent import subprocess as sp
     from nine.netwait import wait_port
     addr = dict(t.levels[0])[name]
     p = sp.Popen([sys.executable, "-m", "nine", "serve", "-q", "--proc", "--host",
-                  "--exec", "--export", str(t.exp / name), "--listen", addr], env=ENV_ROOT)
+                  "--exec", "--export", str(t.exp / name), "--listen", addr],
+                 env=env or ENV_ROOT)
     t.extra.append(p)
+    t.now[name] = p
     import gevent
     wait_port(addr, 20, sleep=gevent.sleep)
 
@@ -368,3 +375,261 @@ def test_cmd_script_runs(tree, tmp_path):
                 "-w", "node1", str(src), "srv/s"], env=ENV_ROOT, capture_output=True,
                timeout=60)
     assert (r.returncode, r.stdout) == (0, b"ok node1 (1)\n")
+
+
+# --- compression ----------------------------------------------------------------------
+
+def logs(n, seed):
+    """n bytes of text logs (compressible, as logs are: 3.9 to 1 with zstd)."""
+    import random
+    r = random.Random(seed)
+    paths = ["/api/v1/items", "/api/v1/users", "/static/app.js", "/healthz", "/login"]
+    out, size = [], 0
+    while size < n:
+        line = ("2026-12-07T20:%02d:%02d.%03d node%d app[%d]: %s %s%s status=%d "
+                "bytes=%d ms=%d\n" % (r.randrange(60), r.randrange(60), r.randrange(1000),
+                                      r.randrange(64), r.randrange(30000),
+                                      r.choice(["GET", "GET", "POST"]), r.choice(paths),
+                                      "/%d" % r.randrange(10 ** 6) if r.random() < .5 else "",
+                                      r.choice([200, 200, 200, 304, 404]), r.randrange(99999),
+                                      r.randrange(500))).encode()
+        out.append(line)
+        size += len(line)
+    return b"".join(out)[:n]
+
+
+def root_out(t):
+    """Bytes the root mux has sent to its children (its own connection counters)."""
+    return sum(c._link.conn.bytes_out for c in t.root.children.values()
+               if c._link is not None)
+
+
+def no_module(tmp_path, name):
+    """An environment in which `import name` fails (a module of that name that raises
+    ImportError first on the path): a host without that package."""
+    d = tmp_path / ("no-" + name)
+    d.mkdir(exist_ok=True)
+    (d / (name + ".py")).write_text("raise ImportError('%s is not installed')\n" % name)
+    return dict(ENV_ROOT, PYTHONPATH=str(d) + os.pathsep + ENV_ROOT["PYTHONPATH"])
+
+
+def test_compress_fewer_bytes_through_the_root(tree, tmp_path):
+    """A 6 MiB text log to every host with --compress zstd, then lz4, then none: the
+    same bytes on every host each time (--verify too), and the root sends its children
+    well under half the bytes packed that it sends unpacked (unpacked, every one of its
+    2 children gets the whole file)."""
+    src = tmp_path / "app.log"
+    src.write_bytes(logs(6 * 1024 * 1024 + 999, 7))
+    size = src.stat().st_size
+    sent = {}
+    for codec in ("zstd", "lz4", "none"):
+        for n in NAMES:
+            (tree.exp / n / "srv" / "app.log").unlink(missing_ok=True)
+        before = root_out(tree)
+        rc, out, err = nine(tree, "pcp", "-a", tree.addr, "-b", "512K", "-k", "3",
+                            "--compress", codec, "--verify", str(src), "srv/app.log")
+        sent[codec] = root_out(tree) - before
+        assert (rc, out, err) == (0, "ok node[1-6] (6)\n", ""), codec
+        for n in NAMES:
+            assert (tree.exp / n / "srv" / "app.log").read_bytes() == src.read_bytes(), \
+                (codec, n)
+            assert tmpfiles(tree.exp / n / "srv") == [], (codec, n)
+    assert len(tree.root.children) == 2
+    assert sent["none"] > 2 * size, sent
+    assert sent["zstd"] < 0.3 * sent["none"], sent
+    assert sent["lz4"] < 0.5 * sent["none"], sent
+
+
+def test_compress_usage_errors(tree, tmp_path):
+    src = tmp_path / "x"
+    src.write_bytes(b"x")
+    rc, out, err = nine(tree, "pcp", "-a", tree.addr, "--compress", "brotli", str(src),
+                        "srv/auto")
+    assert rc == 2 and "--compress: brotli is not a codec (zstd, lz4, auto or none)" in err
+    rc, out, err = nine(tree, "pcp", "-a", tree.addr, "--compress", "zstd", str(src),
+                        "srv/auto", env=no_module(tmp_path, "zstandard"))
+    assert (rc, out) == (2, "")
+    assert err == "nine pcp: --compress zstd: the Python package zstandard is not " \
+                  "installed here (pip install 'nine[compress]')\n", err
+    # auto takes what there is
+    rc, out, err = nine(tree, "pcp", "-a", tree.addr, "--compress", "auto", str(src),
+                        "srv/auto", env=no_module(tmp_path, "zstandard"))
+    assert (rc, out, err) == (0, "ok node[1-6] (6)\n", "")
+    for n in NAMES:
+        assert (tree.exp / n / "srv" / "auto").read_bytes() == b"x"
+
+
+def _frame_file(c, names, rel):
+    """rel made empty on each host by filectl (a temporary file as pcp's)."""
+    for n in names:
+        f = c.open("nodes/%s/filectl" % n, "r+")
+        f.write(b"remove %s\ncreate %s 600\n" % (rel.encode(), rel.encode()))
+        f.seek(0)
+        assert f.read() == b"ok\nok\n"
+        f.close()
+
+
+def test_unpack_frames_and_their_errors(tree):
+    """unpack/ through the tree: frames (split across writes, several in one write)
+    land at their offsets; a corrupt frame is EBADMSG and ends the stream; an unknown
+    codec is EPROTONOSUPPORT; a write where the stream is not is EINVAL; unpack/ opens
+    for writing only and lists nothing; nothing is renamed."""
+    import errno
+    from nine.client import Client
+    from nine.synth import filectl as F
+    rel = "srv/.u.bin.nine-tmp.test"
+    data = logs(300_000, 9)
+    z, l4 = F.FrameEncoder("zstd"), F.FrameEncoder("lz4")
+    c = Client(tree.addr)
+    try:
+        _frame_file(c, ["node1"], rel)
+        stream = z.frame(0, data[:200_000]) + l4.frame(200_000, data[200_000:])
+        assert len(stream) < len(data) // 3
+        fid = c.walk("nodes/node1/unpack/" + rel)
+        fid.lopen(os.O_WRONLY)
+        at = 0
+        for at in range(0, len(stream), 7777):          # pieces of frames
+            assert fid.write(at, stream[at:at + 7777]) == len(stream[at:at + 7777])
+        fid.clunk()
+        dst = tree.exp / "node1" / rel
+        assert dst.read_bytes() == data
+        raw = F.frame_header(F.RAW, 10, 3, 3) + b"abc"
+        bad = bytearray(z.frame(0, data[:50_000]))
+        bad[-3] ^= 0xFF
+        cases = [(bytes(bad), errno.EBADMSG),                          # its checksum
+                 (raw[:-5] + b"x" + raw[-4:], errno.EBADMSG),          # the header's
+                 (F.frame_header(9, 0, 3, 3) + b"abc", errno.EPROTONOSUPPORT),
+                 (b"hello, this is not a frame", errno.EBADMSG),
+                 (F.frame_header(F.RAW, 0, 17 << 20, 17 << 20), errno.EMSGSIZE)]
+        for payload, eno in cases:
+            fid = c.walk("nodes/node1/unpack/" + rel)
+            fid.lopen(os.O_WRONLY)
+            with pytest.raises(OSError) as ei:
+                fid.write(0, payload)
+            assert ei.value.errno == eno, payload[:30]
+            with pytest.raises(OSError) as ei:                 # the stream has ended
+                fid.write(len(payload), raw)
+            assert ei.value.errno == eno
+            fid.clunk()
+        assert dst.read_bytes() == data                       # nothing written by them
+        # the stream's own offsets: a write past a gap waits for it, one before fails
+        fid = c.walk("nodes/node1/unpack/" + rel)
+        fid.lopen(os.O_WRONLY)
+        assert fid.write(len(raw), raw) == len(raw)           # ahead: kept
+        assert fid.write(0, raw) == len(raw)                  # the gap filled: both run
+        with pytest.raises(OSError) as ei:
+            fid.write(0, raw)
+        assert ei.value.errno == errno.EINVAL
+        fid.clunk()
+        assert dst.read_bytes()[:13] == data[:10] + b"abc"
+        with pytest.raises(OSError) as ei:
+            c.open("nodes/node1/unpack/" + rel, "r")
+        assert ei.value.errno == errno.EACCES
+        assert c.listdir("nodes/node1/unpack/srv") == []
+        assert not (tree.exp / "node1" / "srv" / "u.bin").exists()
+    finally:
+        c.close()
+        (tree.exp / "node1" / rel).unlink(missing_ok=True)
+
+
+CORRUPT = """import sys
+from nine.synth import filectl as F
+frame = F.FrameEncoder.frame
+def corrupt(self, offset, data):
+    out = bytearray(frame(self, offset, data))
+    out[-3] ^= 0x55                     # the payload's last bytes: its checksum
+    return bytes(out)
+F.FrameEncoder.frame = corrupt
+from nine.tools import pcp
+sys.exit(pcp.main(sys.argv[1:]))
+"""
+
+
+def test_corrupt_frames_fail_every_host_and_nothing_is_renamed(tree, tmp_path):
+    """A client whose frames arrive corrupt: every host refuses them (EBADMSG, named
+    in the status), no destination is replaced, no temporary file stays."""
+    src = tmp_path / "c.log"
+    src.write_bytes(logs(1 << 20, 11))
+    for n in NAMES:
+        (tree.exp / n / "srv" / "c.log").write_bytes(b"old")
+    from gevent import subprocess as sp
+    r = sp.run([sys.executable, "-c", CORRUPT, "-a", tree.addr, "-b", "256K",
+                "--compress", "zstd", str(src), "srv/c.log"], env=ENV_ROOT,
+               capture_output=True, timeout=120)
+    err = r.stderr.decode()
+    assert (r.returncode, r.stdout) == (1, b""), err
+    assert err == "failed node[1-6] (6): /srv/c.log: Bad message (a corrupt zstd " \
+                  "frame)\n", err
+    for n in NAMES:
+        assert (tree.exp / n / "srv" / "c.log").read_bytes() == b"old"
+        assert tmpfiles(tree.exp / n / "srv") == [], n
+
+
+def test_leaf_without_the_codec_gets_the_bytes_unpacked(tree, tmp_path):
+    """node5 runs without zstandard: its unpack/ answers ENOPKG to a zstd frame, and
+    pcp --compress zstd sends it the bytes as they are (named on stderr) while the others
+    get frames; every copy is the source's bytes."""
+    import errno
+    from nine.client import Client
+    from nine.synth import filectl as F
+    leaf(tree, "node5").kill()
+    leaf(tree, "node5").wait()
+    restart(tree, "node5", env=no_module(tmp_path, "zstandard"))
+    try:
+        wait_for(lambda: _serves(tree, "node5"))
+        c = Client(tree.addr)
+        try:
+            rel = "srv/.z.nine-tmp.test"
+            _frame_file(c, ["node5"], rel)
+            f = c.open("nodes/node5/filectl", "r+")
+            f.write(b"codecs\n")
+            f.seek(0)
+            assert f.read() == b"ok lz4\n"
+            f.close()
+            fid = c.walk("nodes/node5/unpack/" + rel)
+            fid.lopen(os.O_WRONLY)
+            with pytest.raises(OSError) as ei:
+                fid.write(0, F.FrameEncoder("zstd").frame(0, b"x" * 1000))
+            assert ei.value.errno == errno.ENOPKG
+            fid.clunk()
+        finally:
+            c.close()
+            (tree.exp / "node5" / rel).unlink(missing_ok=True)
+        src = tmp_path / "m.log"
+        src.write_bytes(logs(2 * 1024 * 1024, 12))
+        rc, out, err = nine(tree, "pcp", "-a", tree.addr, "--compress", "zstd",
+                            "--verify", str(src), "srv/m.log")
+        assert (rc, out, err) == (0, "ok node[1-6] (6)\n",
+                                  "uncompressed node5 (1): no zstd there\n")
+        for n in NAMES:
+            assert (tree.exp / n / "srv" / "m.log").read_bytes() == src.read_bytes(), n
+    finally:
+        leaf(tree, "node5").kill()
+        leaf(tree, "node5").wait()
+        restart(tree, "node5")
+        wait_for(lambda: _serves(tree, "node5"))
+
+
+def test_a_host_failing_inside_a_large_block_costs_the_others_nothing(tree, tmp_path):
+    """Blocks of 4 MiB (many messages each) while node3's disk fills (a 1 MiB tmpfs)
+    inside the first one: a group write cut short by one member's failure is sent again
+    to the others, so every other host gets every byte, packed or not."""
+    full = tree.exp / "node3" / "big"
+    for n in NAMES:
+        (tree.exp / n / "big").mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=1777", "tmpfs", str(full)],
+                   check=True)
+    tree.mounts.append(str(full))
+    src = tmp_path / "big.log"
+    src.write_bytes(blob(3 << 20, 21) + logs(7 << 20, 22))
+    for codec in ("none", "zstd"):
+        rc, out, err = nine(tree, "pcp", "-a", tree.addr, "-b", "4M", "-k", "2",
+                            "--compress", codec, str(src), "big/big.log")
+        assert (rc, out) == (1, "ok node[1-2,4-6] (5)\n"), (codec, err)
+        assert err == "failed node3 (1): /big/big.log: No space left on device\n", err
+        for n in NAMES:
+            if n != "node3":
+                assert (tree.exp / n / "big" / "big.log").read_bytes() == \
+                    src.read_bytes(), (codec, n)
+                (tree.exp / n / "big" / "big.log").unlink()
+            assert tmpfiles(tree.exp / n / "big") == [], (codec, n)

@@ -40,26 +40,52 @@ plain word is written ``~`` and the base64url of its bytes (path_word()).
                               OUT (made by create) becomes BASIS patched by the librsync
                               delta DELTA; ``ok SIZE SHA256`` of what was written, EIO
                               when it is not the SHA256 given
+    codecs                    ok NAME ...: the codecs of compressed frames this host
+                              can unpack (``zstd``, ``lz4``: those whose Python package
+                              is installed here)
 
 Everything is done through the export's own Node (nine.server.realfs) with the
 reader's context: the same confinement and permission checks as a client's requests
 (a read-only server answers EROFS).  The bytes of a copy travel as group writes to the
 file that ``create`` made (nine.tools.transfer); filectl only names, checks, patches
 and renames.
+
+Compressed copies (``nine pcp --compress``) write to ``unpack/PATH`` instead of
+``files/PATH`` (Unpack: a directory beside filectl whose names are those of files/):
+what is written there is a stream of frames, each a 24-byte header and a payload::
+
+    magic "9z" | codec u8 | flags u8 (0) | offset u64 | length u32 | payload size u32
+    | crc32 of the 20 bytes before it                          (little-endian)
+
+and each frame's payload, unpacked (codec 0: as it is; 1: zstd; 2: lz4 frame format,
+both with their content checksum), is written into files/PATH at ``offset`` (the
+uncompressed offset; ``length`` bytes).  The 9P offsets of one open are the stream's
+own, from 0 (a write may hold part of a frame, or several; one that comes past a gap
+is kept until the gap fills, MAX_AHEAD bytes at most).  Errors, each ending that open's
+stream: EBADMSG a corrupt frame (header checksum, payload that does not unpack to
+``length`` bytes), EPROTONOSUPPORT an unknown codec, ENOPKG a codec whose Python
+package this host lacks, EMSGSIZE a frame over 4 MiB (unpacked or packed), EINVAL a
+write before where the stream is, or too far past a gap.  An open of unpack/PATH opens
+files/PATH for writing (the same permission checks; a regular file only; O_TRUNC
+truncates it, O_APPEND is EINVAL); its directories walk as files/ does and list empty.
 """
 
 import base64
 import binascii
 import errno
 import hashlib
+import itertools
 import os
 import stat as S
+import struct
+import zlib
 
-from ..protocol import L_O_RDONLY, L_O_WRONLY
-from ..server.node import SetAttr, error
-from .files import File
+from ..protocol import (L_O_ACCMODE, L_O_APPEND, L_O_RDONLY, L_O_TRUNC, L_O_WRONLY, Qid)
+from ..server.node import Attr, Node, SetAttr, error
+from .files import File, Mount
 
 NAME = "filectl"
+UNPACK = "unpack"            # the directory of frame-stream writes beside filectl
 MAX_REQUEST = 1 << 20        # bytes of commands in one transaction
 READ_CHUNK = 1 << 16
 
@@ -142,6 +168,10 @@ class FileCtl:
         """The synthetic File (nine.synth.files) to put beside files/."""
         return File(NAME, read=self._read, write=self._write, open=self._open,
                     mode=0o666, blocking=True)
+
+    def unpack(self):
+        """The unpack/ directory (a Mount) to put beside filectl."""
+        return Mount(UNPACK, Unpack(self.attach).attach)
 
     # -- the file's callbacks ------------------------------------------------------
     def _open(self, ctx, flags):
@@ -427,6 +457,9 @@ class FileCtl:
             top.close(ctx)
         return out
 
+    def cmd_codecs(self, ctx, root):
+        return tuple(installed_codecs())
+
     def cmd_patch(self, ctx, root, basis, delta, out, sha256=None):
         import pyrsync
         nodes = []
@@ -448,3 +481,295 @@ class FileCtl:
         if sha256 is not None and got != sha256:
             raise error(errno.EIO, "patched file differs from the source (sha256 %s)" % got)
         return files[2].pos, got
+
+
+# ---------------------------------------------------------------------------
+# compressed frames (nine pcp --compress) and unpack/
+
+FRAME_MAGIC = b"9z"
+_HEAD = struct.Struct("<2sBBQII")   # magic, codec, flags, offset, length, payload size
+_CRC = struct.Struct("<I")
+HEADER = _HEAD.size + _CRC.size     # 24 bytes
+MAX_FRAME = 4 << 20          # bytes of one frame, unpacked (and of its payload) at most
+MAX_AHEAD = 2 * (MAX_FRAME + HEADER)    # bytes written beyond a gap, kept until it fills
+RAW = 0
+CODECS = {"zstd": (1, "zstandard"), "lz4": (2, "lz4")}   # name -> (id, Python package)
+_BY_ID = {i: name for name, (i, _) in CODECS.items()}
+_modules = {}
+
+
+def codec_module(name):
+    """The Python module of codec `name` (zstandard, lz4.frame), or None when its package
+    is not installed."""
+    if name not in _modules:
+        try:
+            if name == "zstd":
+                import zstandard as m
+            elif name == "lz4":
+                import lz4.frame as m
+            else:
+                raise KeyError(name)
+        except ImportError:
+            m = None
+        _modules[name] = m
+    return _modules[name]
+
+
+def installed_codecs():
+    """The codecs this host can pack and unpack, in CODECS order."""
+    return [n for n in CODECS if codec_module(n) is not None]
+
+
+class FrameEncoder:
+    """Frames of one codec (`zstd`, `lz4`): frame(offset, data) gives the bytes of the
+    frames that carry data (split at MAX_FRAME); a piece that does not shrink travels
+    raw (codec 0), so that no payload is larger than MAX_FRAME.  One encoder per
+    greenlet or thread (the compressors keep state)."""
+
+    def __init__(self, codec, level=None):
+        m = codec_module(codec)
+        if m is None:
+            raise LookupError("%s: the Python package %s is not installed" % (
+                codec, CODECS[codec][1]))
+        self.codec = codec
+        self.id = CODECS[codec][0]
+        if codec == "zstd":
+            c = m.ZstdCompressor(level=3 if level is None else level, write_checksum=True,
+                                 write_content_size=True)
+            self._pack = c.compress
+        else:
+            lvl = 0 if level is None else level
+            self._pack = lambda b: m.compress(b, compression_level=lvl,
+                                              content_checksum=True, store_size=True)
+
+    def frame(self, offset, data):
+        out = []
+        mv = memoryview(data)
+        for at in range(0, len(mv), MAX_FRAME):
+            piece = mv[at:at + MAX_FRAME]
+            packed = self._pack(piece)
+            if len(packed) < len(piece):
+                out.append(frame_header(self.id, offset + at, len(piece), len(packed)))
+                out.append(packed)
+            else:
+                out.append(frame_header(RAW, offset + at, len(piece), len(piece)))
+                out.append(bytes(piece))
+        return b"".join(out)
+
+
+def frame_header(codec_id, offset, length, size):
+    head = _HEAD.pack(FRAME_MAGIC, codec_id, 0, offset, length, size)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def parse_header(buf, pos=0):
+    """(codec id, offset, length, payload size) of the header at buf[pos:]; EBADMSG,
+    EMSGSIZE, EPROTONOSUPPORT or ENOPKG when it cannot be unpacked here."""
+    magic, cid, flags, offset, length, size = _HEAD.unpack_from(buf, pos)
+    (crc,) = _CRC.unpack_from(buf, pos + _HEAD.size)
+    if magic != FRAME_MAGIC:
+        raise error(errno.EBADMSG, "corrupt frame: not a frame header")
+    if zlib.crc32(bytes(buf[pos:pos + _HEAD.size])) != crc:
+        raise error(errno.EBADMSG, "corrupt frame: header checksum")
+    if flags:
+        raise error(errno.EBADMSG, "corrupt frame: flags %#x" % flags)
+    if length > MAX_FRAME or size > MAX_FRAME:
+        raise error(errno.EMSGSIZE, "a frame holds at most %d bytes" % MAX_FRAME)
+    if cid == RAW:
+        if size != length:
+            raise error(errno.EBADMSG, "corrupt frame: raw frame of %d bytes says %d"
+                        % (size, length))
+    elif cid not in _BY_ID:
+        raise error(errno.EPROTONOSUPPORT, "unknown codec %d in a frame" % cid)
+    elif codec_module(_BY_ID[cid]) is None:
+        name = _BY_ID[cid]
+        raise error(errno.ENOPKG, "%s frames: the Python package %s is not installed on "
+                    "this host" % (name, CODECS[name][1]))
+    return cid, offset, length, size
+
+
+def unpack_payload(cid, payload, length, offset):
+    """The bytes of a frame's payload (EBADMSG when it does not unpack to length)."""
+    if cid == RAW:
+        return payload
+    name = _BY_ID[cid]
+    m = codec_module(name)
+    try:
+        if name == "zstd":
+            if m.frame_content_size(payload) != length:
+                raise ValueError("its content size is not %d" % length)
+            out = m.ZstdDecompressor().decompress(payload, max_output_size=length)
+        else:
+            if m.get_frame_info(payload).get("content_size") != length:
+                raise ValueError("its content size is not %d" % length)
+            d = m.LZ4FrameDecompressor()
+            out = d.decompress(payload, max_length=length)
+            if not d.eof or d.unused_data:
+                raise ValueError("not one whole lz4 frame")
+    except (ValueError, RuntimeError, m.ZstdError if name == "zstd" else ValueError) as e:
+        raise error(errno.EBADMSG, "corrupt %s frame at offset %d: %s" % (
+            name, offset, " ".join(str(e).split())))
+    if len(out) != length:
+        raise error(errno.EBADMSG, "corrupt %s frame at offset %d: %d bytes, not %d" % (
+            name, offset, len(out), length))
+    return out
+
+
+class Unpack:
+    """unpack/: the names of files/ (the export's attach), where an open file takes a
+    stream of frames and writes what they unpack to into the file of files/ (see the
+    module's doc).  Its qids are its own (never those of files/)."""
+
+    def __init__(self, attach):
+        self.real_attach = attach
+        self.qpaths = {}
+        self.next = itertools.count(1)
+
+    def attach(self, ctx):
+        return UnpackNode(self, self.real_attach(ctx))
+
+    def qpath(self, real):
+        q = self.qpaths.get(real)
+        if q is None:
+            if len(self.qpaths) >= 1 << 16:
+                self.qpaths.clear()
+            # above bit 62 as the synthetic trees' (nine.synth.files), in a range of
+            # their own (bit 61)
+            q = self.qpaths[real] = (1 << 62) | (1 << 61) | next(self.next)
+        return q
+
+
+class _Stream:
+    """One open's frame stream: where it is, what is ahead of a gap, what is not yet a
+    whole frame, the error that ended it."""
+    __slots__ = ("at", "buf", "ahead", "ahead_bytes", "error")
+
+    def __init__(self):
+        self.at = 0
+        self.buf = bytearray()
+        self.ahead = {}
+        self.ahead_bytes = 0
+        self.error = None
+
+
+class UnpackNode(Node):
+    """A node of unpack/: the node of files/ it stands for, wrapped.  Directories walk
+    (through files/, so with its confinement and permissions) and list as empty; files
+    only open for writing, and take frames."""
+    __slots__ = ("un", "real", "stream")
+    # regular files and directories of the real file system never wait (nine.server.
+    # realfs); open() refuses anything else before opening it
+    may_block = False
+
+    def __init__(self, un, real):
+        self.un = un
+        self.real = real
+        self.stream = None
+
+    @property
+    def qid(self):
+        q = self.real.qid
+        return Qid(q.type, 0, self.un.qpath(q.path))
+
+    @property
+    def name(self):
+        return self.real.name
+
+    def walk(self, ctx, names):
+        return [UnpackNode(self.un, n) for n in self.real.walk(ctx, names)]
+
+    def clone(self, ctx):
+        return UnpackNode(self.un, self.real.clone(ctx))
+
+    def getattr(self, ctx):
+        a = self.real.getattr(ctx)
+        if S.S_ISDIR(a.mode):
+            mode = S.S_IFDIR | (a.mode & 0o111)
+        else:
+            mode = S.S_IFREG | (a.mode & 0o222)
+        return Attr(qid=self.qid, mode=mode, uid=a.uid, gid=a.gid, nlink=1, size=0,
+                    blksize=a.blksize, atime=a.atime, mtime=a.mtime, ctime=a.ctime)
+
+    def setattr(self, ctx, sa):
+        raise error(errno.EPERM, "unpack/ changes no attribute (files/ does)")
+
+    def statfs(self, ctx):
+        return self.real.statfs(ctx)
+
+    def open(self, ctx, flags):
+        fmt = S.S_IFMT(self.real.getattr(ctx).mode)
+        acc = flags & L_O_ACCMODE
+        if fmt == S.S_IFDIR:
+            if acc != L_O_RDONLY:
+                raise error(errno.EISDIR)
+            self.real.open(ctx, L_O_RDONLY)
+            return
+        if fmt != S.S_IFREG:
+            raise error(errno.EINVAL, "unpack/ writes regular files only")
+        if acc != L_O_WRONLY:
+            raise error(errno.EACCES, "unpack/ opens for writing only")
+        if flags & L_O_APPEND:
+            raise error(errno.EINVAL, "unpack/: frames say where they go (no O_APPEND)")
+        self.real.open(ctx, L_O_WRONLY | (flags & L_O_TRUNC))
+        self.stream = _Stream()
+
+    def readdir(self, ctx, offset, count):
+        return []
+
+    def fsync(self, ctx, datasync=0):
+        self.real.fsync(ctx, datasync)
+
+    def write(self, ctx, offset, data):
+        st = self.stream
+        if st is None:
+            raise error(errno.EBADF)
+        if st.error is not None:
+            raise error(*st.error)
+        n = len(data)
+        if offset != st.at:
+            if offset < st.at or offset in st.ahead or st.ahead_bytes + n > MAX_AHEAD:
+                raise error(errno.EINVAL, "frame stream: %d bytes at %d, where it is at %d"
+                            % (n, offset, st.at))
+            st.ahead[offset] = bytes(data)
+            st.ahead_bytes += n
+            return n
+        st.buf += data
+        st.at += n
+        while st.at in st.ahead:
+            piece = st.ahead.pop(st.at)
+            st.ahead_bytes -= len(piece)
+            st.buf += piece
+            st.at += len(piece)
+        try:
+            self._drain(ctx, st)
+        except OSError as e:
+            st.error = (e.errno or errno.EIO, e.strerror or os.strerror(e.errno or errno.EIO))
+            st.buf = bytearray()
+            st.ahead.clear()
+            raise
+        return n
+
+    def _drain(self, ctx, st):
+        """Unpack and write the whole frames at the start of st.buf."""
+        buf = st.buf
+        pos = 0
+        try:
+            while len(buf) - pos >= HEADER:
+                cid, offset, length, size = parse_header(buf, pos)
+                if len(buf) - pos - HEADER < size:
+                    break
+                start = pos + HEADER
+                data = unpack_payload(cid, bytes(buf[start:start + size]), length, offset)
+                done = 0
+                while done < length:
+                    k = self.real.write(ctx, offset + done, data[done:])
+                    if k <= 0:
+                        raise error(errno.EIO, "short write")
+                    done += k
+                pos = start + size
+        finally:
+            del buf[:pos]
+
+    def close(self, ctx):
+        self.stream = None
+        self.real.close(ctx)

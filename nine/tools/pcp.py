@@ -24,6 +24,14 @@ temporary file: the next copy of that file removes it once it is a minute old). 
 the copy fails every host (nothing renamed).  --verify compares every host's copy with
 the source (the hash aggregator: the sha256 of each MiB, folded up the tree).
 
+--compress zstd|lz4 packs each block once, here, into frames that cross every edge of
+the tree packed and are unpacked by each leaf into the temporary file at their offset
+(the leaf's unpack/, nine.synth.filectl); the commit and --verify are the same.  A host
+that cannot unpack that codec (its Python package missing there, or an older nine) is
+sent the bytes unpacked, and named on stderr: ``uncompressed node7 (1): no zstd
+there``.  ``auto`` is zstd, else lz4, where installed here; none (the default) sends the
+bytes as they are.  A codec not installed here is a usage error.
+
 The end is a folded status: ``ok node[1-62] (62)`` and one ``failed HOSTS: reason``
 line per reason.  --retry N sends again, N times, to the hosts that failed.  Exit
 status 0 when every host got every file, 1 otherwise, 2 for a usage error.
@@ -35,6 +43,7 @@ import posixpath
 import stat as S
 import sys
 
+from ..synth.filectl import CODECS, installed_codecs
 from .common import ToolError, add_options, connect, errtext, select_hosts
 from .transfer import (BLOCK, INFLIGHT, Outcome, Progress, Source, SourceChanged,
                        Streamer, command, local_windows, locate, new_token, read_windows,
@@ -66,6 +75,9 @@ def make_parser(prog="nine pcp"):
                    help="bytes per group write (default 1M)")
     p.add_argument("-k", "--inflight", type=int, default=INFLIGHT, metavar="N",
                    help="group writes in flight (default %d)" % INFLIGHT)
+    p.add_argument("--compress", default="none", metavar="CODEC",
+                   help="zstd, lz4, auto (zstd, else lz4, where installed) or none "
+                        "(default): each block packed once here, unpacked by each leaf")
     p.add_argument("--verify", action="store_true",
                    help="compare every copy with the source (sha256 of each MiB)")
     p.add_argument("--reverse", action="store_true", help="gather PATH from every host "
@@ -157,9 +169,10 @@ def _rel(top, d, name):
 class Copy:
     """Copy [Item] to hosts: places {host: (Place, base path in files/)}; opts: force,
     perms and times (what is kept of the sources), block_size, inflight, timeout,
-    verify.  run() fills
+    verify, codec (None: the bytes as they are).  run() fills
     `outcome` (a host fails with the first reason any of its files gave); `done` is
-    {host: set of item rels copied}."""
+    {host: set of item rels copied}; `plain` {host: why} the hosts sent the bytes
+    unpacked although a codec was asked; `sent` the bytes written to the groups."""
 
     def __init__(self, client, places, items, opts, outcome, progress=None):
         self.client = client
@@ -170,6 +183,8 @@ class Copy:
         self.progress = progress
         self.token = new_token()
         self.done = {}
+        self.plain = {}
+        self.sent = 0
         self.umask = _umask()
 
     def dest(self, host, item):
@@ -189,14 +204,24 @@ class Copy:
         files = [it for it in self.items if not it.dir]
         dirs = [it for it in self.items if it.dir]
         # 1. the checks: directories made, each destination looked at
+        codec = getattr(opts, "codec", None)
         steps = {h: [[command("mkdir", ("p", self.dest(h, d)), "%o" % self._dir_mode(d))]
                      for d in dirs] + [[command("stat", ("p", self.dest(h, f)))]
-                                       for f in files] for h in hosts}
+                                       for f in files] +
+                 ([["codecs"]] if codec and files else []) for h in hosts}
         replies, failed = transact(self.client, places, steps, t)
         for h, r in failed.items():
             self.outcome.fail([h], r)
         ok = {}                     # host -> {item rel: (Item, mode)}
+        packed = set()              # hosts that unpack the codec
         for h, rs in replies.items():
+            if codec and files:
+                there = rs[len(dirs) + len(files)] if len(rs) > len(dirs) + len(files) \
+                    else None
+                if there and not step_error(there) and codec in there[0]:
+                    packed.add(h)
+                else:
+                    self.plain[h] = "no %s there" % codec
             for d, step in zip(dirs, rs):
                 if step_error(step):
                     self.fail(h, d, step_error(step))
@@ -234,10 +259,7 @@ class Copy:
             src = None
             try:
                 src = Source(f.src)
-                Streamer(self.client, {h: places[h].ns(tmp_name(self.dest(h, f), self.token))
-                                       for h in hosts_f}, per, opts.block_size,
-                         opts.inflight, t,
-                         self.progress.add if self.progress is not None else None).run(src)
+                self._stream(src, f, hosts_f, packed, codec, places, per)
                 if src.size != f.st.st_size:
                     raise SourceChanged("the source changed during the copy")
                 src.check()
@@ -284,6 +306,33 @@ class Copy:
         # 6. --verify: every copy against the source
         if opts.verify:
             self.verify(places, files)
+
+    def _stream(self, src, f, hosts_f, packed, codec, places, per):
+        """The bytes of f to hosts_f: packed to those in `packed`, as they are to the
+        others (both streams at once; the progress bar follows one)."""
+        import gevent
+        opts = self.opts
+        progress = self.progress.add if self.progress is not None else None
+        streams = []
+        zs = [h for h in hosts_f if h in packed] if codec else []
+        rest = [h for h in hosts_f if h not in zs]
+        for hosts, c in ((zs, codec), (rest, None)):
+            if not hosts:
+                continue
+            tmp = {h: tmp_name(self.dest(h, f), self.token) for h in hosts}
+            streams.append(Streamer(
+                self.client, {h: (places[h].ns_unpack if c else places[h].ns)(tmp[h])
+                              for h in hosts}, per, opts.block_size, opts.inflight,
+                opts.timeout, progress, codec=c))
+            progress = None
+        jobs = [gevent.spawn(s.run, src) for s in streams]
+        try:
+            gevent.joinall(jobs, raise_error=True)
+        except BaseException:
+            gevent.killall(jobs, block=False)
+            raise
+        finally:
+            self.sent += sum(s.sent for s in streams)
 
     def verify(self, places, files):
         from ..group import aggregate as A
@@ -420,6 +469,7 @@ def run(opts):
         import gevent
         total = sum(it.st.st_size for it in items if not it.dir)
         progress = Progress(total, len(hosts), enabled=not opts.quiet)
+        outcome.sent = 0
         try:
             todo, places = list(hosts), {}
             for attempt in range(opts.retry + 1):
@@ -432,8 +482,11 @@ def run(opts):
                 places.update(where)
                 for h, r in failed.items():
                     outcome.fail([h], r)
-                Copy(client, places, items, opts, outcome, progress).run(
-                    [h for h in todo if h in places])
+                cp = Copy(client, places, items, opts, outcome, progress)
+                cp.run([h for h in todo if h in places])
+                for h, why in cp.plain.items():
+                    outcome.notes.setdefault(h, why)
+                outcome.sent += cp.sent
                 progress.hosts_done(len(outcome.ok()))
                 todo = [h for h in todo if h in outcome.failed]
                 if not todo:
@@ -451,8 +504,15 @@ def _quiet_interrupts():
 
 
 def report(outcome, out, quiet):
-    """The folded status: ok on stdout (unless quiet), failures on stderr; exit status."""
+    """The folded status: ok on stdout (unless quiet), failures on stderr, then (pcp
+    --compress) the hosts sent the bytes uncompressed; exit status."""
     lines = outcome.lines()
+    if outcome.sent is not None and not quiet:
+        plain = {}
+        for h, why in outcome.notes.items():
+            if h not in outcome.failed:
+                plain.setdefault(why, set()).add(h)
+        lines += ["uncompressed " + line for line in _folded(plain)]
     for line in lines:
         if line.startswith("ok "):
             if not quiet:
@@ -463,11 +523,38 @@ def report(outcome, out, quiet):
     return 1 if outcome.failed else 0
 
 
+def _folded(classes):
+    """``HOSTS (n): label`` lines of {label: hosts}, largest first."""
+    from .transfer import _count
+    return ["%s: %s" % (_count(ms), label) for label, ms in
+            sorted(classes.items(), key=lambda lm: (-len(lm[1]), lm[0]))]
+
+
+def codec_of(name):
+    """The codec --compress names (None: none); a ToolError when it is not installed
+    here."""
+    name = (name or "none").lower()
+    if name == "none":
+        return None
+    have = installed_codecs()
+    if name == "auto":
+        return have[0] if have else None
+    if name not in CODECS:
+        raise ToolError("--compress: %s is not a codec (zstd, lz4, auto or none)" % name)
+    if name not in have:
+        raise ToolError("--compress %s: the Python package %s is not installed here "
+                        "(pip install 'nine[compress]')" % (name, CODECS[name][1]))
+    return name
+
+
 def main(argv=None, prog="nine pcp"):
     p = make_parser(prog)
     opts = p.parse_intermixed_args(argv)
     opts.perms = opts.times = opts.preserve
     try:
+        opts.codec = codec_of(opts.compress)
+        if opts.codec and opts.reverse:
+            raise ToolError("--compress copies to the hosts (not --reverse)")
         if opts.inflight < 1:
             raise ToolError("-k must be 1 or more")
         if opts.retry < 0:

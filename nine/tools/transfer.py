@@ -11,7 +11,11 @@ of each request per child, never one per host:
 - the bytes (Streamer): the temporary files that ``create`` made are the members of
   several groups at once (``inflight`` of them, each a private group down the tree),
   each writing every inflight-th block, so that a mux forwards one block while the
-  next arrives.  A host that fails leaves the groups at their next block;
+  next arrives.  A host that fails leaves the groups at once, and the block is sent
+  again to the others (a write cut short by a member's failure may not have reached
+  them all).  With a codec (pcp --compress) each block is packed once, here, into
+  frames (nine.synth.filectl) that cross every edge packed; the members are then the
+  files' names under the hosts' unpack/, where each leaf unpacks them into the file;
 - windows of a file (read_windows()): group reads with the ``hash`` or ``signature``
   aggregator (nine.group.fileagg), a window of at most 1 MiB each, several at once.
 
@@ -19,13 +23,14 @@ Outcome folds the hosts by result, as clush does: ``ok node[1-62] (62)`` then
 ``failed node[63-64] (2): No space left on device``.
 """
 
+import errno
 import os
 import posixpath
 import secrets
 import time
 
 from ..group.handle import MAX_WHOLE
-from ..synth.filectl import NAME as FILECTL, path_word
+from ..synth.filectl import NAME as FILECTL, UNPACK, FrameEncoder, path_word
 from .common import errtext, host_failure, ns_path, read_exports
 
 WINDOW = MAX_WHOLE           # bytes of a file read per member per group read
@@ -50,7 +55,9 @@ class Outcome:
     def __init__(self, hosts=()):
         self.hosts = list(hosts)
         self.failed = {}
-        self.notes = {}           # host -> what happened (psync: its class)
+        self.notes = {}           # host -> what happened (psync: its class; pcp: why
+                                  # it was sent the bytes uncompressed)
+        self.sent = None          # pcp: bytes written to the groups (None: not counted)
 
     def fail(self, hosts, reason):
         for h in hosts:
@@ -98,15 +105,21 @@ def host_reason(reason):
 # where each host's destination is
 
 class Place:
-    """Where a host's files/ is in the root's name space: `files` (its directory) and
-    `ctl` (its filectl)."""
-    __slots__ = ("host", "files", "ctl")
+    """Where a host's files/ is in the root's name space: `files` (its directory), `ctl`
+    (its filectl) and `unpack` (its unpack/: frames written there land in files/)."""
+    __slots__ = ("host", "files", "ctl", "unpack")
 
-    def __init__(self, host, files, ctl):
+    def __init__(self, host, files, ctl, unpack=None):
         self.host, self.files, self.ctl = host, files, ctl
+        self.unpack = unpack if unpack is not None else \
+            posixpath.join(posixpath.dirname(files), UNPACK)
 
     def ns(self, rel):
         return posixpath.join(self.files, rel) if rel else self.files
+
+    def ns_unpack(self, rel):
+        """The name under unpack/ of files/rel."""
+        return posixpath.join(self.unpack, rel) if rel else self.unpack
 
 
 def locate(client, hosts, path, nodes_dir, timeout=None):
@@ -133,7 +146,8 @@ def locate(client, hosts, path, nodes_dir, timeout=None):
         if ns != base and not ns.startswith(base + "/"):
             failed[h] = "%s: not under the host's files/" % path
             continue
-        out[h] = (Place(h, base, posixpath.join(nodes_dir, h, FILECTL)),
+        out[h] = (Place(h, base, posixpath.join(nodes_dir, h, FILECTL),
+                        posixpath.join(nodes_dir, h, UNPACK)),
                   ns[len(base):].lstrip("/"))
     return out, failed
 
@@ -302,13 +316,24 @@ class Source:
             self.fd = None
 
 
+_UNPACK_ERRORS = {os.strerror(errno.EBADMSG): "a corrupt %s frame",
+                  os.strerror(errno.EPROTONOSUPPORT): "%s frames unknown there",
+                  os.strerror(errno.ENOPKG): "%s not installed there",
+                  os.strerror(errno.EMSGSIZE): "a %s frame too large"}
+
+
 class Streamer:
     """Write a Source to one member file per host with `inflight` groups at once (each
     block k goes through group k % inflight).  progress(nbytes) is called per block
-    written; outcome.fail() gets the hosts that failed (they leave the groups)."""
+    written; outcome.fail() gets the hosts that failed (they leave the groups).
+
+    codec (``zstd``, ``lz4``): the members are unpack/ names (Place.ns_unpack), and each
+    block travels as frames (FrameEncoder, packed in a thread of gevent's pool); each
+    group writes its own frame stream, from offset 0.  `sent` counts the bytes written
+    to the groups (once per block, whatever the number of hosts)."""
 
     def __init__(self, client, members, outcome, block=BLOCK, inflight=INFLIGHT,
-                 timeout=None, progress=None):
+                 timeout=None, progress=None, codec=None):
         self.client = client
         self.members = dict(members)      # host -> name-space path
         self.outcome = outcome
@@ -316,6 +341,8 @@ class Streamer:
         self.inflight = max(1, inflight)
         self.timeout = timeout
         self.progress = progress
+        self.codec = codec
+        self.sent = 0
 
     def run(self, source):
         import gevent
@@ -334,36 +361,60 @@ class Streamer:
             gevent.killall(jobs, block=False)
             raise
 
+    def _reason(self, r):
+        """A member's failure, with what the errnos of unpack/ mean (9P2000.L carries
+        the errno only)."""
+        r = host_reason(r)
+        if self.codec:
+            why = _UNPACK_ERRORS.get(r)
+            if why:
+                return "%s (%s)" % (r, why % self.codec)
+        return r
+
     def _open(self, hosts):
         return self.client.gopen(None, "w", members=[(h, self.members[h]) for h in hosts],
                                  timeout=self.timeout)
 
     def _stream(self, source, first, step, nblocks):
         g, hosts = None, None
+        enc = FrameEncoder(self.codec) if self.codec else None
+        pool = None
+        if enc is not None:
+            import gevent
+            pool = gevent.get_hub().threadpool
+        at = 0                            # where the group's frame stream is
         try:
             for k in range(first, nblocks, step):
-                alive = self.outcome.alive(list(self.members))
-                if not alive:
-                    return
-                if g is None or alive != hosts:
-                    if g is not None:
-                        g.close()
-                    g, hosts = None, alive
-                    try:
-                        g = self._open(hosts)
-                    except OSError as ex:
-                        self.outcome.fail(hosts, errtext(ex))
-                        return
                 off = k * self.block
                 data = source.read(off, self.block)
-                g.lseek(off)
-                try:
-                    g.write(data)
-                except OSError:
-                    pass                  # every member failed: the status names them
-                for h, r in g.status.items():
-                    if r:
-                        self.outcome.fail([h], host_reason(r))
+                payload = data if enc is None else pool.apply(enc.frame, (off, data))
+                while True:
+                    alive = self.outcome.alive(list(self.members))
+                    if not alive:
+                        return
+                    if g is None or alive != hosts:
+                        if g is not None:
+                            g.close()
+                        g, hosts, at = None, alive, 0
+                        try:
+                            g = self._open(hosts)
+                        except OSError as ex:
+                            self.outcome.fail(hosts, errtext(ex))
+                            return
+                    g.lseek(off if enc is None else at)
+                    try:
+                        g.write(payload)
+                    except OSError:
+                        pass              # every member failed: the status names them
+                    self.sent += len(payload)
+                    at += len(payload)
+                    bad = [h for h, r in g.status.items() if r]
+                    for h in bad:
+                        self.outcome.fail([h], self._reason(g.status[h]))
+                    if not bad:
+                        break
+                    # a member failed: a write longer than a message stops at the first
+                    # short count, so the others may lack its end: again, without it
                 if self.progress is not None:
                     self.progress(len(data))
         finally:
