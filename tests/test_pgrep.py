@@ -1,5 +1,9 @@
 """nine pgrep and the verbs a user needs (issue 15): the grep, tail and topk aggregators
-against GNU grep and through tree-shaped merges; `nine pgrep` on real files of real
+against GNU grep and through tree-shaped merges; grep at the leaf's read path (a RealFS
+node by chunks: a 40 MiB file, context across block boundaries, bounded output; -r
+walked through the member's node as nobody against GNU grep -r run as nobody); the
+grep run by the leaf itself, or by a mux over leaves without the service; `nine pgrep`
+on real files of real
 leaf servers under a tree of three levels of muxes (6 leaves, fanout 2), its output
 checked against what clush -b prints of grep run on each host (computed here by running
 GNU grep in each leaf's directory), with planted variants, a missing file, host names
@@ -16,6 +20,7 @@ import time
 import pytest
 
 from conftest import ENV_ROOT, ROOT, NineProc
+from nine.client import Client
 from nine.group import aggregate as A
 from nine.group.textagg import TRUNCATED, posix_regex, text_param
 from nine.netwait import free_port
@@ -56,7 +61,9 @@ def grep_agg(pattern, flags, syntax, name):
 
 def test_grep_map_is_gnu_grep(tmp_path):
     """The map of every pattern and flag combination gives GNU grep's output, exit
-    status and stderr notes (binary files)."""
+    status and stderr notes (binary files), also when the file comes in chunks of 1, 2,
+    5 or 11 bytes (a leaf reads by chunks: partial lines, -B context and promised -A
+    context carried across every boundary)."""
     differ = []
     for name, data in TEXTS.items():
         (tmp_path / name).write_bytes(data)
@@ -66,9 +73,12 @@ def test_grep_map_is_gnu_grep(tmp_path):
                 for flags in FLAGS:
                     r = subprocess.run(["grep"] + flag + flags + ["-e", pat, name],
                                        cwd=tmp_path, capture_output=True)
-                    got = grep_agg(pat, flags, syntax, name).grep(data)
-                    if (r.returncode, r.stdout, r.stderr) != got:
-                        differ.append((name, syntax, pat, flags, r.stdout, got))
+                    g = grep_agg(pat, flags, syntax, name)
+                    for window in (None, 1, 2, 5, 11):
+                        got = g.grep(data, window)
+                        if (r.returncode, r.stdout, r.stderr) != got:
+                            differ.append((name, syntax, pat, flags, window, r.stdout,
+                                           got))
     assert not differ, differ[:5]
 
 
@@ -139,6 +149,293 @@ def test_grep_params_travel_in_ctl_lines():
         b"2-1e5\n3-q\n4:a b=1 true 1e5 :x\n5:second!\n"
 
 
+# --- the leaf's own read path: a RealFS node read by chunks, grep -r walked as the reader
+
+def leaf_grep(export, rel, agg, uid=None):
+    """agg.leaf_file of export/rel as a leaf's group service runs it: the RealFS node
+    walked and opened as user uid (None: this process's own identity), read through a
+    MemberFile.  Returns the Partial."""
+    from nine.group.member import MemberFile
+    from nine.server.node import Context
+    from nine.server.realfs import RealFS
+    ctx = Context(uname="u", uid=uid, gid=uid)
+    fs = RealFS(str(export))
+    root = fs.attach(ctx)
+    names = [x for x in rel.split("/") if x]
+    nodes = root.walk(ctx, names) if names else [root.clone(ctx)]
+    assert len(nodes) == max(len(names), 1)
+    for n in nodes[:-1]:
+        n.close(ctx)
+    node = nodes[-1]
+    try:
+        node.open(ctx, os.O_RDONLY)
+        return agg.leaf_file("h", MemberFile(node, ctx))
+    finally:
+        node.close(ctx)
+        root.close(ctx)
+        fs.close()
+
+
+def big_text(size, seed=15):
+    """About `size` bytes of log lines: a sparse ERROR now and then, an ERROR line
+    across every 1 MiB boundary (the leaf's window), and one line of 3 MiB (longer than
+    a window) that ends in `needle`."""
+    import random
+    rnd = random.Random(seed)
+    W = 1 << 20
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"disk", b"retry", b"ok", b"err"]
+    pool = [b" ".join(rnd.choices(words, k=rnd.randrange(0, 25))) +
+            (b" ERROR code=%d" % rnd.randrange(100) if rnd.random() < 0.002 else b"")
+            for _ in range(7919)]
+    parts = []
+    n = 0
+    i = 0
+    while n < size:
+        i += 1
+        line = b"%d %s" % (i, pool[i % len(pool)])
+        if (n + len(line)) // W != n // W or (n + len(line) + 1) % W == 0:
+            pad = W - n % W
+            line = b"x" * (pad // 2) + b" ERROR straddles " + b"y" * (pad // 2 + 3)
+        if i == 5000:
+            line = b"z" * (3 * W) + b" needle"
+        parts.append(line + b"\n")
+        n += len(line) + 1
+    return b"".join(parts)
+
+
+BIG_CASES = [["-n", "ERROR"], ["-c", "ERROR"], ["-n", "-C2", "ERROR"], ["-B3", "ERROR"],
+             ["-A2", "-n", "ERROR"], ["-c", "-v", "ERROR"], ["-l", "needle"],
+             ["-n", "needle"], ["-n", "-C1", "ERROR straddles"]]
+SMALL_CASES = [["-w", "-c", "straddles"], ["-i", "-c", "error"], ["-c", "-x", ""],
+               ["-n", "-v", "-e", "[0-9]", "-e", "^$"], ["-n", "-C2", "ERROR"],
+               ["-B3", "-A1", "ERROR"]]
+
+
+def test_big_file_is_searched_whole_as_gnu_grep(tmp_path, monkeypatch):
+    """A 40 MiB file through the leaf's read path (1 MiB blocks, 64 KiB reads): GNU
+    grep's output with matches and context across every block boundary and a line
+    longer than a block; then a 6 MiB one cut into 4 KiB blocks.  A member longer than
+    1 MiB is no longer named as truncated."""
+    from nine.group import textagg
+    for size, window, flagsets in ((40 << 20, None, BIG_CASES),
+                                   (6 << 20, 4096, SMALL_CASES)):
+        (tmp_path / "big.log").write_bytes(big_text(size))
+        if window:
+            monkeypatch.setattr(textagg, "WINDOW", window)
+        for flags in flagsets:
+            r = subprocess.run(["grep"] + flags + ["big.log"], cwd=tmp_path,
+                               capture_output=True)
+            opts = [f for f in flags if f.startswith("-") and f != "-e"]
+            pats = [flags[i + 1] for i, f in enumerate(flags) if f == "-e"] or \
+                [([f for f in flags if not f.startswith("-")] or [""])[-1]]
+            agg = grep_agg("\n".join(pats), opts, "basic", "big.log")
+            p = leaf_grep(tmp_path, "big.log", agg)
+            assert p.errors == {}, flags
+            assert p.value == {(r.returncode, r.stdout, r.stderr): {"h"}}, \
+                (flags, window, len(r.stdout))
+
+
+def test_output_and_line_bounds(tmp_path, monkeypatch):
+    """A grep whose output passes `limit` bytes stops there and names the member (its
+    output so far is GNU grep's first lines); a line longer than MAX_LINE stops the
+    scan and is named."""
+    from nine.group import textagg
+    data = big_text(3 << 20)
+    (tmp_path / "big.log").write_bytes(data)
+    full = subprocess.run(["grep", "-n", "ERROR code", "big.log"], cwd=tmp_path,
+                          capture_output=True).stdout
+    agg = A.get("grep", pattern=text_param("ERROR code"), number=True, limit=300)
+    p = leaf_grep(tmp_path, "big.log", agg)
+    (status, out, _), = p.value
+    assert status == 0 and 200 < len(out) <= 300 and full.startswith(out)
+    assert out.endswith(b"\n") and len(full) > 500
+    assert list(p.errors) == ["grep output cut at 300 bytes (narrow the pattern, or "
+                              "use -c or -l)"]
+    assert agg.render(p).endswith(b"errors: h: grep output cut at 300 bytes (narrow the "
+                                  b"pattern, or use -c or -l)\n")
+    monkeypatch.setattr(textagg, "MAX_LINE", 1 << 20)
+    p = A.get("grep", pattern="needle").leaf_file("h", _Chunks(data))
+    assert p.errors == {textagg.LONG_LINE: {"h"}}
+
+
+class _Chunks:
+    """A member file of bytes (for leaf_file without a server); `read` counts the
+    chunks the map took."""
+    is_dir = False
+
+    def __init__(self, data):
+        self.data = data
+        self.read = 0
+
+    def chunks(self, size):
+        for i in range(0, len(self.data), size):
+            self.read += 1
+            yield self.data[i:i + size]
+
+
+def test_grep_stops_reading_where_grep_may():
+    """-l and -q stop at the first selected line; -c and a plain grep read on to the
+    end (10 blocks of 1 MiB, the match in the second)."""
+    data = b"hay\n" * (1 << 18) + b"needle\n" + b"hay\n" * (9 << 18)
+    for kw, out, blocks in (({"files": True, "file": "f"}, b"f\n", 2),
+                            ({"quiet": True}, b"", 2), ({"count": True}, b"1\n", 11),
+                            ({}, b"needle\n", 11)):
+        f = _Chunks(data)
+        p = A.get("grep", pattern="needle", **kw).leaf_file("h", f)
+        assert p.value == {(0, out, b""): {"h"}} and p.errors == {}
+        assert f.read == blocks, kw
+
+
+def recursive_tree(top):
+    """A tree for grep -r: nested directories, a file over two blocks, a symbolic link
+    to a file and one to a directory (not followed), a FIFO (not read), an unreadable
+    directory and an unreadable file."""
+    (top / "b" / "c").mkdir(parents=True)
+    (top / "e" / "f" / "g").mkdir(parents=True)
+    (top / "locked").mkdir()
+    (top / "a.txt").write_bytes(b"needle 1\nhay\n")
+    (top / "b" / "c" / "d.conf").write_bytes(b"hay\nneedle x\nhay\n")
+    (top / "b" / "skip.log").write_bytes(b"needle but excluded\n")
+    (top / "e" / "f" / "g" / "deep.conf").write_bytes(b"a\nb\nneedle deep\nc\n")
+    (top / "locked" / "x.conf").write_bytes(b"needle locked\n")
+    (top / "secret.txt").write_bytes(b"needle secret\n")
+    (top / "big.log").write_bytes(b"needle first\n" + b"hay\n" * (600 << 10) +
+                                  b"needle last\n")
+    (top / "bin.dat").write_bytes(b"\x00\x01needle\n")
+    os.symlink("a.txt", top / "b" / "link.txt")
+    os.symlink("../e", top / "b" / "dirlink")
+    os.mkfifo(top / "e" / "fifo")
+    os.chmod(top / "locked", 0)
+    os.chmod(top / "secret.txt", 0)
+    for d in (top, top / "b", top / "b" / "c", top / "e", top / "e" / "f",
+              top / "e" / "f" / "g"):
+        os.chmod(d, 0o755)
+
+
+R_CASES = [(["-n", "needle"], "t"), (["--include=*.conf", "-c", "needle"], "t"),
+           (["-l", "needle"], "t"), (["-C1", "-n", "needle"], "t"),
+           (["--exclude=*.log", "-v", "hay"], "t"), (["needle"], ""),
+           (["--include=*.conf", "--include=*.txt", "-h", "needle"], "t/"),
+           (["-c", "-v", ""], "t")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads as another user (nobody)")
+def test_recursive_grep_at_the_leaf_is_gnu_grep_r(tmp_path):
+    """grep -r through the member's own node, as the reader (nobody): GNU grep -r's
+    output, order and messages run as nobody on the same tree (an unreadable directory
+    and file named, exit status 2; links and the FIFO left out; --include)."""
+    export = tmp_path / "exp"
+    export.mkdir()
+    os.chmod(export, 0o755)
+    recursive_tree(export / "t")
+    nobody = 65534
+    for flags, path in R_CASES:
+        cmd = ["setpriv", "--reuid=%d" % nobody, "--regid=%d" % nobody,
+               "--clear-groups", "grep", "-r"] + flags + ([path] if path else [])
+        r = subprocess.run(cmd, cwd=export if path else export / "t", capture_output=True)
+        kw = {"recursive": True, "no_name": "-h" in flags, "file": text_param(path)}
+        inc = [f.split("=", 1)[1] for f in flags if f.startswith("--include=")]
+        exc = [f.split("=", 1)[1] for f in flags if f.startswith("--exclude=")]
+        if inc:
+            kw["include"] = text_param("\n".join(inc))
+        if exc:
+            kw["exclude"] = text_param("\n".join(exc))
+        opts = [f for f in flags if f.startswith("-") and not f.startswith("--") and
+                f != "-h"]
+        pattern = [f for f in flags if not f.startswith("-")][0]
+        agg = grep_agg(pattern, opts, "basic", "")
+        agg = A.get("grep", **dict(agg.params, **kw))
+        p = leaf_grep(export, "t", agg, uid=nobody)
+        (status, out, notes), = p.value
+        assert out == r.stdout, (flags, path)
+        mine = sorted([e.encode() + b"\n" for e in p.errors] + notes.splitlines(True))
+        assert mine == sorted(r.stderr.splitlines(True)), (flags, path)
+        assert (2 if p.errors else status) == r.returncode, (flags, path)
+        assert (b"Permission denied" in r.stderr) == (pattern != "")    # -v '': no walk
+    # without recursive, a directory member is an error, as grep's
+    with pytest.raises(OSError) as e:
+        leaf_grep(export, "t", A.get("grep", pattern="x"), uid=nobody)
+    assert e.value.strerror == "Is a directory"
+
+
+def test_grep_runs_at_the_leaf(tmp_path, monkeypatch):
+    """A host's one file is grepped by its own leaf's group service (the single member
+    is handed to it), not read up to the mux: the root mux (this process) maps no
+    member and receives the matching line; the 2 MiB files are searched whole."""
+    from nine.group import textagg
+    from nine.launch import Topology, Tree
+    calls = []
+    orig = textagg.Grep.leaf_file
+    monkeypatch.setattr(textagg.Grep, "leaf_file",
+                        lambda self, m, f: calls.append(m) or orig(self, m, f))
+    exp = tmp_path / "exp"
+    tree = Tree(Topology.local(2, fanout=2, listen="127.0.0.1:0", leaf_export=str(exp)))
+    try:
+        root = tree.start()
+        srv = root.server.listen("127.0.0.1:0")
+        for i in (1, 2):
+            (exp / ("node%d" % i) / "big.log").write_bytes(b"hay\n" * (1 << 19) +
+                                                          b"needle\n")
+        c = Client("127.0.0.1:%d" % srv.address[1])
+        g = c.gopen(None, "r", members=[("node%d" % i, "/nodes/node%d/files/big.log" % i)
+                                        for i in (1, 2)],
+                    aggregator="grep", pattern="needle", number=True)
+        assert g.read() == b"---------------\nnode[1-2] (2)\n---------------\n524289:needle\n"
+        assert calls == [] and g.failed == {}
+        g.close()
+        c.close()
+    finally:
+        tree.stop()
+
+
+def test_grep_by_a_mux_over_leaves_without_the_service(tmp_path):
+    """Leaves without a group service (as diod) under a mux: the mux greps each member
+    itself through its remote nodes (reads by offsets; -r walked with readdir, walk and
+    open on them): GNU grep's output, a 2.4 MiB file searched whole."""
+    from test_group import InThread, _mux
+    from nine.server.core import Server
+    from nine.server.realfs import RealFS
+    names = ["h1", "h2", "h3"]
+    for n in names:
+        t = tmp_path / n / "t"
+        (t / "b" / "c").mkdir(parents=True)
+        (t / "a.txt").write_bytes(b"needle 1\nhay\n")
+        (t / "b" / "c" / "d.conf").write_bytes(b"hay\nneedle %s\n" % n.encode())
+        (t / "big.log").write_bytes(b"needle first\n" + b"hay\n" * (600 << 10) +
+                                    b"needle last\n")
+        os.symlink("../a.txt", t / "b" / "link.txt")
+        os.symlink("..", t / "b" / "c" / "up")
+
+    def build():
+        leaves, addrs = [], []
+        for n in names:
+            srv = Server({None: RealFS(str(tmp_path / n)).attach})
+            s = srv.listen("127.0.0.1:0")
+            leaves.append(srv)
+            addrs.append((n, "127.0.0.1:%d" % s.address[1]))
+        return {"leaves": leaves, "mux": _mux(addrs, "simple *:/ at /nodes\n")}
+    w = InThread(build)
+    try:
+        c = Client(w.value["mux"][1])
+        for flags, rel, kw in ((["-r", "-n"], "t", {"recursive": True, "number": True,
+                                                    "with_name": True}),
+                               (["-c"], "t/big.log", {"count": True})):
+            g = c.gopen(None, "r", members=[(n, "/nodes/%s/%s" % (n, rel)) for n in names],
+                        aggregator="grep", pattern="needle", file=text_param(rel), **kw)
+            assert g.served
+            p = g.read_partial()
+            g.close()
+            expect = {}
+            for n in names:
+                r = subprocess.run(["grep"] + flags + ["needle", rel], cwd=tmp_path / n,
+                                   capture_output=True)
+                expect.setdefault((r.returncode, r.stdout, r.stderr), set()).add(n)
+            assert p.errors == {} and p.value == expect, flags
+        c.close()
+    finally:
+        w.stop()
+
+
 # --- a tree of real leaves ----------------------------------------------------------
 
 NAMES = ["node1", "node2", "node3", "node4", "web", "db"]     # web and db do not fold
@@ -165,6 +462,14 @@ def plant(exp):
         (r / "b" / "c" / "d.conf").write_bytes(b"hay\nneedle %s\n" % n.encode())
         (r / "b" / "skip.log").write_bytes(b"needle but excluded\n")
         os.symlink("a.txt", r / "b" / "link.txt")
+        os.symlink("../b", r / "b" / "c" / "up")
+        (r / "big.log").write_bytes(b"needle first\n" + b"hay %d\n" % len(n) * (300 << 10) +
+                                    b"needle last %s\n" % n.encode())     # 2.4 MiB
+        (r / "locked").mkdir()
+        (r / "locked" / "x.conf").write_bytes(b"needle locked\n")
+        os.chmod(r / "locked", 0o700)        # root's: nobody may not read it
+        for d in (exp, exp / n, r, r / "b", r / "b" / "c"):
+            os.chmod(d, 0o755)
 
 
 class _Tree:
@@ -305,23 +610,44 @@ def test_line_mode_diff_and_quiet(tree):
     assert (rc, out, err) == (1, "", "")
 
 
-def test_recursive_with_include(tree):
-    """-r: each host's directory listed through the name space; symbolic links are not
-    followed; the files in name order, as grep given them in that order."""
+def test_recursive_at_the_leaf(tree):
+    """-r: each host's leaf walks the directory itself and greps every file whole (a
+    2.4 MiB one included): GNU grep -r's output run in each host's directory, in its
+    order, symbolic links not followed; --include; a directory the reader (nobody) may
+    not read is named as grep names it, exit status 2."""
     hosts = ["node2", "node3", "node1"]
     rc, out, err = pgrep(tree, "-w", ",".join(hosts), "-r", "-n", "needle", "tree")
-    files = ["tree/a.txt", "tree/b/c/d.conf", "tree/b/skip.log"]
-    expect = gnu(tree, ["-H", "-n", "needle"], files, ["node2", "node3"])
+    expect = gnu(tree, ["-r", "-n", "needle"], ["tree"], ["node2", "node3"])
+    assert "tree/big.log:307202:needle last node2" in expect["node2"][1]
     assert out == clush_b(expect)
     assert err == "tree: No such file or directory: node1\n" and rc == 2
     rc, out, err = pgrep(tree, "-w", "node2", "-r", "-l", "needle")     # no PATH: the export
-    assert out == "---------------\nnode2\n---------------\n%s" % "".join(
-        f + "\n" for f in files)
+    assert out == clush_b(gnu(tree, ["-r", "-l", "needle"], [], ["node2"])) and rc == 0
     rc, out, err = pgrep(tree, "-w", "node[2-3]", "-r", "--include", "*.conf", "-c",
-                         "needle", "tree")
+                         "-C1", "needle", "tree")
     assert rc == 0 and err == ""
-    assert out == clush_b(gnu(tree, ["-H", "-c", "needle"], ["tree/b/c/d.conf"],
+    assert out == clush_b(gnu(tree, ["-r", "--include=*.conf", "-c", "needle"], ["tree"],
                                ["node2", "node3"]))
+    for paths in (["tree/b", "tree/a.txt"], ["tree/a.txt"], ["-h", "tree/b"]):
+        rc, out, err = pgrep(tree, "-w", "node[2-3]", "-r", "-C1", "needle", *paths)
+        assert rc == 0 and err == ""
+        assert out == clush_b(gnu(tree, ["-r", "-C1", "needle"], paths,
+                                   ["node2", "node3"])), paths
+    # as nobody: tree/locked cannot be read
+    from gevent import subprocess as sp
+    env = dict(ENV_ROOT, LOGNAME="nobody", USER="nobody")
+    r = sp.run([sys.executable, "-m", "nine", "pgrep", "-a", tree.addr, "-w", "node[2-3]",
+                "-r", "needle", "tree"], env=env, capture_output=True, timeout=120)
+    expect = {}
+    for h in ("node2", "node3"):
+        g = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            "grep", "-r", "needle", "tree"], cwd=tree.exp / h,
+                           capture_output=True)
+        assert g.returncode == 2 and g.stderr == b"grep: tree/locked: Permission denied\n"
+        expect[h] = (0, g.stdout.decode())
+    assert r.stdout.decode() == clush_b(expect)
+    assert (r.returncode, r.stderr) == (2, b"tree/locked: Permission denied: node[2-3] (2)\n")
+    assert "locked" not in r.stdout.decode()
 
 
 def test_ctrl_c_shows_what_arrives(tree):

@@ -4,7 +4,9 @@ This is the MRNet filter model for a tree of multiplexers.  A group read of one 
 many members is turned into one result:
 
 * ``agg.leaf(member, data)`` maps one member's bytes to a *partial* result;
-  ``agg.fail(member, reason)`` records a member that failed instead;
+  ``agg.fail(member, reason)`` records a member that failed instead; an aggregator with
+  ``reads_files`` (grep) is given the open member instead, ``agg.leaf_file(member, f)``,
+  and reads it itself (any size; a directory walked: nine.group.member);
 * ``agg.merge([p1, p2, ...])`` combines partials from children.  It is associative and
   commutative, so any tree shape gives the same result, and where the aggregation allows
   the partial's size follows the number of distinct results, not of members;
@@ -213,6 +215,13 @@ class Aggregator:
     The public methods (leaf, fail, merge, render, encode, decode) carry errors."""
 
     name = None
+    #: True: a read with ``count all`` gives leaf_file() the member itself (read by
+    #: offsets, a directory walked: nine.group.member.MemberFile) instead of giving
+    #: leaf() at most its first 1 MiB, so that the map reads a file of any size in
+    #: bounded memory, stops where it may, or reads the files under a directory (grep
+    #: -r).  Streams (``sync nowait``), ``count N`` reads and the client's own groups
+    #: still call leaf() with bytes, so such an aggregator implements both.
+    reads_files = False
 
     def __init__(self, **params):
         if params:
@@ -240,6 +249,12 @@ class Aggregator:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("leaf data must be bytes, not %s" % type(data).__name__)
         return Partial(self.map(member, bytes(data)))
+
+    def leaf_file(self, member, f):
+        """The partial of a member the aggregator reads itself (reads_files): f is
+        read by offsets (``f.read(offset, n)``, ``f.chunks(size)``) or, when
+        ``f.is_dir``, walked (``f.walk()``); what fails raises OSError."""
+        raise NotImplementedError
 
     def fail(self, member, reason):
         return Partial(None, {str(reason): {member}})

@@ -38,6 +38,7 @@ from ..server.node import error
 from . import aggregate as A
 from .gather import TAIL, Gather, follow, join
 from .handle import CHUNK, read_whole
+from .member import MemberFile
 from .plan import REPAIR_EVERY, Placement, reason
 from .resolve import healable
 
@@ -87,6 +88,11 @@ class GroupOpen(Placement):
         return read_whole(lambda off, n: node.read(ctx, off, n), offset, count,
                           min(node.iounit or CHUNK, CHUNK))
 
+    def _leaf_file(self, agg, label, node, offset):
+        """The partial of an aggregator that reads a member itself (reads_files), in a
+        greenlet of its own."""
+        return agg.leaf_file(label, MemberFile(node, self.ctx, offset))
+
     def read(self):
         """A group read with the group's settings: the merged Partial."""
         with self.lock:
@@ -100,8 +106,11 @@ class GroupOpen(Placement):
             parts = [agg.fail(m, "open: " + r) for m, r in self.openfail.items()]
             jobs = []
             gather = Gather()    # members on a remote child: no greenlet each
+            whole = agg.reads_files and g.count is None
             for label, node in self.local.items():
-                if node.can_post:
+                if whole:        # the aggregator reads the member itself (any size)
+                    gather.spawn(label, self._leaf_file, agg, label, node, g.offset)
+                elif node.can_post:
                     gather.add(label, node.post_read, g.offset, g.count,
                                min(node.iounit or CHUNK, CHUNK))
                 else:
@@ -119,6 +128,8 @@ class GroupOpen(Placement):
                     parts.append(agg.fail(label, reason(v)))
                     if healable(v):
                         self.broken.add(label)
+                elif isinstance(v, A.Partial):
+                    parts.append(v)
                 else:
                     parts.append(agg.leaf(label, v))
             for j, who in jobs:                       # the child groups

@@ -8,8 +8,10 @@ Opening `data`/`partial` places the group's members once (the MRNet filter model
   walked (Node.locate);
 - the members that lie on one remote child (Node.origin / Node.locate name a Remote)
   are handed to a private group on that child's own group service (a ChildGroup: two
-  or more members per child, and only when the child offers the service); each group
-  operation is then one request to that child, which merges its members' results;
+  or more members per child, or one when the group's aggregator reads its members
+  itself (Aggregator.reads_files: grep), and only when the child offers the service);
+  each group operation is then one request to that child, which merges its members'
+  results;
 - every other member is opened here, and read or written here (nine.group.execute).
 
 A Placement keeps the plan healed: members that could not be opened, or whose child's
@@ -106,6 +108,12 @@ class Placement:
             return
         base = self.svc.base
         by_child = {}
+        # an aggregator that reads members itself (grep of a large log) runs where the
+        # file is: even a child's single member is handed to the child's service
+        try:
+            fewest = 1 if g.aggregator().reads_files else 2
+        except Exception:
+            fewest = 2
         results = {}
 
         def walk(label, target, bases):
@@ -140,7 +148,7 @@ class Placement:
             for label, (child, path) in located.items():
                 per.setdefault(child, []).append(label)
             for child, labels in per.items():
-                if len(labels) >= 2 and child_offers_groups(child, ctx):
+                if len(labels) >= fewest and child_offers_groups(child, ctx):
                     by_child[child] = [(label, "/" + "/".join(located[label][1]))
                                        for label in labels]
                 else:
@@ -162,7 +170,7 @@ class Placement:
             else:
                 self._open_local(label, node)
         for child, items in delegable.items():
-            if len(items) >= 2 and child_offers_groups(child, ctx):
+            if len(items) >= fewest and child_offers_groups(child, ctx):
                 by_child.setdefault(child, []).extend(
                     (label, "/" + "/".join(path)) for label, _, path in items)
                 for _, node, _ in items:

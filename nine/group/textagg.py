@@ -12,8 +12,13 @@ sent:
            extended: ERE as grep -E; fixed: grep -F; perl: Python's re, close to -P),
            ``icase`` ``invert`` ``word`` ``line`` (-i -v -w -x), ``number`` (-n),
            ``count`` (-c), ``files`` (-l), ``before``/``after`` (-B/-A lines of
-           context), ``file`` (the file's name in messages and with -l) and
-           ``with_name`` (prefix lines with it, as grep does with several files).
+           context), ``file`` (the file's name in messages and with -l),
+           ``with_name`` (prefix lines with it, as grep does with several files),
+           ``recursive`` (-r: a directory member's files, walked at the leaf),
+           ``include``/``exclude`` (-r: base-name globs, one per line) and ``limit``
+           (the output bytes a member may send up, OUTPUT_MAX by default) and
+           ``quiet`` (-q: the status only, the scan stops at the first selected line)
+           and ``no_name`` (-h: -r does not name the files on its lines).
 ``tail``   the last ``n`` lines of each member (``start=K``: from line K on, as
            ``tail -n +K``); merge: equivalence classes, shown as ``equiv`` shows them.
 ``topk``   the ``k`` lines whose field ``column`` (0-based, blank-separated) holds the
@@ -26,23 +31,49 @@ by value (``123`` is a number): a value that is more than a plain word is writte
 ``~`` + base64url of its UTF-8 bytes (``text_param``); plain words are taken as they
 are.
 
-A group read gives the map at most the first 1 MiB of each member (``count all``): a
-member that long is named in the result's errors (``only its first 1 MiB was
-searched``) besides its (partial) result, never silently cut.
+``grep`` reads its members itself (``reads_files``): the group service gives
+``leaf_file`` the open member (nine.group.member.MemberFile), and the file is searched
+whole in blocks of WINDOW bytes of whole lines (_Scan carries the line count, the -B
+lines and the -A context owed across blocks), in memory bounded by a block, the longest
+line (MAX_LINE) and the output kept (``limit``: beyond, the member is named with CUT).
+With ``recursive``, a directory member is walked through its own node as the reader
+(MemberFile.walk: symbolic links not followed, as grep -r) and each regular file
+searched, named as grep -r names it.  Where the map gets bytes (``sync nowait``
+streams, ``count N``, the client's own groups), ``tail`` and ``grep`` get at most the
+first 1 MiB of each member (``count all``): a member that long is named in the result's
+errors (``only its first 1 MiB was searched``) besides its (partial) result, never
+silently cut.
 """
 
 import base64
 import binascii
+import collections
+import errno
+import fnmatch
 import heapq
+import itertools
+import os
 import re
 
-from .aggregate import (Aggregator, AggregatorError, Equiv, _b2s, _fold_wire, _s2b,
-                        _unfold_wire, fold, natural_key, register)
+from .aggregate import (Aggregator, AggregatorError, Equiv, Partial, _b2s, _fold_wire,
+                        _s2b, _unfold_wire, fold, natural_key, register)
 
 __all__ = ["Grep", "Tail", "TopK", "text_param", "posix_regex", "clush_order",
-           "clush_header", "TRUNCATED"]
+           "clush_header", "TRUNCATED", "CUT", "LONG_LINE"]
 
 TRUNCATED = "1 MiB or longer: only its first 1 MiB was searched"
+#: a leaf-side grep reads its file this much at a time (a block of whole lines)
+WINDOW = 1 << 20
+#: a NUL in this many first bytes makes a file binary from its start (GNU grep's first
+#: buffer); a later NUL makes it binary from the block that holds it
+BINARY_PEEK = 32768
+#: a line longer than this stops a file's scan (named in the errors)
+MAX_LINE = 32 << 20
+LONG_LINE = "a line longer than %d MiB: searched up to it" % (MAX_LINE >> 20)
+#: the output a member's grep may send up (the ``limit`` parameter); beyond, the scan
+#: stops and the member is named with CUT
+OUTPUT_MAX = 8 << 20
+CUT = "grep output cut at"
 
 
 def text_param(text):
@@ -205,7 +236,7 @@ def posix_regex(p, extended=False):
                 add_anchor("\\" + d)
                 continue
             elif d in "<>`'":
-                add_anchor({"<": r"\b(?=\w)", ">": r"\b(?<=\w)", "`": r"\A", "'": r"\Z"}[d])
+                add_anchor({"<": r"\b(?=\w)", ">": r"\b(?<=\w)", "`": "^", "'": "$"}[d])
                 continue
             else:
                 add_atom(re.escape(d))
@@ -281,6 +312,163 @@ def clush_order(classes):
 # ---------------------------------------------------------------------------
 # grep
 
+def _strerror(e):
+    return e.strerror or os.strerror(e.errno or errno.EIO)
+
+
+def _last_lines(data, k):
+    """The last k lines of a block of whole lines (without their newlines)."""
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    out = []
+    while k > 0 and end >= 0:
+        start = data.rfind(b"\n", 0, end) + 1
+        out.append(data[start:end])
+        end = start - 1
+        k -= 1
+    out.reverse()
+    return out
+
+
+class _Scan:
+    """GNU grep over one file fed in blocks of whole lines (the last block may lack
+    its newline): what crosses the blocks' boundaries is kept here (the line count,
+    the last `before` lines for -B, the after-context promised, whether a group was
+    shown for the `--` separator), so that a file of any size is searched in memory
+    bounded by a block and the output kept (at most `budget` bytes: beyond, `cut`)."""
+
+    def __init__(self, g, name, pre, shown, budget):
+        self.g = g
+        self.name = name               # the file's name in -l, -c and messages
+        self.pre = pre                 # output lines' prefix (with_name), or None
+        self.base = 0                  # the index of the next block's first line
+        self.selected = 0
+        self.out = []
+        self.size = 0
+        self.budget = budget
+        self.last = -1                 # the last line shown, or promised (after context)
+        self.shown = shown             # a line was shown (a -- before the next group)
+        self.tail = collections.deque(maxlen=g.before) if g.before else None
+        self.binary = False
+        self.note = b""
+        self.done = False              # nothing more to read (-l, binary, output cut)
+        self.cut = False
+        self.long = False              # a line longer than MAX_LINE stopped the scan
+
+    def put(self, piece):
+        if self.size + len(piece) > self.budget:
+            self.cut = self.done = True
+            return False
+        self.out.append(piece)
+        self.size += len(piece)
+        self.shown = True
+        return True
+
+    def feed(self, data):
+        g = self.g
+        spans = g.matching(data)
+        nlines = data.count(b"\n") + (1 if data and data[-1] != 10 else 0)
+        nsel = nlines - len(spans) if g.invert else len(spans)
+        self.selected += nsel
+        if g.quiet:
+            self.done = self.selected > 0
+        elif g.files:
+            self.done = self.selected > 0
+        elif g.count:
+            pass
+        elif self.binary:
+            if nsel:
+                self.note = b"grep: " + self.name + b": binary file matches\n"
+                self.done = True
+        elif g.invert or g.before or g.after:
+            if nsel or self.last >= self.base:
+                self._context(data, spans)
+            if self.tail is not None:
+                self.tail.extend(_last_lines(data, g.before))
+        elif nsel:
+            self._plain(data, spans)
+        self.base += nlines
+
+    def _plain(self, data, spans):
+        pre = self.pre + b":" if self.pre is not None else b""
+        if not self.g.number:
+            for ls, le in spans:
+                if not self.put(pre + data[ls:le] + b"\n"):
+                    return
+            return
+        k, at = self.base + 1, 0
+        for ls, le in spans:
+            k += data.count(b"\n", at, ls)
+            at = ls
+            if not self.put(b"%s%d:%s\n" % (pre, k, data[ls:le])):
+                return
+
+    def _context(self, data, spans):
+        """Selected lines with before/after context across blocks; with context, --
+        between groups that do not touch."""
+        g = self.g
+        lines = data.split(b"\n")
+        if not data or data.endswith(b"\n"):
+            lines.pop()
+        hit = []
+        k, at = 0, 0
+        for ls, _ in spans:
+            k += data.count(b"\n", at, ls)
+            at = ls
+            hit.append(k)
+        if g.invert:
+            hs = set(hit)
+            sel = [i for i in range(len(lines)) if i not in hs]
+        else:
+            sel = hit
+        selset = set(sel)
+        base, tail = self.base, self.tail
+        wend = base + len(lines) - 1
+        context = g.before or g.after
+        pre = self.pre
+
+        def show(i):
+            if i >= base:
+                line = lines[i - base]
+                sep = b":" if i - base in selset else b"-"
+            else:                         # -B context from the blocks before
+                line = tail[len(tail) - (base - i)]
+                sep = b"-"
+            head = pre + sep if pre is not None else b""
+            if g.number:
+                head += b"%d%s" % (i + 1, sep)
+            return self.put(head + line + b"\n")
+
+        for i in range(base, min(self.last, wend) + 1):    # after-context promised
+            if not show(i):
+                return
+        for r in sel:
+            i = base + r
+            hi = i + g.after
+            if hi <= self.last:
+                continue
+            lo = max(i - g.before, self.last + 1)
+            if context and self.shown and (lo > self.last + 1 or self.last < 0):
+                if not self.put(b"--\n"):
+                    return
+            for j in range(lo, min(hi, wend) + 1):
+                if not show(j):
+                    return
+            self.last = hi
+
+    def result(self):
+        """(status, output, notes) as GNU grep gives them for the file."""
+        g = self.g
+        status = 0 if self.selected else 1
+        if g.quiet:
+            return status, b"", b""
+        if g.files:
+            return status, (self.name + b"\n" if self.selected else b""), b""
+        if g.count:
+            pre = self.pre + b":" if self.pre is not None else b""
+            return status, b"%s%d\n" % (pre, self.selected), b""
+        return status, b"".join(self.out), self.note
+
+
 _SYNTAX = ("basic", "extended", "fixed", "perl")
 _WORD = rb"[0-9A-Za-z_]"
 
@@ -294,7 +482,8 @@ class Grep(Aggregator):
 
     def __init__(self, pattern="", syntax="basic", icase=False, invert=False, word=False,
                  line=False, number=False, count=False, files=False, before=0, after=0,
-                 file=None, with_name=False):
+                 file=None, with_name=False, recursive=False, include=None,
+                 exclude=None, limit=OUTPUT_MAX, quiet=False, no_name=False):
         if syntax not in _SYNTAX:
             raise AggregatorError("grep: syntax is one of %s" % ", ".join(_SYNTAX))
         self.invert, self.number = _flag(invert), _flag(number)
@@ -302,6 +491,12 @@ class Grep(Aggregator):
         self.before, self.after = _count(before, "before"), _count(after, "after")
         self.file = _text(file)
         self.with_name = _flag(with_name)
+        self.recursive = _flag(recursive)
+        self.include = [x for x in (_text(include) or b"").split(b"\n") if x]
+        self.exclude = [x for x in (_text(exclude) or b"").split(b"\n") if x]
+        self.limit = _count(limit, "limit")
+        self.quiet = _flag(quiet)
+        self.no_name = _flag(no_name)
         word, line, icase = _flag(word), _flag(line), _flag(icase)
         pats = _text(pattern).split(b"\n")
         if syntax == "fixed":
@@ -313,11 +508,14 @@ class Grep(Aggregator):
                     for q in pats]
         body = b"|".join(b"(?:%s)" % a for a in alts)
         self.everything = b"" in pats and not (line or word)
-        if line:
-            body = b"^(?:%s)$" % body
-        elif word:
-            body = b"(?<!%s)(?:%s)(?!%s)" % (_WORD, body, _WORD)
+        self.pre_rx = None     # -w: the lines worth checking (see matching)
         try:
+            if word:
+                self.pre_rx = re.compile(body, re.M | (re.I if icase else 0))
+            if line:
+                body = b"^(?:%s)$" % body
+            elif word:
+                body = b"(?<!%s)(?:%s)(?!%s)" % (_WORD, body, _WORD)
             self.rx = re.compile(body, re.M | (re.I if icase else 0))
         except (re.error, OverflowError, RecursionError) as e:
             raise AggregatorError("grep: bad pattern: %s" % e)
@@ -327,12 +525,18 @@ class Grep(Aggregator):
             ("number", self.number), ("count", self.count), ("files", self.files),
             ("before", self.before), ("after", self.after),
             ("file", None if self.file is None else text_param(self.file)),
-            ("with_name", self.with_name)) if v}
+            ("with_name", self.with_name), ("recursive", self.recursive),
+            ("include", text_param(b"\n".join(self.include)) if self.include else None),
+            ("exclude", text_param(b"\n".join(self.exclude)) if self.exclude else None),
+            ("limit", self.limit if self.limit != OUTPUT_MAX else None),
+            ("quiet", self.quiet), ("no_name", self.no_name)) if v}
 
     # -- the map: GNU grep on one file's bytes -------------------------------------
     def matching(self, data):
         """[(start, end)] of the lines that match, in order (end: the offset of the
         line's newline, or of the end of data)."""
+        if self.pre_rx is not None:
+            return self._word_matching(data)
         rx, n = self.rx, len(data)
         out = []
         pos = 0
@@ -362,89 +566,180 @@ class Grep(Aggregator):
             pos = le + 1
         return out
 
-    def grep(self, data):
-        """(status, output, notes) of grep on data."""
+    def _word_matching(self, data):
+        """matching() for -w: a line matches when the word pattern matches within it,
+        and it can only where the bare pattern does; Python's re finds the bare
+        pattern by its literal prefix, not the word pattern (its look-behind comes
+        first), so the bare one picks the lines to check."""
+        pre, rx, n = self.pre_rx, self.rx, len(data)
+        out = []
+        pos = 0
+        while pos <= n:
+            m = pre.search(data, pos)
+            if m is None:
+                break
+            s = m.start()
+            if s == n and (n == 0 or data[n - 1] == 10):
+                break
+            ls = data.rfind(b"\n", 0, s) + 1
+            le = data.find(b"\n", s)
+            le = n if le < 0 else le
+            if rx.search(data, ls, le) is not None:
+                out.append((ls, le))
+            pos = le + 1
+        return out
+
+    def grep(self, data, window=None):
+        """(status, output, notes) of grep on data (fed to the scan in pieces of
+        `window` bytes when given: the tests' check of a leaf's chunked reads)."""
         if self.everything and self.invert:
             return 1, b"", b""         # GNU grep skips the file: nothing to select
-        binary = 0 in data
-        if binary:
-            data = data.replace(b"\0", b"\n")   # NULs end lines in a binary file (GNU)
-        spans = self.matching(data)
-        name = self.file if self.file is not None else b"(standard input)"
-        if self.invert or self.before or self.after:
-            lines = data.split(b"\n")
-            if not data or data.endswith(b"\n"):
-                lines.pop()
-            hit = set()
-            k, at = 0, 0
-            for ls, _ in spans:
-                k += data.count(b"\n", at, ls)
-                at = ls
-                hit.add(k)
-            sel = [i for i in range(len(lines)) if i not in hit] if self.invert \
-                else sorted(hit)
+        chunks = [data] if not window else \
+            [data[i:i + window] for i in range(0, len(data), window)]
+        return self._scan(chunks, self._name(), self._pre()).result()
+
+    def _name(self):
+        return self.file if self.file is not None else b"(standard input)"
+
+    def _pre(self, name=None):
+        """The prefix of output lines (the file's name with with_name), or None."""
+        if not self.with_name:
+            return None
+        return name if name is not None else self._name()
+
+    def _scan(self, chunks, name, pre, shown=False, budget=None):
+        """A _Scan of the file whose bytes come in chunks (of any size): they are cut
+        into blocks of whole lines, carrying a partial line over (at most MAX_LINE).
+        A NUL in the first BINARY_PEEK bytes makes the whole file binary (as GNU
+        grep's first buffer); a later NUL makes it binary from that chunk on."""
+        sc = _Scan(self, name, pre, shown, self.limit if budget is None else budget)
+        it = iter(chunks)
+        head = []
+        n = 0
+        for c in it:
+            head.append(c)
+            n += len(c)
+            if n >= BINARY_PEEK:
+                break
+        sc.binary = any(b"\0" in c for c in head)
+        carry = []                     # the pieces of a partial line
+        held = 0
+        for c in itertools.chain(head, it):
+            if not sc.binary and b"\0" in c:
+                sc.binary = True
+            if sc.binary:
+                c = c.replace(b"\0", b"\n")     # NULs end lines in a binary file (GNU)
+            cut = c.rfind(b"\n") + 1
+            if not cut:
+                carry.append(c)
+                held += len(c)
+                if held > MAX_LINE:
+                    sc.long = True
+                    break
+                continue
+            if carry:
+                carry.append(c[:cut])
+                block = b"".join(carry)
+            else:
+                block = c if cut == len(c) else c[:cut]
+            carry = [c[cut:]] if cut < len(c) else []
+            held = len(c) - cut
+            sc.feed(block)
+            if sc.done:
+                break
         else:
-            lines = hit = None
-            sel = spans
-        status = 0 if sel else 1
-        if self.files:
-            return status, (name + b"\n" if sel else b""), b""
-        if self.count:
-            prefix = name + b":" if self.with_name else b""
-            return status, b"%s%d\n" % (prefix, len(sel)), b""
-        if sel and binary:
-            return status, b"", b"grep: " + name + b": binary file matches\n"
-        if lines is None:
-            return status, self._plain(data, spans), b""
-        return status, self._context(lines, sel, set(sel)), b""
+            if carry:
+                sc.feed(b"".join(carry))
+        return sc
 
-    def _plain(self, data, spans):
-        out = []
-        name = self.file + b":" if self.with_name and self.file is not None else b""
-        if not self.number:
-            for ls, le in spans:
-                out.append(name + data[ls:le] + b"\n")
-            return b"".join(out)
-        k, at = 1, 0
-        for ls, le in spans:
-            k += data.count(b"\n", at, ls)
-            at = ls
-            out.append(b"%s%d:%s\n" % (name, k, data[ls:le]))
-        return b"".join(out)
+    def _wanted(self, name):
+        """-r: whether a file of this base name is read (--include, --exclude)."""
+        if any(fnmatch.fnmatchcase(name, g) for g in self.exclude):
+            return False
+        return not self.include or any(fnmatch.fnmatchcase(name, g)
+                                       for g in self.include)
 
-    def _context(self, lines, sel, selset):
-        """Selected lines (indices) with before/after context; with context, -- between
-        groups that do not touch."""
-        context = self.before or self.after
-        show = []              # line indices, None for a -- separator
-        last = -1              # the last index shown
-        for i in sel:
-            hi = min(len(lines) - 1, i + self.after)
-            if hi <= last:
+    def _tree(self, member, f):
+        """grep -r below a directory member: each regular file in the walk's order,
+        named as grep -r names it (PATH/sub/file; the bare relative path without a
+        PATH), on its lines too unless no_name (-h); a file or directory that cannot be
+        read is named in the errors (grep's message) and the walk goes on."""
+        top = self.file or b""
+        if top and not top.endswith(b"/"):
+            top += b"/"
+        errors = {}
+        outs, notes = [], []
+        selected, shown, budget = False, False, self.limit
+        want = self._wanted if (self.include or self.exclude) else None
+        for path, item in f.walk(want):
+            name = top + path if path else (self.file or b".")
+            if isinstance(item, str):          # a directory loop: grep's warning
+                notes.append(b"grep: %s: warning: %s\n" % (name, item.encode()))
                 continue
-            lo = max(i - self.before, last + 1)
-            if context and show and lo > last + 1:
-                show.append(None)
-            show.extend(range(lo, hi + 1))
-            last = hi
-        name = self.file if self.with_name and self.file is not None else None
-        out = []
-        for i in show:
-            if i is None:
-                out.append(b"--\n")
+            if isinstance(item, OSError):
+                errors.setdefault("grep: %s: %s" % (_b2s(name), _strerror(item)),
+                                  set()).add(member)
                 continue
-            sep = b":" if i in selset else b"-"
-            pre = name + sep if name is not None else b""
-            if self.number:
-                pre += b"%d%s" % (i + 1, sep)
-            out.append(pre + lines[i] + b"\n")
-        return b"".join(out)
+            try:
+                sc = self._scan(item.chunks(WINDOW), name,
+                                None if self.no_name else name, shown, budget)
+            except OSError as e:
+                if f.healable(e):
+                    raise
+                errors.setdefault("grep: %s: %s" % (_b2s(name), _strerror(e)),
+                                  set()).add(member)
+                continue
+            status, out, note = sc.result()
+            selected |= status == 0
+            shown = sc.shown
+            outs.append(out)
+            notes.append(note)
+            budget -= len(out)
+            if sc.long:
+                errors.setdefault("grep: %s: %s" % (_b2s(name), LONG_LINE),
+                                  set()).add(member)
+            if self.quiet and selected:
+                break                          # grep -q: the first selected line ends it
+            if sc.cut or budget <= 0:
+                errors.setdefault(self._cut_reason(), set()).add(member)
+                break
+        value = {(0 if selected else 1, b"".join(outs), b"".join(notes)): {member}}
+        return Partial(value, errors)
+
+    def _cut_reason(self):
+        return "%s %d bytes (narrow the pattern, or use -c or -l)" % (CUT, self.limit)
 
     # -- the aggregator -------------------------------------------------------
+    reads_files = True
+
     def leaf(self, member, data):
-        p = super().leaf(member, data)
-        if _truncated(data):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError("leaf data must be bytes, not %s" % type(data).__name__)
+        if self.everything and self.invert:
+            return Partial({(1, b"", b""): {member}})
+        return self._partial(member, self._scan([bytes(data)], self._name(), self._pre()),
+                             truncated=_truncated(data))
+
+    def leaf_file(self, member, f):
+        """The member read by chunks (any size: a block of lines at a time), or with
+        `recursive` the files below a directory member (MemberFile.walk)."""
+        if self.everything and self.invert:
+            return Partial({(1, b"", b""): {member}})      # GNU grep reads nothing
+        if f.is_dir:
+            if not self.recursive:
+                raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+            return self._tree(member, f)
+        return self._partial(member, self._scan(f.chunks(WINDOW), self._name(),
+                                                self._pre()))
+
+    def _partial(self, member, sc, truncated=False):
+        p = Partial({sc.result(): {member}})
+        if truncated:
             p.errors[TRUNCATED] = {member}
+        if sc.long:
+            p.errors[LONG_LINE] = {member}
+        if sc.cut:
+            p.errors[self._cut_reason()] = {member}
         return p
 
     def map(self, member, data):

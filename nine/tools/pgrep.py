@@ -17,16 +17,17 @@ every other output as a unified diff against it.  Failures come last on stderr, 
 per reason with its hosts folded: ``timed out: node[7,9] (2)``.  Exit status: 0 when a
 host selected a line, 1 when none did, 2 when a host or a file failed (as grep's).
 
-Several PATHs, or -r: one group read per file (concurrently); -r lists each host's
-directories through the name space first (the files in name order, symbolic links
-found on the way left out, as grep -r).  Ctrl-C: the reads are given up, asked again
+Several PATHs: one group read per file (concurrently).  -r: each PATH is still one
+group read, of a directory: every host's leaf walks it itself (the grep aggregator's
+`recursive`, nine.group.member.MemberFile.walk: through the member's own node, as the
+reader, symbolic links found on the way not followed, as grep -r) and sends up its
+output, files named as grep -r names them.  Each file is searched whole, whatever its
+size.  Ctrl-C: the reads are given up, asked again
 with a one-second deadline, and what arrives is shown, the other hosts named as
 interrupted (exit status 130).
 """
 
 import argparse
-import fnmatch
-import posixpath
 import sys
 
 from .common import (ToolError, add_options, connect, errtext, group_dir, group_members,
@@ -34,7 +35,7 @@ from .common import (ToolError, add_options, connect, errtext, group_dir, group_
                      select_hosts)
 
 INTERRUPT_WAIT = 1.0         # Ctrl-C: seconds the reads are asked again for
-RECURSE_POOL = 16            # -r: group reads at once
+READ_POOL = 16               # several PATHs: group reads at once
 
 
 def make_parser(prog="nine pgrep"):
@@ -110,7 +111,14 @@ def grep_params(opts, patterns):
     params = {"pattern": text_param("\n".join(patterns)), "syntax": opts.syntax or "basic",
               "icase": opts.icase, "invert": opts.invert, "word": opts.word,
               "line": opts.line, "number": opts.number, "count": opts.count,
-              "files": opts.files, "before": before, "after": after}
+              "files": opts.files, "before": before, "after": after,
+              "recursive": opts.recursive, "quiet": opts.quiet,
+              "no_name": opts.recursive and opts.with_name is False}
+    if opts.recursive:
+        for key in ("include", "exclude"):
+            globs = getattr(opts, key)
+            if globs:
+                params[key] = text_param("\n".join(globs))
     return {k: v for k, v in params.items() if v and v != "basic"}
 
 
@@ -163,9 +171,11 @@ _FILE_ERRORS = ("No such file or directory", "Permission denied", "Is a director
 
 def classify(name, reason, late):
     """(kind, reason line) of hosts failing with reason on file `name` (Failures)."""
-    from ..group.textagg import TRUNCATED
-    if reason == TRUNCATED:
-        return "file", "%s: %s" % (name, TRUNCATED)
+    from ..group.textagg import CUT, LONG_LINE, TRUNCATED
+    if reason.startswith("grep: "):         # -r: a file or directory below `name`
+        return "file", reason[len("grep: "):]
+    if reason in (TRUNCATED, LONG_LINE) or reason.startswith(CUT):
+        return "file", "%s: %s" % (name or ".", reason)
     is_late, text = host_failure(reason)
     if is_late:
         return "late", late
@@ -248,8 +258,8 @@ class Run:
         return "/".join(parts) or target
 
     def files(self, hosts, paths):
-        """[(name grep shows, {host: name-space path})], in command-line order (-r: the
-        files under each path, in name order)."""
+        """[(name grep shows, {host: name-space path})], in command-line order (-r:
+        each path a directory that every host's leaf walks itself)."""
         opts = self.opts
         tables, failed = read_exports(self.client, hosts, opts.nodes_dir, self.timeout)
         for host, reason in failed.items():
@@ -266,63 +276,7 @@ class Run:
                 except LookupError as ex:
                     self.failures.add("file", "%s: %s" % (path or ".", ex), {host})
             items.append((path, where))
-        return self.expand(items) if opts.recursive else items
-
-    def expand(self, items):
-        """-r: the directories of each host listed through the name space (one greenlet
-        per host and path), each file found an item; symbolic links are not followed,
-        only regular files are read (grep -r)."""
-        import errno
-        import gevent
-        from ..group.aggregate import natural_key
-        opts = self.opts
-
-        def wanted(name):
-            base = posixpath.basename(name)
-            if opts.include and not any(fnmatch.fnmatchcase(base, g) for g in opts.include):
-                return False
-            return not any(fnmatch.fnmatchcase(base, g) for g in opts.exclude or ())
-
-        def walk(host, shown, ns):
-            found = {}
-
-            def down(shown, ns, top):
-                try:
-                    ents = self.client.readdir(ns)
-                except OSError as ex:
-                    if ex.errno == errno.ENOTDIR and top:
-                        found[shown] = ns
-                    else:
-                        self.fail(shown or ".", errtext(ex), {host})
-                    return
-                for e in sorted(ents, key=lambda e: e.name):
-                    name = posixpath.join(shown, e.name)     # (shown "": no PATH given)
-                    if e.is_dir():
-                        down(name, posixpath.join(ns, e.name), False)
-                    elif e.dtype in (0, 8) and wanted(name):      # DT_UNKNOWN, DT_REG
-                        found[name] = posixpath.join(ns, e.name)
-            down(shown, ns, True)
-            return found
-
-        jobs = [(host, gevent.spawn(walk, host, shown, ns))
-                for shown, where in items for host, ns in where.items()]
-        try:
-            gevent.joinall([j for _, j in jobs], timeout=self.timeout)
-        except BaseException:         # (Ctrl-C) the others are given up too
-            gevent.killall([j for _, j in jobs], block=False)
-            raise
-        files = {}
-        for host, job in jobs:
-            if not job.ready():
-                job.kill(block=False)
-                self.failures.add("late", self.late, {host})
-            elif not job.successful():
-                self.fail("", errtext(job.exception), {host})
-            else:
-                for name, ns in job.value.items():
-                    files.setdefault(name, {})[host] = ns
-        return [(name, files[name]) for name in sorted(
-            files, key=lambda n: [natural_key(x)[1] for x in n.split("/")])]
+        return items
 
     # -- the group reads ---------------------------------------------------------
     def grep_one(self, name, where, with_name):
@@ -345,16 +299,17 @@ class Run:
 
     def grep_all(self, items):
         opts = self.opts
-        with_name = opts.with_name if opts.with_name is not None else \
-            (len(items) > 1 or opts.recursive)
+        # -r names the files below a directory itself (unless -h), as grep -r; a
+        # single PATH that is a file is not named, as grep's single operand
+        with_name = opts.with_name if opts.with_name is not None else len(items) > 1
         items = [(n, w) for n, w in items if w]
-        if len(items) == 1 and not opts.recursive:       # the classes as they come
+        if len(items) == 1:                              # the classes as they come
             name, where = items[0]
             p = self.grep_one(name, where, with_name)
             self.errors(name, p)
             return {k: set(ms) for k, ms in (p.value or {}).items()}
         from gevent.pool import Pool
-        pool = Pool(RECURSE_POOL)
+        pool = Pool(READ_POOL)
         jobs = [pool.spawn(self.grep_one, n, w, with_name) for n, w in items]
         try:
             pool.join(raise_error=True)
