@@ -23,7 +23,7 @@ Child (a nine.server.node.Remote; its failures ChildDown and StaleNode are Unrea
   - when the connection dies, every outstanding request fails at once with
     ChildDown(EHOSTDOWN, "child NAME (ADDR) is down: REASON"); while down, requests fail
     at once the same way (no connect attempt per request); a background greenlet
-    reconnects with backoff (0.2 s doubling to 5 s) and the child comes back by itself.
+    reconnects with backoff (0.2 s doubling to 1 s) and the child comes back by itself.
     A child never reached yet is tried in the foreground by the first request (and its
     concurrent companions wait for that one attempt, at most connect_timeout).
   - a child that stops answering (a stopped process, a wedged host that keeps its TCP
@@ -80,7 +80,8 @@ __all__ = ["Child", "ChildDown", "StaleNode", "DEFAULT_QIDMAP"]
 
 XATTR_REPLACE = 2
 BACKOFF_MIN = 0.2
-BACKOFF_MAX = 5.0
+BACKOFF_MAX = 1.0           # a restarted leaf is followed on within about a second; a
+                            # refused connect costs little, so retrying each second is cheap
 #: seconds of silence, with requests outstanding, before a child is probed; as long again
 #: without an answer to the probe and it is hung
 HANG_TIMEOUT = 10.0
