@@ -29,9 +29,21 @@ It prints:
   cost      over --window seconds of collections every --step seconds: CPU (percent
             of one core) and memory (RSS) of a nine leaf and of a gmond per host
             (senders, and node1's collecting gmond), and of nine's root and monitor
+  prometheus  Debian's prometheus-node-exporter also runs on every host (HOST:9100),
+            and one real Prometheus scrapes, every --step seconds, two jobs: "nine"
+            (one target: the monitor's /metrics, every host's series) and "node" (the
+            K node_exporters).  From Prometheus itself (its query API, over the cost
+            window): scrape_duration_seconds of each job (median and worst; for
+            "node" also the sum over the K targets of their medians, the scrape work
+            of one round), scrape_samples_scraped and scrape_body_size_bytes (bytes
+            per scrape, uncompressed); the CPU of nine's root+muxes+monitor against
+            the K exporters' total over the window; and the monitor's /metrics timed
+            directly (--polls GETs from this process: median and worst, bytes)
 
 Needs root, sshd, iproute2 (interop/hosts.py), gmond and gmetad (Debian ganglia-monitor,
-gmetad) and rrdtool; whatever is missing is named and the run stops.
+gmetad), rrdtool, prometheus and prometheus-node-exporter; whatever is missing is named
+and the run stops (--no-prometheus: without the last two).  uptime's load is printed
+with the figures: the machine may be shared.
 """
 
 import argparse
@@ -56,6 +68,8 @@ from nine.netwait import free_port, scaled, wait_for, wait_port  # noqa: E402
 
 LEAF_PORT = 5640
 GMOND_PORT = 8649
+EXPORTER_PORT = 9100
+EXPORTER = "prometheus-node-exporter"
 #: metrics whose values cover a window (rates, percentages over an interval) or that
 #: gmond computes differently: compared, but not expected within 5%
 WINDOWED = {"bytes_in", "bytes_out", "pkts_in", "pkts_out", "cpu_user", "cpu_system",
@@ -69,7 +83,46 @@ def need(*programs):
     missing = [p for p in programs if not (shutil.which(p) or os.path.exists("/usr/sbin/" + p))]
     if missing:
         sys.exit("monitor_bench: not installed: %s (apt-get install ganglia-monitor gmetad "
-                 "rrdtool)" % ", ".join(missing))
+                 "rrdtool prometheus prometheus-node-exporter)" % ", ".join(missing))
+
+
+def http_get(url, timeout=30):
+    """(seconds, body) of one GET."""
+    import urllib.request
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        body = r.read()
+    return time.perf_counter() - t0, body
+
+
+def prometheus_conf(step, nine_target, node_targets):
+    """Prometheus' configuration: job "nine" (the monitor's /metrics, its instance
+    labels kept) and job "node" (the node_exporters), both every step seconds."""
+    return ("global:\n  scrape_interval: %ds\n  scrape_timeout: %ds\n"
+            "scrape_configs:\n"
+            "  - job_name: nine\n    honor_labels: true\n"
+            "    static_configs:\n      - targets: ['%s']\n"
+            "  - job_name: node\n    static_configs:\n      - targets: [%s]\n"
+            % (step, min(step, 10), nine_target,
+               ", ".join("'%s'" % t for t in node_targets)))
+
+
+def prom_series(base, query):
+    """{instance: [float values]} of a range-vector query at Prometheus' base URL."""
+    import urllib.parse
+    _, body = http_get(base + "/api/v1/query?" + urllib.parse.urlencode({"query": query}))
+    data = json.loads(body)
+    if data.get("status") != "success":
+        raise RuntimeError("prometheus: %s: %s" % (query, data))
+    out = {}
+    for r in data["data"]["result"]:
+        vals = r.get("values") or [r.get("value")]
+        out[r["metric"].get("instance", "")] = [float(v[1]) for v in vals if v]
+    return out
+
+
+def uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def read_all(addr, send=b""):
@@ -153,6 +206,57 @@ def collect_times(addr, mode, polls):
         col.close()
 
 
+def prometheus_figures(k, res, url, dt, pct, exp_pids, nine_top, http_port, polls):
+    """Prometheus' own scrape figures of both jobs over the last dt seconds, the CPU of
+    nine's top against the exporters', and the monitor's /metrics timed here."""
+    w = "%ds" % int(dt)
+    figs = {}
+    for job in ("nine", "node"):
+        dur = prom_series(url, 'scrape_duration_seconds{job="%s"}[%s]' % (job, w))
+        smp = prom_series(url, 'scrape_samples_scraped{job="%s"}[%s]' % (job, w))
+        size = prom_series(url, 'scrape_body_size_bytes{job="%s"}[%s]' % (job, w))
+        every = [x for v in dur.values() for x in v]
+        meds = [statistics.median(v) for v in dur.values() if v]
+        figs[job] = {"targets": len(dur), "scrapes": len(every),
+                     "median": statistics.median(every), "max": max(every),
+                     "sum_of_target_medians": sum(meds),
+                     "samples": sum(statistics.median(v) for v in smp.values() if v),
+                     "bytes": sum(statistics.median(v) for v in size.values() if v)}
+    times, nbytes = [], 0
+    for _ in range(polls):
+        t, body = http_get("http://127.0.0.1:%d/metrics" % http_port)
+        times.append(t)
+        nbytes = len(body)
+    figs["direct"] = {"median": statistics.median(times), "max": max(times),
+                      "bytes": nbytes, "gets": polls}
+    figs["cpu_pct"] = {"nine_root_and_monitor": pct[3], "exporters_total": pct[4],
+                       "exporter_each": pct[4] / max(len(exp_pids), 1),
+                       "prometheus": pct[5]}
+    res["prometheus"] = figs
+    n, e = figs["nine"], figs["node"]
+    print("prometheus, %d hosts, over %.0f s (from Prometheus' scrape_* series):" % (k, dt))
+    print("  job nine  1 target : scrape median %.3f s, worst %.3f s (%d scrapes); "
+          "%d samples, %d bytes per scrape" % (n["median"], n["max"], n["scrapes"],
+                                              n["samples"], n["bytes"]))
+    print("  job node %2d targets: scrape median %.3f s, worst %.3f s per target (%d "
+          "scrapes); sum of the targets' medians %.3f s; %d samples, %d bytes per round"
+          % (e["targets"], e["median"], e["max"], e["scrapes"], e["sum_of_target_medians"],
+             e["samples"], e["bytes"]))
+    print("  ratios nine/node: scrape time %.4fx (one scrape vs the sum of %d), bytes "
+          "%.2fx, samples %.2fx" % (n["median"] / e["sum_of_target_medians"], e["targets"],
+                                   n["bytes"] / max(e["bytes"], 1),
+                                   n["samples"] / max(e["samples"], 1)))
+    c = figs["cpu_pct"]
+    print("  CPU over the window: nine root+muxes+monitor %.2f%% of a core, the %d "
+          "exporters %.2f%% (%.2f%% each; ratio nine/exporters %.2fx), prometheus %.2f%%"
+          % (c["nine_root_and_monitor"], len(exp_pids), c["exporters_total"],
+             c["exporter_each"], c["nine_root_and_monitor"] / max(c["exporters_total"], 1e-9),
+             c["prometheus"]))
+    d = figs["direct"]
+    print("  nine's /metrics GET from here: median %.4f s, worst %.4f s of %d, %d bytes"
+          % (d["median"], d["max"], d["gets"], d["bytes"]), flush=True)
+
+
 def run(k, args, out):
     """One cluster of k hosts: its figures appended to out."""
     from interop.hosts import available
@@ -163,6 +267,14 @@ def run(k, args, out):
     tmp = tempfile.mkdtemp(prefix="nine-monitor-bench-")
     try:
         _run(k, args, out, env, tmp)
+    except BaseException:
+        for name in sorted(os.listdir(tmp)):     # what the peers said, for the failure
+            if name.endswith(".log") and not name.startswith(("leaf-", "gmond-", "exporter-")):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    tail = f.read()[-1500:].decode(errors="replace").strip()
+                if tail:
+                    print("== %s:\n%s" % (name, tail))
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -188,8 +300,17 @@ def _run(k, args, out, env, tmp):
                 f.write(gmond_conf(collector, deaf=h.name != "node1"))
             log = open(os.path.join(tmp, "gmond-%s.log" % h.name), "wb")
             gmonds[h.name] = c.run_in(h, ["gmond", "-c", conf], stdout=log, stderr=log)
+        exporters = {}
+        if args.prometheus:
+            for h in c.hosts:
+                log = open(os.path.join(tmp, "exporter-%s.log" % h.name), "wb")
+                exporters[h.name] = c.run_in(h, [shutil.which(EXPORTER), "--web.listen-address"
+                                                 "=%s:%d" % (h.address, EXPORTER_PORT)],
+                                             stdout=log, stderr=log)
         for h in c.hosts:
             wait_port((h.address, LEAF_PORT), scaled(120), proc=leaves[h.name])
+            if exporters:
+                wait_port((h.address, EXPORTER_PORT), scaled(60), proc=exporters[h.name])
         wait_port((collector, GMOND_PORT), scaled(60), proc=gmonds["node1"])
         print("leaves and gmonds up in %.1f s" % (time.monotonic() - t0), flush=True)
         topo = os.path.join(tmp, "tree.ini")
@@ -205,6 +326,7 @@ def _run(k, args, out, env, tmp):
         wait_port(root_port, scaled(120), proc=tree)
 
         # poll times, in this process
+        print("load: %s" % uptime(), flush=True)
         for mode in ("host", "summary"):
             times, up = collect_times(root, mode, args.polls)
             res["poll_%s" % mode] = {"median": statistics.median(times), "max": max(times),
@@ -213,14 +335,16 @@ def _run(k, args, out, env, tmp):
                   % (mode, k, statistics.median(times), max(times), up), flush=True)
 
         # the monitor and gmetad over both sources
-        xml_port = free_port()
+        xml_port, http_port = free_port(), free_port()
         mon = subprocess.Popen([sys.executable, "-m", "nine", "monitor", "-a", root,
                                 "--interval", str(args.step), "--xml-listen",
-                                "127.0.0.1:%d" % xml_port, "--http-listen", "off"],
+                                "127.0.0.1:%d" % xml_port, "--http-listen",
+                                "127.0.0.1:%d" % http_port],
                                env=env, stdout=subprocess.DEVNULL,
                                stderr=open(os.path.join(tmp, "monitor.log"), "wb"))
         procs.append(mon)
         wait_port(xml_port, scaled(60), proc=mon)
+        wait_port(http_port, scaled(60), proc=mon)
         rrds = os.path.join(tmp, "rrds")
         os.mkdir(rrds)
         gxml = free_port()
@@ -236,6 +360,23 @@ def _run(k, args, out, env, tmp):
                                   stderr=subprocess.STDOUT)
         procs.append(gmetad)
         wait_port(gxml, scaled(60), proc=gmetad)
+        # (after gmetad listens: Prometheus' connections take ephemeral ports)
+        prom = None
+        if args.prometheus:
+            prom_port = free_port()
+            pconf = os.path.join(tmp, "prometheus.yml")
+            with open(pconf, "w") as f:
+                f.write(prometheus_conf(args.step, "127.0.0.1:%d" % http_port,
+                                        ["%s:%d" % (h.address, EXPORTER_PORT)
+                                         for h in c.hosts]))
+            prom = subprocess.Popen(
+                ["prometheus", "--config.file", pconf, "--storage.tsdb.path",
+                 os.path.join(tmp, "tsdb"), "--web.listen-address",
+                 "127.0.0.1:%d" % prom_port, "--enable-feature=extra-scrape-metrics"],
+                stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "prometheus.log"), "wb"))
+            procs.append(prom)
+            prom_url = "http://127.0.0.1:%d" % prom_port
+            wait_port(prom_port, scaled(60), proc=prom)
 
         def both_complete():
             x = read_all(("127.0.0.1", gxml))
@@ -244,17 +385,32 @@ def _run(k, args, out, env, tmp):
                     all("part_max_used" in v and "cpu_num" in v for v in g.values()))
         wait_for(both_complete, scaled(240), "gmond's and nine's hosts in gmetad", interval=2)
         print("gmetad has both sources in %.1f s" % (time.monotonic() - t0), flush=True)
+        if prom is not None:
+            def scraped():
+                try:
+                    up = prom_series(prom_url, "up")
+                    n = prom_series(prom_url, 'count(ganglia_load_one{job="nine"})')
+                except (OSError, RuntimeError, ValueError):
+                    return False
+                return (len(up) == k + 1 and all(v == [1.0] for v in up.values())
+                        and n.get("") == [float(k)])
+            wait_for(scraped, scaled(120), "Prometheus scraping both jobs", interval=1)
+            print("Prometheus scrapes both jobs in %.1f s" % (time.monotonic() - t0),
+                  flush=True)
 
         # cost over a window
         leaf_pids = [p.pid for p in leaves.values()]
         send_pids = [p.pid for n, p in gmonds.items() if n != "node1"]
         coll_pid = [gmonds["node1"].pid]
         nine_top = [mon.pid, tree.pid] + [ch.pid for ch in psutil.Process(tree.pid).children()]
-        before = [cpu_seconds(x) for x in (leaf_pids, send_pids, coll_pid, nine_top)]
+        exp_pids = [p.pid for p in exporters.values()]
+        prom_pid = [prom.pid] if prom is not None else []
+        groups = (leaf_pids, send_pids, coll_pid, nine_top, exp_pids, prom_pid)
+        before = [cpu_seconds(x) for x in groups]
         w0 = time.monotonic()
         time.sleep(args.window)
         dt = time.monotonic() - w0
-        after = [cpu_seconds(x) for x in (leaf_pids, send_pids, coll_pid, nine_top)]
+        after = [cpu_seconds(x) for x in groups]
         pct = [100.0 * (a - b) / dt for a, b in zip(after, before)]
         cost = {"nine_leaf_cpu_pct": pct[0] / len(leaf_pids),
                 "gmond_sender_cpu_pct": pct[1] / max(len(send_pids), 1),
@@ -272,6 +428,10 @@ def _run(k, args, out, env, tmp):
                  cost["gmond_collector_cpu_pct"], cost["gmond_collector_rss_mb"],
                  cost["nine_root_and_monitor_cpu_pct"], cost["nine_root_and_monitor_rss_mb"]),
               flush=True)
+        print("load: %s" % uptime(), flush=True)
+        if prom is not None:
+            prometheus_figures(k, res, prom_url, dt, pct, exp_pids, nine_top, http_port,
+                               args.polls)
 
         # names and values
         names = {}
@@ -338,8 +498,10 @@ def main():
     p.add_argument("--step", type=int, default=5, help="seconds between collections and "
                    "gmetad's polls (default 5)")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--no-prometheus", dest="prometheus", action="store_false",
+                   help="without node_exporters and Prometheus")
     args = p.parse_args()
-    need("gmond", "gmetad", "rrdtool")
+    need("gmond", "gmetad", "rrdtool", *(("prometheus", EXPORTER) if args.prometheus else ()))
     out = []
     keydir = None
     if not os.environ.get("NINE_KEY"):     # the servers' and this client's shared key
