@@ -55,6 +55,19 @@ finalizer does the same at interpreter exit if stop() was not called; a run
 killed outright leaves its cluster behind until clean_stale(), which every new
 Cluster calls first, finds that its owner is dead.
 
+Link rate: ``rate`` (a tc rate: "200mbit", "1gbit", "50mbps") shapes every link of
+the cluster with the kernel's token bucket filter (``tc qdisc ... tbf``), in both
+directions: each host's ``eth0`` (what it sends) and its bridge port ``hN`` (what it
+receives), and this machine's link, ``n9-ID`` (what the head sends to every host)
+and its bridge port ``head`` (what the head receives).  As on a switched network, a
+host that sends to several hosts shares its one link's rate between them: the
+head's egress is the bottleneck of a copy from here to every host.  Each filter's
+burst is 5 ms of its rate (at least 16 KiB, well above a frame; from 105 Mbit/s up
+a whole 64 KiB GSO segment passes unsplit), its queue 50 ms of its rate (beyond that it drops, and TCP backs off).
+Counted on the wire (Ethernet, IP and TCP headers included): a TCP stream gets
+about 95% of the rate.  Default None: unshaped veths (several Gbit/s, bounded by
+this machine's CPU).
+
 Link delay: ``delay_ms`` is a hook only.  This kernel has no ``sch_netem`` (nor
 loadable modules), so ``tc ... netem`` cannot delay the veths; a delay would need
 a user-space switch over TAP devices instead of the bridge.  Not implemented
@@ -99,6 +112,13 @@ _NS_RE = re.compile(r"^nine-(\d+-\d+)(?:-.+)?$")
 _LINK_RE = re.compile(r"^n9-(\d+-\d+)$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _sequence = itertools.count()
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps|tbps)$")
+_RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
+               "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9, "tbps": 8e12}
+#: a shaped link's burst (seconds of its rate; at least RATE_MIN_BURST bytes) and queue
+RATE_BURST_S = 0.005
+RATE_MIN_BURST = 16384
+RATE_LATENCY_MS = 50
 
 #: the holder of a host's UTS and mount namespaces: $1 name, $2 host directory,
 #: $3 where it shows, $4 the host's hosts file; says "ready" once set up
@@ -162,12 +182,14 @@ class Cluster:
     names: they need not fold into ranges).  ``base``: the subnet (e.g.
     "10.77.0.0/16"), else a free one.  ``root``: where the cluster directory is
     made (the system's temporary directory by default).  ``mount_at``: where each
-    host sees its directory.  ``delay_ms``: not implemented (module docstring).
-    A context manager; start() and stop() otherwise."""
+    host sees its directory.  ``rate``: shape every link, both directions, to this tc
+    rate ("200mbit"; module docstring), else None (unshaped).  ``delay_ms``: not
+    implemented (module docstring).  A context manager; start() and stop() otherwise."""
 
     def __init__(self, k: int | None = None, prefix: str = "node", base: str | None = None,
                  names: list[str] | None = None, root: str | None = None,
-                 mount_at: str = "/srv", delay_ms: float | None = None):
+                 mount_at: str = "/srv", delay_ms: float | None = None,
+                 rate: str | None = None):
         if delay_ms is not None:
             raise NotImplementedError(
                 "link delay: this kernel has no sch_netem; a user-space TAP switch would be "
@@ -185,6 +207,8 @@ class Cluster:
             raise ValueError(f"at most {MAX_HOSTS} hosts on one bridge")
         if not os.path.isdir(mount_at):
             raise ValueError(f"mount_at {mount_at}: not a directory of this machine")
+        self.rate_bits = None if rate is None else parse_rate(rate)
+        self.rate = rate
         self.names = list(names)
         self.base = base
         self.root = root
@@ -256,9 +280,24 @@ class Cluster:
                   netns=self.switch)
         _wait_all([_ip_batch_popen(["link set lo up", f"addr add {h.address}/{prefixlen} dev eth0",
                                     "link set eth0 up"], netns=h.ns) for h in self.hosts], "host network")
+        if self.rate is not None:
+            self._shape()
         shutil.copyfile(self.dir / "id_ed25519.pub", self.dir / "authorized_keys")
         self._write_configs()
         self._boot(self.hosts)
+
+    def _shape(self) -> None:
+        """Put a token bucket filter of self.rate on the egress of every link: the
+        head's port here and on the bridge, each host's eth0 and bridge port."""
+        tbf = tbf_args(self.rate_bits)
+
+        def line(dev: str) -> str:
+            return f"qdisc replace dev {dev} root tbf {tbf}"
+        _wait_all([_batch_popen("tc", [line(self._res.head)]),
+                   _batch_popen("tc", [line("head")] + [line(f"h{h.index}") for h in self.hosts],
+                                netns=self.switch)]
+                  + [_batch_popen("tc", [line("eth0")], netns=h.ns) for h in self.hosts],
+                  "link rate")
 
     def _write_configs(self) -> None:
         hosts_file = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + "".join(
@@ -585,10 +624,26 @@ def _addresses(net: ipaddress.IPv4Network, k: int) -> list[ipaddress.IPv4Address
     raise HostsError(f"subnet {net} has no room for {k} hosts")
 
 
-def _ip_batch_popen(lines: list[str], netns: str | None = None,
-                    force: bool = False) -> tuple[subprocess.Popen, list[str]]:
-    """Start ip on lines (one command a line), in netns if given."""
-    argv = ["ip"] + (["-n", netns] if netns else []) + (["-force"] if force else []) + ["-batch", "-"]
+def parse_rate(rate: str) -> float:
+    """Bits per second of a tc rate: "200mbit", "1gbit", "12.5mbps" (bytes); ValueError
+    otherwise."""
+    m = _RATE_RE.match(str(rate).strip().lower())
+    bits = float(m.group(1)) * _RATE_UNITS[m.group(2)] if m else 0
+    if not m or bits < 8000:
+        raise ValueError(f"rate {rate!r}: a tc rate of at least 8kbit, e.g. 200mbit, 1gbit, 50mbps")
+    return bits
+
+
+def tbf_args(bits: float) -> str:
+    """tc's arguments after ``tbf`` for a link of bits per second (module docstring)."""
+    burst = max(int(bits / 8 * RATE_BURST_S), RATE_MIN_BURST)
+    return f"rate {int(bits)}bit burst {burst} latency {RATE_LATENCY_MS}ms"
+
+
+def _batch_popen(tool: str, lines: list[str], netns: str | None = None,
+                 force: bool = False) -> tuple[subprocess.Popen, list[str]]:
+    """Start tool (ip or tc) on lines (one command a line), in netns if given."""
+    argv = [tool] + (["-n", netns] if netns else []) + (["-force"] if force else []) + ["-batch", "-"]
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, text=True)
     p.stdin.write("".join(line + "\n" for line in lines))
@@ -596,14 +651,20 @@ def _ip_batch_popen(lines: list[str], netns: str | None = None,
     return p, lines
 
 
+def _ip_batch_popen(lines: list[str], netns: str | None = None,
+                    force: bool = False) -> tuple[subprocess.Popen, list[str]]:
+    """Start ip on lines (one command a line), in netns if given."""
+    return _batch_popen("ip", lines, netns, force)
+
+
 def _wait_all(runs: list[tuple[subprocess.Popen, list[str]]], what: str, check: bool = True) -> None:
-    """Wait for the ip processes _ip_batch_popen started; HostsError if one failed
+    """Wait for the ip (or tc) processes _batch_popen started; HostsError if one failed
     (and check)."""
     for p, lines in runs:
         err = p.stderr.read()
         p.stderr.close()
         if p.wait() and check:
-            raise HostsError(f"{what}: ip -batch failed: {err.strip()}\n" + "\n".join(lines))
+            raise HostsError(f"{what}: {p.args[0]} -batch failed: {err.strip()}\n" + "\n".join(lines))
 
 
 def _ip_batch(lines: list[str], netns: str | None = None, force: bool = False,
@@ -616,6 +677,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="bring a cluster of namespace hosts up and down, timed")
     ap.add_argument("-k", type=int, default=8, help="hosts (default 8)")
     ap.add_argument("--hold", action="store_true", help="keep it up until Ctrl-C")
+    ap.add_argument("--rate", help="shape every link to this tc rate (200mbit)")
     args = ap.parse_args()
 
     def interrupt(*_):
@@ -623,10 +685,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, interrupt)
     signal.signal(signal.SIGTERM, interrupt)
     t0 = time.monotonic()
-    c = Cluster(args.k).start()
+    c = Cluster(args.k, rate=args.rate).start()
     try:
         up = time.monotonic() - t0
-        print(f"{args.k} hosts up in {up:.2f} s; subnet {c.subnet}; "
+        print(f"{args.k} hosts up in {up:.2f} s; subnet {c.subnet}; links {c.rate or 'unshaped'}; "
               f"ssh -F {c.ssh_config} {c.hosts[0].name}", flush=True)
         if args.hold:
             with contextlib.suppress(KeyboardInterrupt):

@@ -2,6 +2,7 @@
 host name, files, /etc/hosts and sshd, reached through ssh; crashing and booting a
 host; stop() and clean_stale() leave nothing behind.  Needs root."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from interop import hosts as H
+from nine.netwait import load_factor, scaled
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REASON = H.available()
@@ -124,9 +126,90 @@ def test_a_subnet_in_use_is_refused(cluster):
     assert leftovers(c.cid, c.dir) == []
 
 
+#: a TCP sink: prints "ready" once it listens on $1, reads to the end, answers "ok"
+SINK = """
+import socket, sys
+s = socket.create_server((sys.argv[1], 5001))
+print("ready", flush=True)
+c, _ = s.accept()
+while c.recv(1 << 20):
+    pass
+c.sendall(b"ok")
+"""
+#: a TCP source: sends $2 bytes to $1, waits for the answer, prints the seconds taken
+SOURCE = """
+import socket, sys, time
+t = time.perf_counter()
+c = socket.create_connection((sys.argv[1], 5001))
+block, left = bytes(1 << 20), int(sys.argv[2])
+while left > 0:
+    left -= c.send(block[:left])
+c.shutdown(socket.SHUT_WR)
+assert c.recv(2) == b"ok"
+print(time.perf_counter() - t)
+"""
+#: what a shaped-link test sends, and the rate it shapes to (5 MB/s: about 1.7 s)
+SENT, RATE = 8 << 20, "40mbit"
+
+
+def transfer_seconds(c, sender, receiver):
+    """Seconds to send SENT bytes from sender to receiver (hosts of cluster c, or None:
+    this machine, the head) over TCP."""
+    address = c.head_address if receiver is None else c.host(receiver).address
+    argv = [sys.executable, "-c", SINK, address]
+    sink = (subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) if receiver is None
+            else c.run_in(receiver, argv, stdout=subprocess.PIPE, text=True))
+    try:
+        assert sink.stdout.readline() == "ready\n"
+        argv = [sys.executable, "-c", SOURCE, address, str(SENT)]
+        source = (subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) if sender is None
+                  else c.run_in(sender, argv, stdout=subprocess.PIPE, text=True))
+        out, _ = source.communicate(timeout=scaled(60))
+        assert source.returncode == 0
+        assert sink.wait(timeout=scaled(10)) == 0
+        return float(out)
+    finally:
+        sink.kill()
+        sink.wait()
+
+
+def qdiscs(c):
+    """{(namespace or "", device): qdisc kind} of every link of cluster c."""
+    out = {}
+    for ns, devs in [("", [c._res.head]), (c.switch, ["head"] + [f"h{h.index}" for h in c.hosts])] + [
+            (h.ns, ["eth0"]) for h in c.hosts]:
+        for dev in devs:
+            got = json.loads(output("tc", *(["-n", ns] if ns else []), "-j", "qdisc", "show",
+                                    "dev", dev))
+            out[(ns, dev)] = [q["kind"] for q in got if q.get("root")]
+    return out
+
+
+def test_a_shaped_link_limits_throughput_both_ways(cluster):
+    """Every link of Cluster(rate=...) holds a tbf on both ends; a stream between two
+    hosts, from the head to a host and back, runs at about the rate (TCP gets ~95% of
+    it on the wire), against far faster on the unshaped cluster."""
+    fast = transfer_seconds(cluster, "node1", "node2")
+    assert all(kinds != ["tbf"] for kinds in qdiscs(cluster).values())
+    expected = SENT * 8 / H.parse_rate(RATE)
+    with H.Cluster(2, rate=RATE) as shaped:
+        assert set(map(tuple, qdiscs(shaped).values())) == {("tbf",)}
+        assert len(qdiscs(shaped)) == 2 + 2 * 2
+        for sender, receiver in [("node1", "node2"), (None, "node1"), ("node2", None)]:
+            took = transfer_seconds(shaped, sender, receiver)
+            assert took >= 0.85 * expected, (sender, receiver, took, expected)
+            assert took <= expected * 3 * load_factor(), (sender, receiver, took, expected)
+            assert took > 2 * fast, (sender, receiver, took, fast)
+
+
 def test_arguments():
     with pytest.raises(NotImplementedError, match="netem"):
         H.Cluster(2, delay_ms=1)
+    for bad in ("fast", "200", "200 mbit", "1bit", "-5mbit"):
+        with pytest.raises(ValueError, match="rate"):
+            H.Cluster(2, rate=bad)
+    assert H.parse_rate("200mbit") == 200e6 and H.parse_rate("12.5MBps") == 100e6
+    assert H.tbf_args(200e6) == "rate 200000000bit burst 125000 latency 50ms"
     with pytest.raises(ValueError):
         H.Cluster(names=["a", "a"])
     with pytest.raises(ValueError):
