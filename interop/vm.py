@@ -476,7 +476,8 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
               lib: str = "", env: dict[str, str] | None = None, memory_mb: int = 768,
               check_timeout: int = 120, log_path: Path | None = None,
               virtfs_export: Path | None = None, raw_trace: bool = False, trans: str = "tcp",
-              files: dict[str, bytes] | None = None) -> GuestResult:
+              files: dict[str, bytes] | None = None,
+              qemu_args: list[str] | None = None) -> GuestResult:
     """Boot the VM once: mount ``10.0.2.2`` port ``server_port`` with
     ``trans=tcp,port=PORT,<mount_opts>`` on /mnt, run ``script`` (busybox sh,
     cwd /mnt, with /lib/nine.sh sourced: ``run_check NAME`` runs the function
@@ -498,7 +499,10 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
     with ``trans=fd``), for a server that requires authentication.
 
     ``files``: more files for the guest, {path: bytes} (e.g. ``etc/nine/key``, where
-    nmount looks for the key), root's and mode 0600; their directories are made."""
+    nmount looks for the key), root's and mode 0600; their directories are made.
+
+    ``qemu_args``: more arguments for QEMU (e.g. a second ``-virtfs``: see
+    interop/pjdfstest.py, which exports the host's root to the guest)."""
     kernel, initramfs = ensure_initramfs()
     scale = load_factor()
     timeout *= scale
@@ -539,20 +543,24 @@ def run_guest(server_port: int, mount_opts: str, script: str, timeout: float = 6
             "-kernel", str(kernel), "-initrd", str(initrd),
             *(["-virtfs", f"local,path={virtfs_export},mount_tag=nine,security_model=passthrough,id=fs0"]
               if virtfs_export else []),
+            *(qemu_args or []),
             "-append", "console=ttyS0 quiet loglevel=4 panic=-1 rdinit=/init tsc=reliable "
                        "no_timer_check noreplace-smp",
         ]
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+        # the console goes to a file as it comes (log_path: one can follow a long run)
+        console_path = Path(log_path) if log_path else Path(tmp) / "console.txt"
+        with open(console_path, "wb") as con:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=con, stderr=subprocess.STDOUT)
         timed_out = False
         try:
-            out, _ = proc.communicate(timeout=timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             proc.kill()
-            out, _ = proc.communicate()
+            proc.wait()
         wall = time.monotonic() - t0
+        out = console_path.read_bytes()
     console = out.decode("utf-8", "replace").replace("\r\n", "\n")
     if log_path:
         Path(log_path).write_text(console)

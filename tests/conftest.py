@@ -54,6 +54,7 @@ MARKS = {
     "test_dialects": "loopback",
     "test_netwait": "loopback",
     "test_server_protocol": "loopback",
+    "test_conn_hub": "loopback",
     "test_tls": "loopback",
     "test_auth_munge": "process",
     "test_bench_smoke": "process",
@@ -86,6 +87,7 @@ MARKS = {
     "test_kernel_auth": "vm",
     "test_kernel_group": "vm",
     "test_kernel_mux": "vm",
+    "test_kernel_pjd": "vm",
     "test_kernel_synth": "vm",
     "test_kernel_vm": "vm",
 }
@@ -105,6 +107,7 @@ TEST_MARKS = {
     "test_kernel_auth::test_nine_mount_usage": "process",
     "test_kernel_auth::test_nine_mount_without_kernel_9p": "process",
     "test_kernel_vm::test_parse_console": "unit",
+    "test_kernel_pjd::test_parse_prove_output": "unit",
 }
 
 
