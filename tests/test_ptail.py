@@ -15,6 +15,8 @@ import time
 import pytest
 
 from conftest import ENV_ROOT, ROOT
+from nine.client import Client
+from nine.group import aggregate as A
 from nine.netwait import free_port, wait_port
 
 
@@ -344,3 +346,197 @@ def test_the_script(tree, logs):
                                "-n", "1", "-w", "node4", logs])
     assert t.finish() == 0, t.err
     assert t.out == ["node4: node4 old 20"], t.out
+
+
+# --- files of any size: the tail aggregator reads each file from its end, at the leaf ---
+
+def gnu_tail(path, *args):
+    return subprocess.run(["tail"] + list(args) + [str(path)], check=True,
+                          stdout=subprocess.PIPE).stdout
+
+
+def ptail_bytes(tree, *args):
+    """`nine ptail ARGS`: (status, stdout bytes, stderr text)."""
+    r = subprocess.run([sys.executable, "-m", "nine", "ptail", "-a", tree.addr] +
+                       list(args), env=ENV_ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=120)
+    return r.returncode, r.stdout, r.stderr.decode()
+
+
+def prefixed(host, text):
+    """ptail's output of a host's lines (each printed with its newline)."""
+    return b"".join(b"%s: %s\n" % (host.encode(), ln) for ln in text.splitlines())
+
+
+@pytest.fixture(scope="module")
+def biglog(tree):
+    """A 20 MiB log (lines of varying length, no two alike), the same file on every
+    host (hard links into each leaf's export)."""
+    name = "big20.log"
+    first = tree.file(tree.names[0], name)
+    with open(first, "wb") as f:
+        i = 0
+        while f.tell() < 20 << 20:
+            f.write(b"%08d %s\n" % (i, b"abcdefghij" * (i % 17)))
+            i += 1
+    for n in tree.names[1:]:
+        os.link(first, tree.file(n, name))
+    return name
+
+
+def test_last_lines_of_a_20mib_log_as_gnu_tail(tree, biglog):
+    for n in (5, 1000):
+        want = gnu_tail(tree.file("node1", biglog), "-n", str(n))
+        assert want.count(b"\n") == n
+        t0 = time.time()
+        rc, out, err = ptail_bytes(tree, "-n", str(n), biglog)
+        print("ptail -n %d of 20 MiB on %d hosts: %.2f s" % (n, len(tree.names),
+                                                            time.time() - t0))
+        assert rc == 0 and err == "", err
+        assert out == b"".join(prefixed(h, want) for h in tree.names)
+        # the group read itself: each host's bytes exactly as GNU tail's
+        c = Client(tree.addr)
+        try:
+            g = c.gopen(None, "r", members=[(h, "/nodes/%s/files/%s" % (h, biglog))
+                                            for h in tree.names],
+                        aggregator="tail", n=n)
+            p = g.read_partial()
+            g.close()
+        finally:
+            c.close()
+        assert p.errors == {}
+        assert p.value == {want: set(tree.names)}
+
+
+def tail_read(tree, name, hosts=("node1", "node3"), **params):
+    """The tail aggregator's group read of NAME on hosts (under both muxes)."""
+    c = Client(tree.addr)
+    try:
+        g = c.gopen(None, "r", members=[(h, "/nodes/%s/files/%s" % (h, name))
+                                        for h in hosts], aggregator="tail", **params)
+        p = g.read_partial()
+        g.close()
+        return p
+    finally:
+        c.close()
+
+
+def test_no_trailing_newline_long_lines_and_edges_as_gnu_tail(tree):
+    from nine.group.textagg import TAIL_BLOCK, TAIL_CUT
+    long1 = b"L" * (3 * TAIL_BLOCK + 123)          # lines longer than a read block
+    files = {
+        "nonl.log": b"".join(b"line %d\n" % i for i in range(50000)) + b"the last, no newline",
+        "longline.log": b"first\n" + long1 + b"\nshort\n" + b"M" * (TAIL_BLOCK + 1) + b"\n",
+        "longnonl.log": b"a\n" + b"N" * (2 * TAIL_BLOCK + 7),
+        "empty.log": b"",
+        "newlines.log": b"\n\n\n",
+        "few.log": b"one\ntwo\nthree\n",
+    }
+    for name, data in files.items():
+        for h in ("node1", "node3"):
+            tree.file(h, name).write_bytes(data)
+    for name in files:
+        path = tree.file("node1", name)
+        for n in (0, 1, 2, 3, 5, 100000):
+            want = gnu_tail(path, "-n", str(n))
+            p = tail_read(tree, name, n=n)
+            assert p.errors == {} and p.value == {want: {"node1", "node3"}}, (name, n)
+        for k in (1, 2, 50001):
+            want = gnu_tail(path, "-n", "+%d" % k)
+            p = tail_read(tree, name, start=k)
+            assert p.errors == {} and p.value == {want: {"node1", "node3"}}, (name, k)
+    # ptail shows the last line that has no newline (with one, as every line)
+    rc, out, err = ptail_bytes(tree, "-n", "2", "-w", "node1,node3", "nonl.log")
+    assert rc == 0 and err == "", err
+    assert out == prefixed("node1", b"line 49999\nthe last, no newline") + \
+        prefixed("node3", b"line 49999\nthe last, no newline")
+    rc, out, err = ptail_bytes(tree, "-n", "2", "-w", "node3", "longline.log")
+    assert rc == 0 and out == prefixed("node3", b"short\n" + b"M" * (TAIL_BLOCK + 1))
+    # more than `limit` bytes of lines: the last whole lines that fit, and the host named
+    p = tail_read(tree, "longline.log", n=3, limit=TAIL_BLOCK + 100)
+    assert p.value == {b"short\n" + b"M" * (TAIL_BLOCK + 1) + b"\n": {"node1", "node3"}}
+    assert list(p.errors) == ["%s %d bytes: only the last lines that fit were kept" %
+                              (TAIL_CUT, TAIL_BLOCK + 100)]
+    # a directory is not a file: named, and the others answer
+    (tree.data / "node3" / "adir.log").mkdir(exist_ok=True)
+    tree.file("node1", "adir.log").write_bytes(b"x\n")
+    p = tail_read(tree, "adir.log", n=1)
+    assert p.value == {b"x\n": {"node1"}}
+    assert [ms for ms in p.errors.values()] == [{"node3"}], p.errors
+    assert "directory" in list(p.errors)[0], p.errors
+
+
+def test_follow_goes_on_where_the_last_lines_of_a_20mib_log_end(tree, biglog):
+    for h in ("node2", "node4"):            # files of their own, to append to
+        os.unlink(tree.file(h, biglog))
+        with open(tree.file("node1", biglog), "rb") as src, \
+                open(tree.file(h, biglog), "wb") as dst:
+            while True:
+                b = src.read(1 << 20)
+                if not b:
+                    break
+                dst.write(b)
+    last = gnu_tail(tree.file("node2", biglog), "-n", "5").decode().splitlines()
+    t = Tool(tree, "ptail", "-f", "-n", "5", "-w", "node2,node4", biglog)
+    try:
+        for h in ("node2", "node4"):
+            t.wait_out("%s: %s" % (h, last[-1]), timeout=60)
+        for h in ("node2", "node4"):
+            append(tree.file(h, biglog), "".join("appended %d on %s\n" % (i, h)
+                                                 for i in range(3)))
+        for h in ("node2", "node4"):
+            t.wait_out("%s: appended 2 on %s" % (h, h), timeout=30)
+        time.sleep(1.5)
+        for h in ("node2", "node4"):
+            mine = [ln for ln in t.out if ln.startswith(h + ":")]
+            assert mine == ["%s: %s" % (h, ln) for ln in last] + \
+                ["%s: appended %d on %s" % (h, i, h) for i in range(3)], t.out
+    finally:
+        t.stop()
+    assert not t.err, t.err
+
+
+class GrowingNode:
+    """A Node (the calls the tail aggregator makes) whose file grows by a line on each
+    of its first 40 reads, or is cut shorter at its second: a log being written."""
+
+    def __init__(self, data, shrink=False):
+        from nine.protocol.codec import Qid
+        self.data = bytearray(data)
+        self.iounit = 8192
+        self.qid = Qid(0, 0, 1)
+        self.shrink = shrink
+        self.reads = 0
+
+    def getattr(self, ctx):
+        import types
+        return types.SimpleNamespace(size=len(self.data))
+
+    def read(self, ctx, offset, n):
+        self.reads += 1
+        out = bytes(self.data[offset:offset + n])
+        if self.shrink and self.reads == 2:
+            del self.data[len(self.data) // 3:]          # truncated under the reader
+        elif self.reads <= 40:          # (a writer that stops: a forward read ends)
+            self.data += b"grown %d\n" % self.reads
+        return out
+
+
+def test_a_file_that_grows_or_shrinks_while_read():
+    from nine.group.member import MemberFile
+    from nine.group.textagg import TAIL_BLOCK
+    base = b"".join(b"entry %06d %s\n" % (i, b"y" * (i % 300)) for i in range(4000))
+    for n in (1, 10, 2000):
+        node = GrowingNode(base)
+        p = A.get("tail", n=n).leaf_file("h", MemberFile(node, None, 0))
+        (text, ms), = p.value.items()
+        want = b"".join(base.splitlines(keepends=True)[-n:])
+        assert text == want and not p.errors     # the file as it was at its size
+        # read backwards: about the bytes of those lines, not the file (150 kB)
+        assert node.reads * node.iounit <= len(want) + 2 * TAIL_BLOCK
+    node = GrowingNode(base, shrink=True)
+    p = A.get("tail", n=10).leaf_file("h", MemberFile(node, None, 0))
+    (text, ms), = p.value.items()
+    lines = text.splitlines(keepends=True)
+    assert len(lines) == 10 and not p.errors
+    assert all(re.fullmatch(rb"(entry \d{6} y*|grown \d+)\n", ln) for ln in lines), lines

@@ -20,7 +20,9 @@ sent:
            ``quiet`` (-q: the status only, the scan stops at the first selected line)
            and ``no_name`` (-h: -r does not name the files on its lines).
 ``tail``   the last ``n`` lines of each member (``start=K``: from line K on, as
-           ``tail -n +K``); merge: equivalence classes, shown as ``equiv`` shows them.
+           ``tail -n +K``), read at the leaf from the file's end backwards (any size;
+           ``limit``: the bytes a member may send up, OUTPUT_MAX by default); merge:
+           equivalence classes, shown as ``equiv`` shows them.
 ``topk``   the ``k`` lines whose field ``column`` (0-based, blank-separated) holds the
            largest numbers (``smallest=true``: the smallest), each labelled with its
            member; merge keeps k lines at every level, so a level sends at most k rows
@@ -59,7 +61,7 @@ from .aggregate import (Aggregator, AggregatorError, Equiv, Partial, _b2s, _fold
                         _s2b, _unfold_wire, fold, natural_key, register)
 
 __all__ = ["Grep", "Tail", "TopK", "text_param", "posix_regex", "clush_order",
-           "clush_header", "TRUNCATED", "CUT", "LONG_LINE"]
+           "clush_header", "TRUNCATED", "CUT", "LONG_LINE", "TAIL_BLOCK", "TAIL_CUT"]
 
 TRUNCATED = "1 MiB or longer: only its first 1 MiB was searched"
 #: a leaf-side grep reads its file this much at a time (a block of whole lines)
@@ -74,6 +76,10 @@ LONG_LINE = "a line longer than %d MiB: searched up to it" % (MAX_LINE >> 20)
 #: stops and the member is named with CUT
 OUTPUT_MAX = 8 << 20
 CUT = "grep output cut at"
+#: a leaf-side tail reads its member backwards from its end this much at a time
+TAIL_BLOCK = 64 << 10
+#: a tail result longer than its ``limit`` (OUTPUT_MAX) is cut to whole lines, named
+TAIL_CUT = "tail output cut at"
 
 
 def text_param(text):
@@ -781,16 +787,28 @@ class Grep(Aggregator):
 
 @register
 class Tail(Equiv):
-    """The last n lines of each member (start=K: from line K on); value as equiv's."""
+    """The last n lines of each member (start=K: from line K on); value as equiv's.
+
+    It reads its members itself (reads_files): leaf_file() takes the member's size
+    (getattr) and reads it backwards from that end in TAIL_BLOCK pieces until n lines
+    are found, so the cost follows the bytes of those lines, not the file's size; the
+    file is seen as it was at that size (lines appended meanwhile are not read, and no
+    line is torn or repeated).  A file that reports no size (a synthetic file) or
+    shrinks while read is read forward instead, keeping only its last n lines.  start=K
+    reads forward, from line K on.  The result is at most ``limit`` bytes (OUTPUT_MAX
+    by default) of whole lines: beyond, the member is named (TAIL_CUT)."""
     name = "tail"
 
-    def __init__(self, n=10, start=None):
+    def __init__(self, n=10, start=None, limit=OUTPUT_MAX):
         super().__init__()
         self.n = _count(n, "n")
         self.start = None if start is None else _count(start, "start")
         if self.start == 0:
             raise AggregatorError("tail: start counts lines from 1")
+        self.limit = _count(limit, "limit")
         self.params = {"n": self.n} if start is None else {"start": self.start}
+        if self.limit != OUTPUT_MAX:
+            self.params["limit"] = self.limit
 
     def leaf(self, member, data):
         p = super().leaf(member, data)
@@ -803,6 +821,117 @@ class Tail(Equiv):
         keep = lines[self.start - 1:] if self.start is not None else \
             (lines[-self.n:] if self.n else [])
         return {b"".join(keep): {member}}
+
+    # -- the member read at the leaf (any size) -------------------------------
+    reads_files = True
+
+    def leaf_file(self, member, f):
+        if f.is_dir:
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        lo = f.offset
+        if self.start is not None:
+            text, cut = self._from_line(f, lo)
+        elif self.n == 0:
+            text, cut = b"", False
+        else:
+            size = f.node.getattr(f.ctx).size
+            got = self._from_end(f, lo, size) if size > 0 else None
+            text, cut = got if got is not None else self._last_forward(f, lo)
+        p = Partial({text: {member}})
+        if cut:
+            p.errors[self._cut_reason()] = {member}
+        return p
+
+    def _cut_reason(self):
+        return "%s %d bytes: only the %s lines that fit were kept" % (
+            TAIL_CUT, self.limit, "first" if self.start is not None else "last")
+
+    def _fit_end(self, data):
+        """The last whole lines of data that fit in limit bytes."""
+        if len(data) <= self.limit:
+            return data
+        keep = data[len(data) - self.limit:] if self.limit else b""
+        if keep and data[len(data) - self.limit - 1] != 10:
+            keep = keep[keep.find(b"\n") + 1:] if b"\n" in keep else b""
+        return keep
+
+    def _from_end(self, f, lo, size):
+        """(the last n lines of the member's bytes [lo, size), cut) read backwards in
+        TAIL_BLOCK pieces; None when the file got shorter meanwhile."""
+        n, limit = self.n, self.limit
+        blocks = []
+        held = found = 0
+        pos = size
+        while pos > lo:
+            k = min(TAIL_BLOCK, pos - lo)
+            pos -= k
+            data = f.read(pos, k)
+            if len(data) < k:
+                return None                    # truncated meanwhile: read it forward
+            if len(data) > k:
+                data = data[:k]
+            i = k - 1 if pos + k == size and data[-1] == 10 else k   # its own newline
+            while found < n:
+                i = data.rfind(b"\n", 0, i)
+                if i < 0:
+                    break
+                found += 1
+            if found == n:
+                blocks.append(data[i + 1:])
+                held += k - i - 1
+                break
+            blocks.append(data)
+            held += k
+            if held > limit:
+                break                          # more would not fit anyway
+        text = b"".join(reversed(blocks))
+        return self._fit_end(text), len(text) > limit
+
+    def _last_forward(self, f, lo):
+        """(the last n lines, cut) of a member read forward to its end, keeping at
+        most about limit bytes of lines (a file without a size, or one that shrank)."""
+        n, limit = self.n, self.limit
+        buf = b""
+        capped = False
+        for c in f.chunks(WINDOW):
+            buf += c
+            i = len(buf) - 1 if buf[-1] == 10 else len(buf)
+            found = 0
+            while found < n:
+                i = buf.rfind(b"\n", 0, i)
+                if i < 0:
+                    break
+                found += 1
+            if found == n:
+                buf = buf[i + 1:]
+                capped = False                 # n whole lines are held
+            if len(buf) > limit:
+                buf = self._fit_end(buf)
+                capped = True
+        return buf, capped
+
+    def _from_line(self, f, lo):
+        """(lines start.. of the member, read forward, at most limit bytes; cut)."""
+        skip = self.start - 1
+        out = []
+        held = 0
+        for c in f.chunks(WINDOW):
+            j = -1
+            while skip:
+                j = c.find(b"\n", j + 1)
+                if j < 0:
+                    break
+                skip -= 1
+            if skip:
+                continue
+            if j >= 0:
+                c = c[j + 1:]
+            out.append(c)
+            held += len(c)
+            if held > self.limit:
+                text = b"".join(out)[:self.limit]
+                return text[:text.rfind(b"\n") + 1], True
+        return b"".join(out), False
 
 
 # ---------------------------------------------------------------------------

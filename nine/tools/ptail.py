@@ -7,16 +7,24 @@ PATH is the path on each host (nine.tools.common finds it in the root's name spa
 absolute path through the host's `exports` file, a relative one in its export).  The
 hosts: -w NODESET, -x NODESET, -g GROUP, as clush's (default: every host under /nodes).
 
-The files are one group read as a tail stream (nine.group: `sync nowait` at offset
-nine.group.gather.TAIL + N): the muxes right above the leaves (or the leaves) follow the
-hosts' files, and the root gets one stream of new lines, not one poll per host.  Each
-host's file starts N lines before its end (-n, default 10).  Rotation is followed there,
+With -f the files are one group read as a tail stream (nine.group: `sync nowait` at
+offset nine.group.gather.TAIL + N): the muxes right above the leaves (or the leaves)
+follow the hosts' files, and the root gets one stream of new lines, not one poll per
+host.  Each host's file starts N lines before its end (-n, default 10: the follower
+finds that offset reading the file backwards from its size, gather.tail_start, and
+reads on from it, so the first lines and the new ones come from one reader, with no
+gap and nothing twice).  Rotation is followed there,
 at the group level (nine.group.execute, as tail -F): a file that got shorter than what
 was read (truncated, as logrotate's copytruncate does) is read again from its start; a
 path that names another file now (renamed away and made anew) is opened again and read
 from its start.  -f and -F are the same.
 
-Without -f: the last N lines of each host, then exit (status 1 if a host failed).
+Without -f: the last N lines of each host, then exit (status 1 if a host failed or did
+not answer in --timeout seconds: named on stderr, `nine ptail: HOST: REASON`).  That
+is one group read with the `tail` aggregator (nine.group.textagg.Tail), which reads
+each file backwards from its end at the leaf, so a log of any size costs the bytes of
+its last N lines; a last line without its newline is shown; --grep selects among those
+lines.
 
 Output: `HOST: line` for each line, in the order the lines arrive.  --fold SECONDS: a
 line that several hosts print within SECONDS of its first arrival is printed once, when
@@ -41,7 +49,6 @@ from collections import Counter
 from .common import (ToolError, add_options, connect, errtext, headline, ns_path,
                      read_exports, select_hosts)
 
-QUIET = 0.5           # without -f: the end, once every host answered and this was quiet
 DEFAULT_LINES = 10
 
 
@@ -220,13 +227,13 @@ def run(args, prog="nine ptail"):
             params = {"pattern": text_param(args.grep), "icase": args.icase,
                       "invert": args.invert,
                       "syntax": "extended" if args.extended else "basic"}
+        if not args.follow:
+            return 1 if _last(c, files, args, agg, params, prog) or failed else 0
         g = c.gopen(None, "r", members=files, aggregator=agg, sync="nowait", **params)
         g.lseek(TAIL + args.lines)
         tail = Tail([h for h, _ in files], args.grep is not None, args.fold, prog=prog)
         try:
-            if args.follow:
-                return _follow(g, tail)
-            return 1 if _once(g, tail, args.timeout) or failed else 0
+            return _follow(g, tail)
         finally:
             g.close()
     except NineError as ex:
@@ -249,21 +256,39 @@ def _follow(g, tail):
     return 0
 
 
-def _once(g, tail, timeout):
-    """The last lines of each host: batches until every host answered (or the timeout
-    passed) and then QUIET s passed without one.  True when a host failed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for _ in g.stream(timeout=QUIET):
-            tail.batch(g.last)
-        if tail.accounted():
-            break
-        if time.monotonic() >= deadline:
-            late = set(tail.hosts) - tail.seen - set(tail.gone)
-            from ..group.aggregate import Partial
-            tail.batch(Partial(None, {"timed out after %gs" % timeout: late}))
-            break
-    if tail.folder is not None:
-        tail.folder.flush()
-        tail.out.flush()
-    return bool(tail.gone)
+def _last(c, files, args, agg, params, prog):
+    """Without -f: one group read with the `tail` aggregator, which reads each host's
+    file from its end at the leaf (nine.group.textagg.Tail: any size, the file as it
+    was when the read came, a last line without its newline included); --grep selects
+    among those lines here, as the grep aggregator does.  The hosts that fail, or do
+    not answer in --timeout seconds, are named on stderr.  True when a host failed."""
+    g = c.gopen(None, "r", members=files, aggregator="tail", sync="timeout",
+                timeout=args.timeout, n=args.lines)
+    try:
+        p = g.read_partial()
+    finally:
+        g.close()
+    from ..group.aggregate import get
+    sel = get(agg, **params) if args.grep is not None else None
+    by_host = {h: text for text, hs in (p.value or {}).items() for h in hs}
+    out = sys.stdout.buffer
+    fold = Folder(args.fold, out.write) if args.fold else None
+    for h, _ in files:
+        text = by_host.get(h)
+        if not text:
+            continue
+        if sel is not None:
+            text = sel.grep(text)[1]
+        for line in text.splitlines():
+            if fold is not None:
+                fold.add(h, line, 0.0)
+            else:
+                out.write(h.encode() + b": " + line + b"\n")
+    if fold is not None:
+        fold.flush()
+    out.flush()
+    for why, hs in sorted(p.errors.items()):
+        for h in sorted(hs):
+            sys.stderr.write("%s: %s: %s\n" % (prog, h, " ".join(why.split())))
+    sys.stderr.flush()
+    return bool(p.errors)
