@@ -16,6 +16,7 @@ import pytest
 
 from conftest import ENV_ROOT, ROOT
 from nine.client import Client
+from nine.tools.common import headline
 from nine.group import aggregate as A
 from nine.netwait import free_port, wait_port
 
@@ -237,6 +238,29 @@ def test_fold_prints_a_line_of_many_hosts_once(tree, logs):
         t.wait_out("node4: all well")
         time.sleep(1.5)
         assert sorted(t.out) == ["node4: all well", "node[1-3] (3): disk full"], t.out
+    finally:
+        t.stop()
+
+
+def test_fold_prints_a_line_every_host_sent_without_waiting_for_the_window(tree, logs):
+    """A line that every followed host has sent is printed at once, long before a 60 s
+    window closes; a line only some hosts sent waits for its window, and holds back the
+    lines after it (no host's lines are reordered)."""
+    t = Tool(tree, "ptail", "-f", "-n", "0", "--fold", "60", logs)
+    try:
+        time.sleep(1.5)
+        for n in tree.names:
+            append(tree.file(n, logs), "everyone says this\n")
+        t.wait_out("%s: everyone says this" % headline(tree.names), timeout=30)
+        append(tree.file(tree.names[0], logs), "only the first\n")
+        for n in tree.names:
+            append(tree.file(n, logs), "everyone again\n")
+        time.sleep(3)
+        assert t.out == ["%s: everyone says this" % headline(tree.names)], t.out
+        os.killpg(t.proc.pid, signal.SIGINT)     # Ctrl-C prints what is held, in order
+        t.finish()
+        assert t.out[1:] == ["%s: only the first" % tree.names[0],
+                             "%s: everyone again" % headline(tree.names)], t.out
     finally:
         t.stop()
 

@@ -28,7 +28,8 @@ lines.
 
 Output: `HOST: line` for each line, in the order the lines arrive.  --fold SECONDS: a
 line that several hosts print within SECONDS of its first arrival is printed once, when
-that window closes: `node[1-64] (64): line`.  --grep PATTERN: only the matching lines
+that window closes, or as soon as every host followed (not gone) has sent it:
+`node[1-64] (64): line`.  --grep PATTERN: only the matching lines
 (grep's basic syntax; -E extended, -i ignoring case, -v the others), selected by the
 `grep` aggregator where the files are followed, so that only they travel up the tree.
 (Pieces of one host that arrive together and match the same lines are then shown once:
@@ -105,27 +106,36 @@ def main(argv=None, prog="nine ptail"):
 class Folder:
     """--fold: lines held for `window` seconds from their first arrival, each printed
     once for every host that sent it meanwhile (a host that sends it again opens a new
-    window)."""
+    window).  A line that every followed host has sent (expected(): the hosts not gone)
+    needs no more waiting: it is printed at once, in order (a line held before it, still
+    waiting for hosts, holds it back, so that no host's lines are reordered)."""
 
-    def __init__(self, window, write):
+    def __init__(self, window, write, expected=None):
         self.window = window
         self.write = write
-        self.pending = []         # [first arrival, line, hosts], oldest first
+        self.expected = expected
+        self.pending = []         # [first arrival, line, hosts, complete], oldest first
         self.by_line = {}         # line -> its pending entries
 
     def add(self, host, line, now):
         for e in self.by_line.get(line, ()):
             if host not in e[2]:
                 e[2].add(host)
-                return
-        e = [now, line, {host}]
-        self.pending.append(e)
-        self.by_line.setdefault(line, []).append(e)
+                break
+        else:
+            e = [now, line, {host}, False]
+            self.pending.append(e)
+            self.by_line.setdefault(line, []).append(e)
+        if self.expected is not None and not e[3]:
+            want = self.expected()
+            e[3] = bool(want) and e[2] >= want
 
     def flush(self, now=None):
-        """Print the entries whose window closed (now None: all of them)."""
-        while self.pending and (now is None or now - self.pending[0][0] >= self.window):
-            t0, line, hosts = self.pending.pop(0)
+        """Print the entries whose window closed or that every host sent (now None: all
+        of them)."""
+        while self.pending and (now is None or self.pending[0][3]
+                                or now - self.pending[0][0] >= self.window):
+            t0, line, hosts, _ = self.pending.pop(0)
             same = self.by_line[line]
             same.pop(0)
             if not same:
@@ -144,7 +154,11 @@ class Tail:
         self.err = err or sys.stderr
         self.gone = {}            # host -> why
         self.seen = set()         # hosts that answered once
-        self.folder = Folder(fold, self.out.write) if fold else None
+        self.folder = Folder(fold, self.out.write, self.followed) if fold else None
+
+    def followed(self):
+        """The hosts whose lines are awaited now (not gone)."""
+        return set(self.hosts).difference(self.gone)
 
     def pieces(self, value):
         """(host, bytes) of a batch's value (concat's, or grep's classes)."""
@@ -171,6 +185,8 @@ class Tail:
                     self.folder.add(h, line, now)
                 else:
                     self.out.write(h.encode() + b": " + line + b"\n")
+        if self.folder is not None:
+            self.folder.flush(now)          # the lines every host has sent: at once
         self.err.flush()
         self.out.flush()
 
