@@ -19,15 +19,21 @@ attack plus what the attack may cost (BOUNDS: proportional to what the attackers
 that the server must keep, never to what their headers claim).  Probe worst: the
 slowest probe cycle that began during the attack.  Server up: the process lives and a
 probe cycle after the attack succeeded.  Log lines: what the server wrote to stderr
-during the attack (its limits log one line per kind, then "N such" lines).
+during the attack (its limits log one line per kind and address, then one saying how
+many more were suppressed).
 
 The attacks (N: connections or requests; --quick divides them, and shortens timeouts):
   header-flood        N connections each send a 7-byte header claiming a 1 MiB frame,
                       before Tversion (closed at once: at most 8 KiB before Tversion)
   header-flood-v      the same after Tversion (held: the buffer grows with the bytes)
   blocked-10k, -65k   one connection with N reads blocked on the FIFO, then closed
-                      (server run with --max-requests 70000: by default it stops
-                      reading at 1024); the teardown time is reported
+                      (server run with --max-requests and --max-requests-total
+                      70000: by default it stops reading at 1024); the teardown time
+                      is reported
+  requests-total      N reads blocked on the FIFO, 1000 on each connection: beyond the
+                      server-wide limit (--max-requests-total, 8192) they are not read
+  big-listing         20 connections list a directory of N entries whole at once
+                      (Treaddir of 128 KiB)
   uname-cache         Tauth with N distinct 60 KB user names (never authenticated)
   fids                N fids on one connection (beyond 65536: EMFILE)
   per-peer            N connections from one address (beyond 256: closed)
@@ -75,6 +81,9 @@ BOUNDS = {
     "header-flood-v": lambda n: 20 + n * 40e3 / MB,     # a connection: ~25 KB
     "blocked-10k": lambda n: 40 + n * 12e3 / MB,        # a blocked read: ~8 KB
     "blocked-65k": lambda n: 40 + n * 12e3 / MB,
+    # beyond the server-wide limit (8192; with --quick 1000) requests are not read
+    "requests-total": lambda n: 40 + min(n, 8192 + 20 * 8) * 12e3 / MB,
+    "big-listing": lambda n: 40,                        # a batch's buffer per listing
     "uname-cache": lambda n: 20,                        # nothing kept per name
     "fids": lambda n: 20 + min(n, 65536) * 1.5e3 / MB,  # a fid: ~1 KB
     "per-peer": lambda n: 20 + 256 * 40e3 / MB,
@@ -215,6 +224,69 @@ def blocked_reads(srv, n):
         n, srv.teardown[1] - t0)
 
 
+def requests_total(srv, n, per=1000):
+    """n reads blocked on the FIFO, `per` on each connection (under the per-connection
+    limit, 1024): beyond the server-wide limit (--max-requests-total) they are not read
+    (backpressure)."""
+    conns = []
+    for i, src in enumerate(sources((n + per - 1) // per)):
+        c = Raw(srv.port, src)
+        c.version()
+        c.attach()
+        c.rpc(P.Twalk(fid=0, newfid=1, wnames=["fifo"], tag=1))
+        r = c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=1))
+        if not isinstance(r, P.Rlopen):
+            raise RuntimeError("cannot open the FIFO: %r" % r)
+        k = min(per, n - i * per)
+        c.send([P.Tread(fid=1, offset=0, count=64, tag=t) for t in range(2, k + 2)])
+        conns.append(c)
+    time.sleep(2.0)
+    for c in conns:
+        c.close()
+    srv.wait_idle()
+    return "%d reads sent on %d connections, held 2 s, then closed" % (n, len(conns))
+
+
+def big_listing(srv, n, fids=20):
+    """`fids` connections list the directory `big` (N entries) whole at once, Treaddir
+    of 128 KiB (as the kernel asks)."""
+    counts = [0] * fids
+    errors = []
+
+    def lister(i):
+        try:
+            c = Raw(srv.port, "127.0.0.2")
+            c.version()
+            c.attach()
+            c.rpc(P.Twalk(fid=0, newfid=1, wnames=["big"], tag=1))
+            r = c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=1))
+            if not isinstance(r, P.Rlopen):
+                raise RuntimeError("cannot open big: %r" % r)
+            offset = 0
+            while True:
+                r = c.rpc(P.Treaddir(fid=1, offset=offset, count=128 * 1024, tag=1))
+                if not isinstance(r, P.Rreaddir):
+                    raise RuntimeError("readdir: %r" % r)
+                ents = P.unpack_dirents(r.data)
+                if not ents:
+                    break
+                counts[i] += len(ents)
+                offset = ents[-1][1]
+            c.close()
+        except Exception as ex:     # noqa: BLE001 (reported)
+            errors.append("%s: %s" % (type(ex).__name__, ex))
+    ts = [threading.Thread(target=lister, args=(i,)) for i in range(fids)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise RuntimeError("%d listings failed: %s" % (len(errors), errors[0]))
+    if any(c != n + 2 for c in counts):
+        raise RuntimeError("listings of %s entries, not %d" % (sorted(set(counts)), n + 2))
+    return "%d connections listed %d entries each, at once" % (fids, n + 2)
+
+
 def uname_cache(srv, n):
     c = Raw(srv.port)
     c.version()
@@ -329,12 +401,16 @@ def fd_exhaustion(srv, n):
            "make room" % (n, srv.nofile, closed)
 
 
+MANY_REQUESTS = ["--max-requests", "70000", "--max-requests-total", "70000"]
+
 # (name, attack, N, N with --quick, `nine serve` options, (options with --quick))
 ATTACKS = [
     ("header-flood", header_flood, 1000, 200, [], None),
     ("header-flood-v", lambda s, n: header_flood(s, n, True), 1000, 200, [], None),
-    ("blocked-10k", blocked_reads, 10000, 2000, ["--max-requests", "70000"], None),
-    ("blocked-65k", blocked_reads, 65000, 0, ["--max-requests", "70000"], None),
+    ("blocked-10k", blocked_reads, 10000, 2000, MANY_REQUESTS, None),
+    ("blocked-65k", blocked_reads, 65000, 0, MANY_REQUESTS, None),
+    ("requests-total", requests_total, 20000, 3000, [], ["--max-requests-total", "1000"]),
+    ("big-listing", big_listing, 100000, 5000, [], None),
     ("uname-cache", uname_cache, 1500, 200, [], None),
     ("fids", fids, 100000, 1500, [], ["--max-fids", "1000"]),
     ("per-peer", per_peer, 1000, 300, [], None),
@@ -545,6 +621,8 @@ def main():
                     "and requests, shorter timeouts, no blocked-65k")
     ap.add_argument("--only", help="comma-separated attack names")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--keep", action="store_true", help="keep the run's directory (the "
+                    "servers' logs: NAME.log)")
     ap.add_argument("--probe", metavar="ADDR", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.probe:
@@ -567,6 +645,13 @@ def main():
         with open(os.path.join(export, "small"), "wb") as f:
             f.write(SMALL)
         os.mkfifo(os.path.join(export, "fifo"))
+        if not only or "big-listing" in only:
+            big = os.path.join(export, "big")
+            os.mkdir(big)
+            for i in range(next(a[3 if args.quick else 2] for a in ATTACKS
+                                if a[0] == "big-listing")):
+                os.close(os.open(os.path.join(big, "entry-%07d" % i),
+                                 os.O_CREAT | os.O_WRONLY))
         results = []
         bad = 0
         print("nine serve under attack: %d cores, load %.1f%s" % (
@@ -604,7 +689,10 @@ def main():
                 json.dump(results, f, indent=1)
         return 1 if bad else 0
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep:
+            print("logs kept in %s" % tmp)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

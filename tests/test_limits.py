@@ -216,6 +216,98 @@ def test_requests_in_flight(servers):
     assert tags == set(range(10, 20))
 
 
+def _blocked_reads(port, n, tag0):
+    """A connection that sends n reads of `block` (tags tag0...) at once."""
+    c = RawConn(port)
+    c.version()
+    c.attach(fid=0)
+    c.rpc(P.Twalk(fid=0, newfid=1, wnames=["block"], tag=1))
+    c.rpc(P.Tlopen(fid=1, flags=0, tag=1))
+    c.send_raw(b"".join(P.encode(P.Tread(fid=1, offset=0, count=64, tag=t))
+                        for t in range(tag0, tag0 + n)))
+    return c
+
+
+def test_requests_in_flight_on_all_connections(servers, caplog):
+    """At the server-wide limit, connections holding REQUESTS_RESERVE requests or more
+    are not read (backpressure, logged once) until enough end; a connection that holds
+    fewer is still served; nothing is lost."""
+    from nine.server.limits import REQUESTS_RESERVE as R
+    s = servers(requests=100, requests_total=24)
+    a = _blocked_reads(s.port, 20, 10)
+    wait_for(lambda: s.state["reads"] == 20, 5, "20 reads blocked")
+    b = _blocked_reads(s.port, 20, 100)
+    # b is read while it holds fewer than R (the total is over the limit by then)
+    wait_for(lambda: s.state["reads"] == 20 + R, 5, "%d reads blocked" % (20 + R))
+    time.sleep(0.3)
+    assert s.state["reads"] == 20 + R               # the other 20 - R were not read
+    assert s.server.guard.requests == 20 + R and s.server.guard.full
+    other = RawConn(s.port)                         # one that holds none is served
+    other.version()
+    other.attach(fid=0)
+    assert isinstance(other.rpc(P.Tgetattr(fid=0, request_mask=1, tag=1)), P.Rgetattr)
+    lines = [r.getMessage() for r in caplog.records if "--max-requests-total" in r.getMessage()]
+    assert len(lines) == 1, lines
+    other.rpc(P.Twalk(fid=0, newfid=1, wnames=["release"], tag=1))
+    other.rpc(P.Tlopen(fid=1, flags=P.L_O_WRONLY, tag=1))
+    assert isinstance(other.rpc(P.Twrite(fid=1, offset=0, data=b"go", tag=1)), P.Rwrite)
+    assert {a.recv().tag for _ in range(20)} == set(range(10, 30))
+    assert {b.recv().tag for _ in range(20)} == set(range(100, 120))
+    assert s.state["reads"] == 40
+    wait_for(lambda: s.server.guard.requests == 0, 5, "no request in flight")
+    assert not s.server.guard.full and not s.server.guard.waiting
+
+
+def test_requests_total_option():
+    """--max-requests-total reaches the server's limits; a negative one is refused."""
+    from nine.cli.main import make_parser
+    from nine.cli.serve import _limits
+    args = make_parser().parse_args(["serve", "--max-requests-total", "500"])
+    assert _limits(args).requests_total == 500
+    assert Limits().requests_total == 8 * Limits().requests
+    with pytest.raises(ValueError, match="requests_total"):
+        Limits(requests_total=-1)
+
+
+def test_auth_refusals_are_rate_limited(servers, caplog):
+    """A flood of refused attaches from one address: one log line at once (the others
+    are counted and summed up later), and still answered each."""
+    s = servers()
+    c = RawConn(s.port, auto_auth=False)
+    c.version()
+    n = 30
+    c.send_raw(b"".join(P.encode(P.Tattach(fid=f, afid=P.NOFID, uname="nobody", aname="",
+                                           n_uname=P.NONUNAME, tag=f))
+                        for f in range(1, n + 1)))
+    replies = [c.recv() for _ in range(n)]
+    assert all(isinstance(r, P.Rlerror) and r.ecode == errno.EACCES for r in replies)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert len(lines) == 1 and "authentication required" in lines[0], lines
+    assert s.server.guard.log.held()                # the other 29, to be summed up
+    assert serves(s.port)
+
+
+def test_rate_log_per_peer(caplog):
+    """One line per kind and address; beyond LOG_PEERS addresses one line for the
+    others; quiet records are forgotten (bounded memory)."""
+    from nine.server.guard import RateLog
+    rl = RateLog(every=0.2, peers=3)
+    for i in range(100):
+        for peer in ("10.0.0.%d" % p for p in range(10)):
+            rl.hit("kind", "refused %s", peer, peer=peer)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == ["refused 10.0.0.%d" % p for p in range(4)], msgs
+    time.sleep(0.25)
+    rl.flush()
+    summed = [r.getMessage().split(" in the last")[0] for r in caplog.records][4:]
+    assert sorted(summed) == sorted(["refused 10.0.0.%d (99 more suppressed" % p
+                                     for p in range(3)] +
+                                    ["refused 10.0.0.9 (699 more suppressed"])
+    time.sleep(0.25)
+    rl.flush()
+    assert not rl._kinds and not rl._npeers
+
+
 def _rss(pid):
     return psutil.Process(pid).memory_info().rss
 
@@ -253,7 +345,7 @@ def test_teardown_of_many_blocked_reads(servers):
     """Closing a connection with 10,000 reads blocked in the server: another
     connection's requests are answered meanwhile without a long stall."""
     n = 10000
-    s = servers(requests=n + 10)
+    s = servers(requests=n + 10, requests_total=n + 10)
     c = RawConn(s.port, timeout=60)
     c.version()
     c.attach(fid=0)
@@ -383,5 +475,6 @@ def test_rate_log(caplog):
     assert rl.held()
     time.sleep(0.25)
     rl.flush()
-    assert caplog.records[-1].getMessage().startswith("refused 49 (49 such in the last")
+    assert caplog.records[-1].getMessage().startswith(
+        "refused 49 (49 more suppressed in the last")
     assert not rl.held()

@@ -21,8 +21,9 @@ The rules (docs/security.md):
  4. A connection's authentication survives Tversion (the kernel sends one on a socket
     that `nine mount` authenticated).
 Refusals are EACCES (no or wrong proof) or EPERM (a proven user asking for another),
-with one log line naming the peer; repeated failures from one address are answered
-later and later (up to MAX_DELAY seconds), so guessing is slow.
+with one log line naming the peer (a flood of them: one line per kind of refusal and
+address every few seconds, then how many more were suppressed); repeated failures from
+one address are answered later and later (up to MAX_DELAY seconds), so guessing is slow.
 """
 
 import errno
@@ -104,7 +105,8 @@ class Gate:
     def start(self, conn, uname, n_uname, aname):
         held = getattr(conn, "auth_fids", 0)
         if held >= MAX_AUTH_FIDS:
-            raise self._refuse(conn, errno.EMFILE, "too many auth fids on one connection")
+            raise self._refuse(conn, errno.EMFILE, "too many auth fids on one connection",
+                               "auth_fids")
         conv = self.method.start(_peer(conn), uname, n_uname, aname)
         conn.auth_fids = held + 1
         return AuthNode(self, conn, conv, uname, n_uname, aname)
@@ -123,31 +125,35 @@ class Gate:
                 return
             raise self._refuse(conn, errno.EACCES, "authentication required (%s): attach "
                                "as %s with an auth fid" % (self.method.name,
-                                                            _who(uname, n_uname)))
+                                                            _who(uname, n_uname)),
+                               "no_auth_fid")
         conv = auth_node.conv
         principal = conv.principal if conv is not None else None
         if principal is None:
             raise self._refuse(conn, errno.EACCES, "the auth fid has proved nothing "
-                               "(the %s conversation is not complete)" % auth_node.method)
+                               "(the %s conversation is not complete)" % auth_node.method,
+                               "unproven")
         if auth_node.claim != (uname, n_uname, aname):
             raise self._refuse(conn, errno.EACCES, "the auth fid was made for %s, aname %r, "
                                "not for %s, aname %r" % (
                                    _who(*auth_node.claim[:2]), auth_node.claim[2],
-                                   _who(uname, n_uname), aname))
+                                   _who(uname, n_uname), aname), "other_claim")
         if principal.method == "key" or principal.uid in self.service_uids:
             conn.auth_uids = ANY
         else:
             if principal.uid != uid:
                 raise self._refuse(conn, errno.EPERM, "uid %s is proven, not %s" % (
-                    principal.uid, _who(uname, n_uname)))
+                    principal.uid, _who(uname, n_uname)), "other_uid")
             if trusted is not ANY:
                 conn.auth_uids = (trusted or frozenset()) | {uid}
         self._failures.pop(_peer(conn), None)
 
     # --- refusals --------------------------------------------------------------------
-    def _refuse(self, conn, code, msg):
-        """An OSError for a refusal, logged once with the peer; the caller's greenlet is
-        held back by the address's recent failures first."""
+    def _refuse(self, conn, code, msg, why="failed"):
+        """An OSError for a refusal, logged with the peer (why: the kind of refusal; a
+        flood is logged once per kind and address every few seconds, with how many more
+        were suppressed: nine.server.guard.RateLog); the caller's greenlet is held back
+        by the address's recent failures first."""
         peer = _peer(conn)
         now = time.monotonic()
         count, last = self._failures.pop(peer, (0, now))
@@ -157,7 +163,8 @@ class Gate:
         self._failures[peer] = (count, now)
         if len(self._failures) > MAX_PEERS:
             self._failures.pop(next(iter(self._failures)))
-        log.warning("refused %s: %s (failure %d from this address)", peer, msg, count)
+        _ratelog(conn).hit("auth_" + why, "refused %s: %s (failure %d from this address)",
+                           peer, msg, count, peer=peer, logger=log)
         if count > 1:
             gevent.sleep(min(MAX_DELAY, 0.05 * 2 ** (count - 2)))
         return error(code, msg)
@@ -167,6 +174,22 @@ class Gate:
         counted like a refused attach; returns the error to answer."""
         code = ex.errno if isinstance(ex, OSError) and ex.errno else errno.EACCES
         return self._refuse(conn, code, ex.strerror or str(ex))
+
+
+_RATELOG = None
+
+
+def _ratelog(conn):
+    """Where refusals are logged: the server's RateLog (nine.server.guard), which its
+    sweeper flushes; one of this module's for a connection without a server."""
+    guard = getattr(getattr(conn, "server", None), "guard", None)
+    if guard is not None:
+        return guard.log
+    global _RATELOG
+    if _RATELOG is None:
+        from ..server.guard import RateLog
+        _RATELOG = RateLog()
+    return _RATELOG
 
 
 def _who(uname, n_uname):

@@ -56,6 +56,8 @@ def _serve_forever(announce=None):
     import signal
     import gevent
     import gevent.event
+    from ..server.guard import settle
+    settle()                    # (what is there now lives as long: out of the GC's way)
     done = gevent.event.Event()
     handlers = [gevent.signal_handler(sig, done.set) for sig in (signal.SIGINT, signal.SIGTERM)]
     if announce:                # only now: a Ctrl-C right after it is handled as above

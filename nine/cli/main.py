@@ -74,6 +74,8 @@ def _add_limit_opts(p):
             ("--max-fids", "fids", "N", "fids of one connection (more: EMFILE)"),
             ("--max-requests", "requests", "N", "requests in flight on one connection "
              "(more are not read until one ends)"),
+            ("--max-requests-total", "requests_total", "N", "requests in flight on all "
+             "connections (more are not read from those that hold 8 or more)"),
             ("--attach-timeout", "attach_timeout", "SECONDS", "a connection that has not "
              "attached by then is closed (with authentication only)"),
             ("--frame-timeout", "frame_timeout", "SECONDS", "a connection whose frame has "

@@ -41,6 +41,14 @@ def _join(path, names):
     return tuple(out)
 
 
+def _data(r):
+    return r.data
+
+
+def _count(r):
+    return r.count
+
+
 def _bad(code, text):
     return OSError(code, text)
 
@@ -259,7 +267,7 @@ class RemoteNode(Node):
         if count > iou:
             count = iou
         return self._post(ln, conn, _Tread(fid=f.fid, offset=offset, count=count),
-                          _RREAD, lambda r: r.data, done)
+                          _RREAD, _data, done)
 
     def post_write(self, offset, data, done):
         """write() of at most one message's worth without a greenlet (as post_read):
@@ -270,12 +278,15 @@ class RemoteNode(Node):
         if len(data) > iou:
             data = data[:iou]
         return self._post(ln, conn, _Twrite(fid=f.fid, offset=offset, data=data),
-                          _RWRITE, lambda r: r.count, done)
+                          _RWRITE, _count, done)
 
     def _post(self, ln, conn, msg, rtype, value, done):
         child = self.child
+        timer = None
 
         def reply(r):
+            if timer is not None:
+                timer.close()
             if r is None:                      # the connection died, or a bad reply
                 done(None, child.lost(ln) if conn._dead is not None else
                      nine_error(errno.EPROTO, "child %s: undecodable reply" % child.name))
@@ -292,7 +303,23 @@ class RemoteNode(Node):
         h = conn.post(msg, reply)
         if not h:
             raise nine_error(errno.EAGAIN, "child %s: no free tag" % child.name)
-        return lambda: conn.cancel(msg, h)
+        if conn.timeout is None:
+            return lambda: conn.cancel(msg, h)
+        # the child's op_timeout, as read() and write() have it (conn.rpc): no answer
+        # by then and the request is flushed, done told ETIMEDOUT
+
+        def expire():
+            timer.close()
+            conn.cancel(msg, h)
+            done(None, child.error(ln, nine_error(errno.ETIMEDOUT, "9P %s timed out after "
+                                                  "%gs" % (type(msg).__name__, conn.timeout))))
+
+        def cancel():
+            timer.close()
+            conn.cancel(msg, h)
+        timer = conn._loop.timer(conn.timeout)
+        timer.start(expire)
+        return cancel
 
     def write(self, ctx, offset, data):
         f, ln, conn = self._open_link()

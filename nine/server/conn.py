@@ -5,8 +5,18 @@ Transport reads length-prefixed frames, decodes each in the connection's dialect
 hands it to its handler, a method h_Tname of the subclass (nine.server.core.Connection
 holds the 9P state machine).  Each request runs in a greenlet of its own, so a blocking
 read does not hold up the connection, except those the subclass lets run inline
-(inline_ok: the node promises not to block).  Tversion is handled synchronously: it
-ends everything in flight.
+(inline_ok: the node promises not to block) and those it posts (post_start: a mux's read
+sent on to its child, answered from the child's reply callback, cancel() standing in
+for the kill of a greenlet).  Tversion is handled synchronously: it ends everything in
+flight.
+
+The hot path: between frames the reader greenlet parks (_park) and the hub itself
+receives and dispatches whole small frames from the socket's read callback
+(_on_readable), so a request answered inline costs no greenlet switch; anything else (a
+frame begun, a large frame, a Tversion, backpressure, EOF) is handed back to the reader,
+which goes on as before.  A reply written from the hub never waits: what the socket does
+not take is left to a greenlet (_drain), and the reader reads no more of that
+connection until it has gone (the peer must read its replies).
 
 Memory follows what the peer has sent (nine.server.limits): the receive buffer starts
 small and grows only with bytes received, a frame over BIG bytes gets a buffer of its
@@ -54,7 +64,7 @@ from gevent.event import Event
 
 from .. import protocol as P
 from ..protocol import ProtocolError, V9P2000U, V9P2000L, IOHDRSZ
-from .limits import PREVERSION_FRAME
+from .limits import PREVERSION_FRAME, REQUESTS_RESERVE
 
 log = logging.getLogger("nine.server")
 
@@ -71,6 +81,7 @@ _INT0 = bytes(4)
 _ENOENT_TEXT = os.strerror(errno.ENOENT)
 _RFLUSH = struct.Struct("<IBH")
 _U32 = struct.Struct("<I").unpack_from
+_HDR = struct.Struct("<IBH").unpack_from
 _TVERSION = P.BY_NAME["Tversion"].mtype
 _TFLUSH = P.BY_NAME["Tflush"].mtype
 _now = time.monotonic
@@ -119,12 +130,27 @@ def _internal_error(msg, ex):
     log.debug("traceback of the internal error in %s", name, exc_info=ex)
 
 
+class _NoWait:
+    """sendmsg on a non-blocking socket that says None where it would wait."""
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def sendmsg(self, bufs):
+        try:
+            return self.raw.sendmsg(bufs)
+        except BlockingIOError:
+            return None
+
+
 class Request:
     """One request in flight: its tag, message, frame size (0 for a small frame: only
-    large ones count against HELD_MSIZES) and greenlet.  `ending` is
+    large ones count against HELD_MSIZES) and greenlet, or for a posted request (no
+    greenlet: Transport.post_start) the cancel() of what it posted.  `ending` is
     None while it runs and may answer; an Event once something ends it (set when it is
     gone)."""
-    __slots__ = ("tag", "msg", "size", "greenlet", "ending")
+    __slots__ = ("tag", "msg", "size", "greenlet", "ending", "cancel")
 
     def __init__(self, tag, msg, size):
         self.tag = tag
@@ -132,6 +158,7 @@ class Request:
         self.size = size
         self.greenlet = None
         self.ending = None
+        self.cancel = None
 
 
 class Transport:
@@ -148,6 +175,8 @@ class Transport:
 
     #: message types that may be answered inline (in the loop) when inline_ok says so
     INLINE = frozenset()
+    #: message types that may be posted (post_start) instead of run in a greenlet
+    POSTED = frozenset()
 
     def __init__(self, server, sock, address):
         self.server = server
@@ -165,6 +194,8 @@ class Transport:
         #: the most fids the subclass may hold (Limits.fids)
         self.max_fids = lim.fids or sys.maxsize
         self._max_requests = lim.requests or sys.maxsize
+        self._max_total = lim.requests_total or sys.maxsize     # on all connections
+        self._guard = server.guard
         self._max_frame = PREVERSION_FRAME
         self._max_held = HELD_MSIZES * self.msize
         self._held = 0              # bytes of the large frames of the requests in flight
@@ -186,6 +217,13 @@ class Transport:
             self._rwatch = self._hub.loop.io(sock.fileno(), 1)
         else:
             self._raw = self._rwatch = None
+        # the reader parked (_park): the hub answers whole small frames itself
+        self._reader = None
+        self._parked = False
+        self._pmv = None
+        self._fair = False
+        self._draining = None       # an Event while _drain writes what the hub could not
+        self._on_readable_cb = self._on_readable
         self.handlers = {t: getattr(self, name) for t, name in _handler_names(type(self))}
 
     # --- what the state machine decides ----------------------------------------------
@@ -194,6 +232,15 @@ class Transport:
         greenlet?  Only when nothing it calls can block."""
         return False
 
+    def post_start(self, req):
+        """Start req (its type is in POSTED) without a greenlet: send what answers it and
+        return a cancel() callable, having arranged that posted_reply(req, reply) or
+        posted_error(req, exc) runs once it is answered (in the hub, maybe before this
+        returns); None: it cannot be posted (it runs in a greenlet).  Raising answers it
+        with the error at once.  cancel() (Tflush, Tclunk of its fid, Tversion, the end
+        of the connection) stops it: nothing answers it after that."""
+        return None
+
     def reset_session(self):
         """Everything in flight has ended (Tversion, or the connection is gone): forget
         the session's state."""
@@ -201,7 +248,8 @@ class Transport:
     def over_limit(self, kind, code, text):
         """The OSError that answers a request beyond a limit of nine.server.limits (kind:
         its field), logged (once per kind, then how many more)."""
-        self.server.guard.log.hit(kind, "%s: %s", self.address, text)
+        self.server.guard.log.hit(kind, "%s: %s", self.address, text,
+                                  peer=self.address[0] if type(self.address) is tuple else None)
         return OSError(code, text)
 
     def breathe(self, i):
@@ -223,6 +271,7 @@ class Transport:
         need = 0            # the size of the small frame begun at start, once known
         grow = False        # the last read filled the buffer
         taken = 0           # frames since the other connections' last turn
+        self._reader = gevent.getcurrent()
         try:
             while not self.closed:
                 if self.inflight and self._full():
@@ -247,7 +296,21 @@ class Transport:
                         buf[:end - start] = mv[start:end]
                     end -= start
                     start = 0
-                n = recv_into(mv[end:])
+                if start == end and self._rwatch is not None:
+                    # nothing of a frame begun: the hub answers what it can (_park)
+                    start, n = self._park(mv)
+                    end = start
+                    n -= start
+                    if self._fair:          # the hub took FAIR frames: the others' turn
+                        self._fair = False
+                        taken = 0
+                        _pause(1e-6)
+                    if self.closed:
+                        break
+                    if not n:               # EOF or an error: the socket says which
+                        n = recv_into(mv)
+                else:
+                    n = recv_into(mv[end:])
                 if not n:
                     break
                 grow = end + n == len(buf)
@@ -262,6 +325,11 @@ class Transport:
                     if end - start >= size:
                         if self.inflight and self._full():
                             self._wait_room()       # backpressure (see the module)
+                            if self.closed:
+                                return
+                            continue
+                        if self._draining is not None:
+                            self._wait_drain()      # replies the peer does not take
                             if self.closed:
                                 return
                             continue
@@ -362,20 +430,105 @@ class Transport:
             self._waited = True
             self._hub.wait(self._rwatch)
 
+    def _park(self, mv):
+        """Wait for the socket, the reader parked: meanwhile the hub itself receives into
+        mv and answers the whole small frames that come (_on_readable), without waking
+        this greenlet.  Returns (handled, received) once the hub hands over: mv[:received]
+        holds what came, the frames before `handled` already dispatched ((0, 0): the
+        connection ended, or the socket has an error or EOF to tell)."""
+        w = self._rwatch
+        self._pmv = mv
+        self._parked = True
+        w.start(self._on_readable_cb)
+        try:
+            return self._hub.switch()
+        finally:
+            self._pmv = None
+            if self._parked:            # killed while parked
+                self._parked = False
+                w.stop()
+            self._waited = True
+
+    def _on_readable(self):
+        """The parked reader's socket is readable (in the hub): receive once, dispatch
+        the whole frames that need nothing of the reader (small, after Tversion, not a
+        Tversion, room in flight); hand the rest (a partial or large frame, a Tversion,
+        backpressure, EOF, an error, FAIR frames taken) to the reader.  A frame whose
+        request may block gets its greenlet as in the reader; one answered inline is
+        answered here: its node promised never to wait (Node.may_block)."""
+        mv = self._pmv
+        if mv is None or not self._parked:
+            return
+        try:
+            n = self._raw.recv_into(mv)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = 0
+        o = 0
+        taken = 0
+        max_frame = BIG if BIG < self._max_frame else self._max_frame
+        try:
+            while n - o >= 7:
+                size = _U32(mv, o)[0]
+                if size > n - o or size < 7 or size > max_frame or mv[o + 4] == _TVERSION \
+                        or self._writing or self.inflight and self._full():
+                    break
+                if taken == FAIR:
+                    self._fair = True
+                    break
+                frame = bytes(mv[o:o + size])
+                o += size
+                taken += 1
+                self.dispatch(frame)
+                if not self._parked:        # shut meanwhile
+                    return
+        except Exception as ex:     # a bug: the reader would have died of it too
+            log.error("%s: error in the connection's loop: %s: %s", self.address,
+                      type(ex).__name__, ex)
+            log.debug("traceback", exc_info=ex)
+            self.shutdown()
+            return
+        if n and o == n and not self.closed:
+            self._fair = False
+            return                  # all answered: stay parked
+        self._parked = False
+        self._rwatch.stop()
+        self._reader.switch((o, n))
+
+    def _wait_drain(self):
+        """Backpressure on output: wait, not reading, until what the hub left to _drain
+        has gone (the peer reads its replies), or the connection is shut."""
+        self.since = None
+        self._draining.wait()
+
+    def _wake_closed(self):
+        """shutdown() of a parked reader (scheduled by it): wake the reader to end."""
+        if self._pmv is not None:
+            self._reader.switch((0, 0))
+
     def _full(self):
         """Backpressure: are the requests in flight at their limit, or their large
         frames over theirs?"""
-        return len(self.inflight) >= self._max_requests or self._held > self._max_held
+        n = len(self.inflight)
+        if n >= self._max_requests or self._held > self._max_held:
+            return True
+        g = self._guard     # server-wide (nine.server.guard: full, and its reserve)
+        return n >= REQUESTS_RESERVE and (g.full or g.requests >= self._max_total and
+                                          g.fill(self._max_total))
 
     def _wait_room(self):
         """Backpressure: wait, not reading, until a request in flight ends (or the
         connection is shut).  Meanwhile no frame is the peer's to finish."""
         self.since = None
         room = self._room = Event()
+        if self._guard.full:
+            self._guard.waiting[self] = room
         try:
             room.wait()
         finally:
             self._room = None
+            self._guard.waiting.pop(self, None)
 
     def shutdown(self):
         """Stop the link now, from anywhere (the hub included): nothing more is sent,
@@ -387,7 +540,12 @@ class Transport:
         w = self._rwatch
         if w is not None:
             self._rwatch = None
-            self._hub.cancel_wait(w, OSError(errno.EBADF, "connection closed"))
+            if self._parked:            # the reader waits in _park, not in hub.wait
+                self._parked = False
+                w.stop()
+                self._hub.loop.run_callback(self._wake_closed)
+            else:
+                self._hub.cancel_wait(w, OSError(errno.EBADF, "connection closed"))
             w.close()
         try:
             self.sock.close()
@@ -396,6 +554,9 @@ class Transport:
         room = self._room
         if room is not None:
             room.set()
+        drained = self._draining
+        if drained is not None:
+            drained.set()
 
     def close(self):
         """End the connection: shut it, then every request ends unanswered and the
@@ -408,7 +569,7 @@ class Transport:
 
     # --- requests -------------------------------------------------------------------
     def dispatch(self, frame):
-        size, typ, tag = P.peek_header(frame)
+        size, typ, tag = _HDR(frame, 0)       # the loop checked that it has a header
         dialect = self.dialect or V9P2000L
         try:
             msg = P.decode(frame, dialect)
@@ -434,6 +595,7 @@ class Transport:
         if typ == _TFLUSH:
             req = Request(tag, msg, 0)
             self.inflight[tag] = req
+            self._guard.requests += 1
             req.greenlet = gevent.spawn(self.h_Tflush, req)
             return
         if typ in self.INLINE and self.inline_ok(typ, msg):
@@ -445,6 +607,9 @@ class Transport:
             size = 0
         req = Request(tag, msg, size)
         self.inflight[tag] = req
+        self._guard.requests += 1
+        if typ in self.POSTED and self._start_posted(req):
+            return
         req.greenlet = gevent.spawn(self._run, req, handler)
 
     def _forget(self, req):
@@ -454,6 +619,10 @@ class Transport:
             return False
         del self.inflight[req.tag]
         self._held -= req.size
+        g = self._guard
+        g.requests -= 1
+        if g.full and g.requests <= g.low:
+            g.drain()
         room = self._room
         if room is not None:
             room.set()
@@ -473,6 +642,37 @@ class Transport:
             self.send_error(tag, errno.EIO, "internal server error: %s" % ex)
             return
         self._reply(tag, reply)
+
+    def _start_posted(self, req):
+        """post_start(req): whether it was posted (or answered at once)."""
+        try:
+            cancel = self.post_start(req)
+        except OSError as ex:
+            self.posted_error(req, ex)
+            return True
+        except ProtocolError as ex:
+            self.posted_error(req, OSError(errno.EINVAL, str(ex)))
+            return True
+        except Exception as ex:
+            _internal_error(req.msg, ex)
+            self.posted_error(req, OSError(errno.EIO, "internal server error: %s" % ex))
+            return True
+        if cancel is None:
+            return False
+        if req.ending is None and self.inflight.get(req.tag) is req:
+            req.cancel = cancel         # not answered yet
+        return True
+
+    def posted_reply(self, req, reply):
+        """The reply of a posted request (as a handler's)."""
+        if req.ending is None and self._forget(req):
+            self._reply(req.tag, reply)
+
+    def posted_error(self, req, ex):
+        """A posted request failed with ex (an OSError)."""
+        if req.ending is None and self._forget(req):
+            self.send_error(req.tag, getattr(ex, "errno", None) or errno.EIO,
+                            getattr(ex, "strerror", None) or str(ex))
 
     def _run(self, req, handler):
         try:
@@ -536,6 +736,14 @@ class Transport:
                 if done and wait:
                     _pause()
                 batch = mine[done:done + KILL_BATCH]
+                for r in batch:
+                    cancel = r.cancel
+                    if cancel is not None:     # posted: no greenlet, its request stops
+                        r.cancel = None
+                        try:
+                            cancel()
+                        except Exception:
+                            pass
                 gs = [r.greenlet for r in batch if r.greenlet is not None and r.greenlet is not me]
                 if gs:
                     gevent.killall(gs, block=wait)
@@ -574,6 +782,20 @@ class Transport:
         Concurrent senders are combined into one write."""
         if self.closed:
             return
+        raw = self._raw
+        if raw is not None and data.__class__ is bytes and not self._writing and \
+                not self._out:
+            # nothing queued before it: straight out (the common case of one reply)
+            try:
+                n = raw.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError:
+                self.shutdown()
+                return
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
         if data.__class__ is list:
             self._out.extend(data)
         else:
@@ -581,23 +803,61 @@ class Transport:
         if self._writing:
             return
         self._writing = True
+        self._write_out()
+
+    def _write_out(self):
+        """Write what is queued (_writing is set).  In the hub (the reader parked
+        answers there), where nothing may wait, what the socket does not take at once is
+        left to a greenlet (_drain), and _writing stays set until it has gone: replies
+        keep their order."""
+        handed = False
         try:
             while self._out:
                 out = self._out
                 self._out = []
                 if len(out) == 1:
-                    self._send_all(out[0])
+                    rest = self._send_all(out[0])
                 elif len(out) <= 64 and sum(map(len, out)) > 32768:
                     # large payloads: no copy into one buffer
-                    (self._send_parts if self.tls else self._sendv)(out)
+                    if self.tls:
+                        rest = out if gevent.getcurrent() is self._hub else \
+                            self._send_parts(out)
+                    else:
+                        rest = self._sendv(out)
                 else:
-                    self._send_all(b"".join(out))
+                    rest = self._send_all(b"".join(out))
+                if rest is not None:
+                    self._out[:0] = rest if rest.__class__ is list else [rest]
+                    if self._draining is None:
+                        self._draining = Event()
+                    gevent.spawn(self._drain)
+                    handed = True
+                    return
         except OSError:
             self._out = []
             self.shutdown()
         finally:
-            self._writing = False
+            if not handed:
+                self._writing = False
+
+    def _drain(self):
+        """What the hub could not write without waiting (_write_out), in a greenlet;
+        then the reader may go on (_wait_drain)."""
+        try:
+            if self.closed:
+                self._out = []
+                self._writing = False
+                return
+            self._write_out()
+        finally:
+            drained = self._draining
+            if drained is not None and not self._writing:
+                self._draining = None
+                drained.set()
+
     def _send_all(self, data):
+        """Send data; None once sent.  In the hub what the socket does not take at once
+        is returned instead."""
         raw = self._raw
         if raw is not None:
             try:
@@ -605,9 +865,12 @@ class Transport:
             except BlockingIOError:
                 n = 0
             if n == len(data):
-                return
+                return None
             data = memoryview(data)[n:]
+        if gevent.getcurrent() is self._hub:
+            return data
         self.sock.sendall(data)
+        return None
 
     def _send_parts(self, bufs):
         """_sendv for a TLS link (where sendmsg would bypass the encryption): small parts
@@ -626,10 +889,18 @@ class Transport:
             sendall(b"".join(small))
 
     def _sendv(self, bufs):
+        """sendmsg of the parts; None once sent (in the hub: the parts the socket did not
+        take at once, returned)."""
         bufs = [memoryview(b).cast("B") for b in bufs]
         sock = self.sock
+        if gevent.getcurrent() is self._hub:
+            if self._raw is None:
+                return bufs
+            sock = _NoWait(self._raw)
         while bufs:
             n = sock.sendmsg(bufs)
+            if n is None:
+                return bufs
             while n:
                 b = bufs[0]
                 if n >= len(b):

@@ -208,7 +208,8 @@ class Server:
             sock.settimeout(TLS_HANDSHAKE_TIMEOUT)
             sock = self.tls.wrap_socket(sock, server_side=True)
         except OSError as ex:
-            log.warning("refused %s: TLS handshake: %s", address, ex)
+            self.guard.log.hit("tls", "refused %s: TLS handshake: %s", address, ex,
+                               peer=address[0] if isinstance(address, tuple) else None)
             sock.close()
             return None
         sock.settimeout(None)
@@ -220,6 +221,8 @@ class Connection(Dialect9P2000, Transport):
     (Transport: the socket loop and requests in flight; Dialect9P2000: 9P2000 and .u)."""
 
     INLINE = _INLINE
+    #: reads of a node that can post (a mux's remote node) go out without a greenlet
+    POSTED = frozenset((P.BY_NAME["Tread"].mtype,))
 
     def __init__(self, server, sock, address):
         Transport.__init__(self, server, sock, address)
@@ -231,6 +234,32 @@ class Connection(Dialect9P2000, Transport):
             return False
         # one that lets go of a node must first end the others on its fid: in a greenlet
         return not (self.inflight and typ in _LETS_GO and self._users(msg.fid, msg))
+
+    def post_start(self, req):
+        """A Tread of an open file whose node can post (Node.can_post: a mux forwards it
+        to its child) is posted: no greenlet waits for the child's answer.  Anything
+        else (and every error) is left to h_Tread, in a greenlet."""
+        m = req.msg
+        f = self.fids.get(m.fid)
+        if f is None or not f.open or f.xattr is not None or f.is_dir or \
+                f.omode == P.L_O_WRONLY or not f.node.can_post:
+            return None
+        count = m.count
+        if count > self.iounit:
+            count = self.iounit
+        tag = m.tag
+
+        def done(data, exc):
+            if exc is not None:
+                self.posted_error(req, exc)
+                return
+            n = len(data)
+            if n > count:
+                data = data[:count]
+                n = count
+            hdr = _RREAD.pack(11 + n, 117, tag, n)
+            self.posted_reply(req, [hdr, data] if n > 256 else hdr + data)
+        return f.node.post_read(m.offset, count, done)
 
     def reset_session(self):
         fids = list(self.fids.values())

@@ -9,9 +9,20 @@ not attached in time (on a server that requires authentication) or hold a
 half-received frame too long.  A connection it closes is only shut (nine.server.conn's
 Transport.shutdown): its own greenlet then ends what it had in flight.
 
-RateLog: the log lines of refusals, which come in floods: the first of each kind at
-once, then at most one every LOG_EVERY seconds that says how many more there were (the
-sweeper also runs while such lines are held back, to write them).
+Requests in flight on all connections (Limits.requests_total): the connections count
+them in `requests`; at the limit the guard is `full` and every connection that holds
+REQUESTS_RESERVE or more is not read (backpressure, as for the per-connection limit)
+until the total is back under REQUESTS_LOW of the limit, when they are all woken at
+once (a low-water mark: one wake-up per connection for many requests ended, and no
+connection starved by others taking each freed place).  Connections that hold fewer
+are still read: a well-behaved client is served whatever the others hold.
+
+overdue(): whether long loops should pause now (SLICE: fairness between the clients).
+
+RateLog: the log lines of refusals, which come in floods: the first of each kind and
+peer address at once, then at most one every LOG_EVERY seconds that says how many more
+were suppressed (the sweeper also runs while such lines are held back, to write them).
+The authentication gate (nine.auth.gate) logs its refusals through it too.
 
 Acceptor: the accept loop of one listening socket (a gevent StreamServer) that survives
 running out of file descriptors: it then closes the SHED oldest connections that have
@@ -22,6 +33,7 @@ as soon as descriptors are free again), logging once.
 """
 
 import errno
+import gc
 import heapq
 import logging
 import os
@@ -32,36 +44,83 @@ import time
 import gevent
 from gevent.server import StreamServer
 
+from .limits import REQUESTS_LOW, REQUESTS_RESERVE
+
 log = logging.getLogger("nine.server")
 
-LOG_EVERY = 10.0        # seconds between two log lines of one kind
+LOG_EVERY = 10.0        # seconds between two log lines of one kind (and peer address)
+LOG_PEERS = 8           # addresses with log lines of their own, per kind (see RateLog)
 ACCEPT_PAUSE = 0.05     # seconds accept pauses when out of descriptors
 SHED_GRACE = 0.5        # seconds before an unattached connection may be closed to make room
+SHED_GRACE_FLOOD = 0.1  # the same when none is that old (a flood): the oldest still goes
+SWEEP_BATCH = 32        # connections the sweeper closes between two turns of the hub
 SHED = 16               # connections closed at once to make room (the newcomer needs files too)
 FD_RESERVE = 64         # descriptors never taken by connections: at least this, or 1/8th
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: seconds of work one turn of the hub may take before a long job (the sweeper closing
+#: many connections) lets it poll
+SLICE = 0.002
+#: how long such a job pauses (a timer: the hub polls and runs what came in first)
+NAP = 1e-6
+
+
+def settle():
+    """A server has started (its modules imported, its trees built): what it holds now
+    lives as long as it does, so the cyclic garbage collector's full collections, which
+    stop every client while they walk every object, need not walk it again and again
+    (gc.freeze: a full collection of a fresh server's ~20,000 objects takes tens of ms
+    on a loaded machine; it then walks only what came after)."""
+    gc.freeze()
+
+
+def overdue(slice=SLICE):
+    """Has the hub's current turn run for `slice` seconds since it last polled?  Long
+    loops ask every few items and, when so, gevent.sleep(NAP): the others' requests are
+    served, and the jobs take turns (each pause puts its job behind the others').
+    Unlike gevent.sleep(0) (a callback, run before the hub polls again, behind every
+    other job's), this bounds the work of all of them together between two polls."""
+    return time.time() - gevent.get_hub().loop.now() > slice
 
 
 class RateLog:
-    """Warnings that may come in floods, one line per kind and LOG_EVERY seconds: the
-    first at once; those within LOG_EVERY seconds of the last line are counted and the
-    last of them logged later (by the next one after the interval, or flush()) with
-    their number."""
+    """Warnings that may come in floods: one line per kind and peer address every
+    LOG_EVERY seconds.  The first at once; those within LOG_EVERY seconds of the last
+    line are counted, and the last of them is logged later (by the next one after the
+    interval, or flush()) with how many were suppressed.  A kind has its own line for at
+    most LOG_PEERS addresses at once: those beyond share one line (an attack from many
+    addresses still writes a few lines per interval, not one per address).  Records of
+    quiet kinds and addresses are dropped by flush() (memory stays bounded)."""
 
-    def __init__(self, every=LOG_EVERY, on_hold=None):
+    def __init__(self, every=LOG_EVERY, on_hold=None, peers=None):
         self.every = every
         self.on_hold = on_hold  # called when a line is held back (to have flush() called)
-        self._kinds = {}        # kind -> [time of its last line, held back, last held back]
+        self.peers = LOG_PEERS if peers is None else peers
+        self._kinds = {}        # key -> [time of its last line, held back, last held back]
+        self._npeers = {}       # kind -> addresses with a key of their own
 
-    def hit(self, kind, fmt, *args):
+    def _key(self, kind, peer):
+        if peer is None:
+            return kind
+        key = (kind, peer)
+        if key not in self._kinds:
+            n = self._npeers.get(kind, 0)
+            if n >= self.peers:
+                return (kind, None)             # the other addresses, together
+            self._npeers[kind] = n + 1
+        return key
+
+    def hit(self, kind, fmt, *args, peer=None, logger=None):
+        """A refusal of this kind (from peer, an address: None for a server-wide kind),
+        logged to logger (default: nine.server's)."""
         now = time.monotonic()
-        k = self._kinds.get(kind)
+        key = self._key(kind, peer)
+        k = self._kinds.get(key)
         if k is None or not k[1] and now - k[0] >= self.every:
-            self._kinds[kind] = [now, 0, None]
-            log.warning(fmt, *args)
+            self._kinds[key] = [now, 0, None]
+            (logger or log).warning(fmt, *args)
             return
         k[1] += 1
-        k[2] = (fmt, args)
+        k[2] = (fmt, args, logger or log)
         if now - k[0] >= self.every:
             self._flush(k, now)
         elif self.on_hold is not None:
@@ -72,16 +131,29 @@ class RateLog:
         return any(k[1] for k in self._kinds.values())
 
     def flush(self):
-        """Log the kinds held back for LOG_EVERY seconds now."""
+        """Log the lines held back for LOG_EVERY seconds now; forget the kinds and
+        addresses quiet for as long."""
         now = time.monotonic()
-        for k in self._kinds.values():
-            if k[1] and now - k[0] >= self.every:
+        for key, k in list(self._kinds.items()):
+            if now - k[0] < self.every:
+                continue
+            if k[1]:
                 self._flush(k, now)
+            else:
+                del self._kinds[key]
+                if isinstance(key, tuple) and key[1] is not None:
+                    kind = key[0]
+                    n = self._npeers[kind] - 1
+                    if n:
+                        self._npeers[kind] = n
+                    else:
+                        del self._npeers[kind]
 
     @staticmethod
     def _flush(k, now):
-        fmt, args = k[2]
-        log.warning(fmt + " (%d such in the last %.0f s)", *args, k[1], now - k[0])
+        fmt, args, logger = k[2]
+        logger.warning(fmt + " (%d more suppressed in the last %.0f s)", *args, k[1],
+                       now - k[0])
         k[:] = [now, 0, None]
 
 
@@ -113,6 +185,12 @@ class Guard:
         self.server = server
         self.count = 0
         self.peers = {}         # peer address -> connections open
+        #: requests in flight on all connections (nine.server.conn counts them)
+        self.requests = 0
+        #: at Limits.requests_total: connections holding REQUESTS_RESERVE are not read
+        self.full = False
+        self.low = 0            # where full ends (set with it)
+        self.waiting = {}       # connection -> the Event its reader waits on while full
         self.log = RateLog(on_hold=self._wake)
         self._sweeper = None
         self._stopped = False
@@ -123,15 +201,17 @@ class Guard:
         peer = _peer(address)
         if lim.connections and self.count >= lim.connections:
             self.log.hit("connections", "refused a connection from %s: %d connections open, "
-                         "the limit (--max-connections)", peer or "a local peer", self.count)
+                         "the limit (--max-connections)", peer or "a local peer", self.count,
+                         peer=peer)
         elif peer is not None and lim.per_peer and self.peers.get(peer, 0) >= lim.per_peer:
             self.log.hit("per_peer", "refused a connection from %s: %d connections open from "
-                         "there, the limit (--max-per-peer)", peer, lim.per_peer)
-        elif self.count >= _descriptor_room() and not self.shed(1):
+                         "there, the limit (--max-per-peer)", peer, lim.per_peer, peer=peer)
+        elif self.count >= _descriptor_room() and not self.shed(1) and \
+                not self.shed(1, SHED_GRACE_FLOOD):
             self.log.hit("descriptors", "refused a connection from %s: %d connections open, "
                          "all that the descriptors leave room for (ulimit -n %d)",
                          peer or "a local peer", self.count,
-                         resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+                         resource.getrlimit(resource.RLIMIT_NOFILE)[0], peer=peer)
         else:
             self.count += 1
             if peer is not None:
@@ -154,6 +234,27 @@ class Guard:
                 self.peers[peer] = n
             else:
                 del self.peers[peer]
+
+    # --- requests in flight on all connections ---------------------------------------
+    def fill(self, total):
+        """A connection found `requests` at the server-wide limit (total): the guard is
+        full until they are back under REQUESTS_LOW of it (logged).  True."""
+        self.full = True
+        self.low = int(total * REQUESTS_LOW)
+        self.log.hit("requests_total", "%d requests in flight on all connections, the "
+                     "limit (--max-requests-total): connections that hold %d or more are "
+                     "not read until %d have ended", self.requests, REQUESTS_RESERVE,
+                     self.requests - self.low)
+        return True
+
+    def drain(self):
+        """The requests in flight are back under the low-water mark: wake every reader
+        that waited for it."""
+        self.full = False
+        waiting = list(self.waiting.values())
+        self.waiting.clear()
+        for room in waiting:
+            room.set()
 
     def stop(self):
         """The server stops: so does the sweeper."""
@@ -182,26 +283,37 @@ class Guard:
         at = lim.attach_timeout if self.server.gate is not None else 0
         ft = lim.frame_timeout
         now = time.monotonic()
+        shut = 0
         for c in list(self.server.conns):
             if c.closed:
                 continue
+            if overdue() or shut == SWEEP_BATCH:
+                # (each connection shut ends in its own greenlet, run before the
+                # sweeper's turn comes again: a batch of them at a time)
+                gevent.sleep(NAP)
+                shut = 0
+                if c.closed:
+                    continue
             if at and not c.attached and now - c.born > at:
                 self.log.hit("attach_timeout", "closed the connection of %s: not attached "
-                             "after %g s (--attach-timeout)", c.address, at)
+                             "after %g s (--attach-timeout)", c.address, at,
+                             peer=_peer(c.address))
                 c.shutdown()
+                shut += 1
                 continue
             since = c.since
             if ft and since is not None and now - since > ft:
                 self.log.hit("frame_timeout", "closed the connection of %s: a frame begun "
                              "%.0f s ago has not arrived whole (--frame-timeout)",
-                             c.address, now - since)
+                             c.address, now - since, peer=_peer(c.address))
                 c.shutdown()
+                shut += 1
         self.log.flush()
 
-    def shed(self, n=SHED):
+    def shed(self, n=SHED, grace=SHED_GRACE):
         """Out of descriptors: shut the n connections that have gone longest without
-        attaching, of those that have for SHED_GRACE seconds or more; how many."""
-        old = time.monotonic() - SHED_GRACE
+        attaching, of those that have for `grace` seconds or more; how many."""
+        old = time.monotonic() - grace
         idle = [c for c in self.server.conns if not c.attached and not c.closed and
                 c.born <= old]
         victims = heapq.nsmallest(n, idle, key=lambda c: c.born)

@@ -10,6 +10,9 @@ What hitting each one does:
   connections, per_peer   the new connection is closed at once (before Tversion)
   fids                    the request that would make one more fails with EMFILE
   requests                the connection is not read until one ends (backpressure)
+  requests_total          connections that hold REQUESTS_RESERVE requests or more are
+                          not read until the total is back under REQUESTS_LOW of it
+                          (backpressure; the others are still read)
   attach_timeout          a connection that has not attached by then is closed (on a
                           server that requires authentication)
   frame_timeout           a connection whose frame has begun but not arrived whole by
@@ -28,6 +31,13 @@ from dataclasses import dataclass
 #: the largest frame a connection may send before its Tversion (a Tversion is a few
 #: dozen bytes): a peer that has proven nothing gets nothing msize-sized
 PREVERSION_FRAME = 8192
+#: at the server-wide limit of requests in flight (Limits.requests_total), connections
+#: holding fewer than this many are still read: a client that waits for its answers is
+#: served whatever the others hold (so the total is at most requests_total plus
+#: REQUESTS_RESERVE per connection)
+REQUESTS_RESERVE = 8
+#: ... and the others are read again once the total is back under this part of the limit
+REQUESTS_LOW = 0.875
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,10 @@ class Limits:
     #: requests in flight on one connection; at the limit the connection is not read
     #: until one ends
     requests: int = 1024
+    #: requests in flight on all connections together (a blocked request holds its
+    #: greenlet, ~10 KB: the default bounds them to ~100 MB); at the limit the
+    #: connections that hold REQUESTS_RESERVE or more are not read until many end
+    requests_total: int = 8192
     #: seconds a connection has to attach (its first successful Tattach), where the
     #: server requires authentication (without it an attach proves nothing, and a
     #: mux's links to its children attach only once a user comes)
@@ -49,8 +63,8 @@ class Limits:
     frame_timeout: float = 30.0
 
     def __post_init__(self):
-        for name in ("connections", "per_peer", "fids", "requests", "attach_timeout",
-                     "frame_timeout"):
+        for name in ("connections", "per_peer", "fids", "requests", "requests_total",
+                     "attach_timeout", "frame_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError("limit %s: %r is negative (0: no limit)"
                                  % (name, getattr(self, name)))
