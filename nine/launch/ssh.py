@@ -49,6 +49,7 @@ reports what still runs.
 """
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -58,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from .topology import FINAL_LEAF_MUX, FINAL_UP, Topology
 
 DEFAULT_PORT = 5640
+log = logging.getLogger("nine.launch")
 #: the key of this machine in a ClusterShell task (never a host name)
 LOCAL = "(local)"
 #: what of a Topology the state file keeps (what starting a server again needs)
@@ -372,7 +374,11 @@ class SshTree:
             if not batch:
                 continue
             self._save()            # before: an interrupted start can be taken down
+            t0 = time.monotonic()
             self._start_batch(batch, addrs)
+            log.info("launch: level %d: %d %s on %d hosts in %.3f s", level, len(batch),
+                     batch[0].kind, len({m.host for m in batch}), time.monotonic() - t0)
+        t0 = time.monotonic()
         root = self.members[-1]
         if in_process:
             self._build_root(root, addrs)
@@ -380,6 +386,7 @@ class SshTree:
             self.address = root.address
         self._save()
         self._wait_root()
+        log.info("launch: the root answers after %.3f s more", time.monotonic() - t0)
         return self.address
 
     def _start_batch(self, batch, addrs):
@@ -591,17 +598,30 @@ class SshTree:
 #: sh: `stop STEM` stops the daemon of pid file $d/STEM.pid: every process whose command
 #: line names that file (the daemon, and its starter while it starts: never a process
 #: that reused a pid), SIGTERM first and SIGKILL after %d tenths of seconds; it says
-#: nine-stopped STEM PIDS, nine-gone STEM (none ran) or nine-left STEM PIDS
+#: nine-stopped STEM PIDS, nine-gone STEM (none ran) or nine-left STEM PIDS.  The process
+#: the pid file names is checked first (its /proc/PID/cmdline); only without one that
+#: names the file is the process table listed (`ps`, which on a loaded host with many
+#: processes costs far more than the stop itself), and once more to confirm at the end.
 _STOP = r'''ours() {
+  q=$(cat "$d/$1.pid" 2>/dev/null)
+  case "$q" in
+    ''|*[!0-9]*) ;;
+    *) if tr '\0' ' ' < "/proc/$q/cmdline" 2>/dev/null | grep -qF -- "--pid-file $d/$1.pid "
+       then echo "$q"; return; fi ;;
+  esac
   ps -eo pid=,args= | F="--pid-file $d/$1.pid " awk 'index($0, ENVIRON["F"]) { print $1 }'
+}
+live() {
+  for q in "$@"; do kill -0 "$q" 2>/dev/null && return 0; done
+  return 1
 }
 stop() {
   p=$(ours "$1")
   if [ -z "$p" ]; then echo "nine-gone $1"; rm -f "$d/$1.addr" "$d/$1.pid"; return; fi
   kill $p 2>/dev/null
   i=0
-  while [ -n "$(ours "$1")" ] && [ $i -lt %d ]; do sleep 0.1; i=$((i+1)); done
-  [ -z "$(ours "$1")" ] || { kill -9 $(ours "$1") 2>/dev/null; sleep 0.2; }
+  while live $p && [ $i -lt %d ]; do sleep 0.1; i=$((i+1)); done
+  live $p && { kill -9 $p 2>/dev/null; sleep 0.2; }
   left=$(ours "$1")
   if [ -n "$left" ]; then echo "nine-left $1" $left; return; fi
   echo "nine-stopped $1" $p
