@@ -107,25 +107,32 @@ class Folder:
     """--fold: lines held for `window` seconds from their first arrival, each printed
     once for every host that sent it meanwhile (a host that sends it again opens a new
     window).  A line that every followed host has sent (expected(): the hosts not gone)
-    needs no more waiting: it is printed at once, in order (a line held before it, still
-    waiting for hosts, holds it back, so that no host's lines are reordered)."""
+    needs no more waiting: it is printed at once, in order.  Entries print oldest first,
+    and a host joins an entry only if it is newer than the host's own latest entry, so
+    that no host's lines are ever reordered (a line still waiting holds back the later
+    ones)."""
 
     def __init__(self, window, write, expected=None):
         self.window = window
         self.write = write
         self.expected = expected
-        self.pending = []         # [first arrival, line, hosts, complete], oldest first
+        self.pending = []         # [first arrival, line, hosts, complete, seq], oldest first
         self.by_line = {}         # line -> its pending entries
+        self.seq = 0
+        self.last = {}            # host -> seq of its latest entry
 
     def add(self, host, line, now):
+        after = self.last.get(host, 0)
         for e in self.by_line.get(line, ()):
-            if host not in e[2]:
+            if host not in e[2] and e[4] > after:
                 e[2].add(host)
                 break
         else:
-            e = [now, line, {host}, False]
+            self.seq += 1
+            e = [now, line, {host}, False, self.seq]
             self.pending.append(e)
             self.by_line.setdefault(line, []).append(e)
+        self.last[host] = e[4]
         if self.expected is not None and not e[3]:
             want = self.expected()
             e[3] = bool(want) and e[2] >= want
@@ -135,12 +142,12 @@ class Folder:
         of them)."""
         while self.pending and (now is None or self.pending[0][3]
                                 or now - self.pending[0][0] >= self.window):
-            t0, line, hosts, _ = self.pending.pop(0)
-            same = self.by_line[line]
-            same.pop(0)
+            e = self.pending.pop(0)
+            same = self.by_line[e[1]]
+            same.remove(e)
             if not same:
-                del self.by_line[line]
-            self.write(headline(hosts).encode() + b": " + line + b"\n")
+                del self.by_line[e[1]]
+            self.write(headline(e[2]).encode() + b": " + e[1] + b"\n")
 
 
 class Tail:
