@@ -163,9 +163,9 @@ class GroupHandle:
             self.send(lines)
         self.sent = want
 
-    def read(self, agg, timeout=None):
-        """One merged partial result for all members: a read at offset 0 runs the group
-        read; a full-size answer is continued at later offsets."""
+    def _read_partial(self, timeout):
+        """The partial file read at offset 0 (which runs the group read, or waits for a
+        batch) and, while the answers are full-size, on at the following offsets."""
         iou = self.iounit
         data = self.partial.read(0, iou, timeout=timeout)
         if len(data) == iou:
@@ -178,23 +178,15 @@ class GroupHandle:
                 if len(more) < iou:
                     break
             data = b"".join(parts)
-        return agg.decode(data)
+        return data
+
+    def read(self, agg, timeout=None):
+        """One merged partial result for all members."""
+        return agg.decode(self._read_partial(timeout))
 
     def next_batch(self, agg, timeout=None):
-        """sync nowait: the next batch (blocks until there is one); None at the end.  A
-        batch larger than a read is read on at the following offsets."""
-        iou = self.iounit
-        data = self.partial.read(0, iou, timeout=timeout)
-        if len(data) == iou:
-            parts = [data]
-            off = len(data)
-            while True:
-                more = self.partial.read(off, iou, timeout=timeout)
-                parts.append(more)
-                off += len(more)
-                if len(more) < iou:
-                    break
-            data = b"".join(parts)
+        """sync nowait: the next batch (blocks until there is one); None at the end."""
+        data = self._read_partial(timeout)
         return agg.decode(data) if data else None
 
     def write(self, offset, data, timeout=None):
