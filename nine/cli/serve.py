@@ -194,9 +194,6 @@ def _tree_on_hosts(args, topo):
     import signal
     import time
     from ..launch.ssh import CHECKOUT, LaunchError, SshTree
-
-    def interrupt(*_):
-        raise KeyboardInterrupt
     try:
         tree = SshTree([h for h, _ in topo.leaves], topology=topo,
                        ssh_options=args.ssh_options, ssh_fanout=args.ssh_fanout,
@@ -208,7 +205,10 @@ def _tree_on_hosts(args, topo):
                        if args.root_host and args.listen else 0, root_daemon=args.daemon)
     except ValueError as ex:
         _die(str(ex), 2)
-    signal.signal(signal.SIGTERM, interrupt)    # while starting: stop what started
+    # while starting, Ctrl-C or SIGTERM stops what started: counted here, acted on by the
+    # launcher where it is safe (SshTree.interrupt); a second one kills the starts under way
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: tree.interrupt())
     up = False
     watcher = None
     try:
@@ -227,15 +227,22 @@ def _tree_on_hosts(args, topo):
             print("%-18s `nine tree watch --state %s` adopts its lost muxes" % (
                 "watch:", tree.state_file))
             sys.stdout.flush()
+            tree._check()
             up = True
             return 0
         if not args.once:
             if args.adopt:
                 watcher = _watch(tree, args)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            tree._check()       # (one that came after start() looked)
             sys.stdout.flush()
             _serve_forever()
         return 0
+    except KeyboardInterrupt:
+        if tree.interrupted:
+            sys.stderr.write("nine: interrupted: stopping what started\n")
+        raise
     except LaunchError as ex:
         sys.stderr.write("nine: %s\n" % ex)
         return 1

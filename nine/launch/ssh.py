@@ -211,6 +211,7 @@ class SshTree:
         self.launcher = None        # this process's pid while it holds the root
         self.watcher = None         # the pid of the process that watches the tree
         self.recorded = False       # whether the state file is this tree's
+        self.interrupted = 0        # interrupt()s while starting
 
     # -- the state file ------------------------------------------------------------
 
@@ -261,24 +262,44 @@ class SshTree:
 
     # -- running commands on hosts -------------------------------------------------
 
-    def _run(self, scripts, timeout):
+    def _run(self, scripts, timeout, interruptible=False):
         """Run sh scripts {host or None (this machine): text} at once (ClusterShell);
-        returns {host: (status or None after the timeout, stdout, stderr)}."""
+        returns {host: (status or None after the timeout, stdout, stderr)}.
+        The scripts run in a session of their own (setsid), so that a Ctrl-C at the
+        terminal reaches this process only: a start script that ssh's death cut halfway
+        would leave a server that no state records.  interruptible (starting): after
+        interrupt() the scripts still end (what they start is then recorded, to be
+        stopped); after a second one they are killed.  Nothing is raised from inside
+        ClusterShell's loop (an exception there can leave its task unusable): the
+        caller checks `interrupted` once this returns."""
+        from ClusterShell.Event import EventHandler
         from ClusterShell.Task import task_self
+        tree = self
+
+        class Interrupt(EventHandler):
+            def ev_timer(self, timer):
+                if tree.interrupted > 1:
+                    timer.task.abort(kill=True)
         task = task_self()
-        if self.ssh_options:
-            task.set_info("ssh_options", self.ssh_options)
-        if self.ssh_fanout:
-            task.set_info("fanout", self.ssh_fanout)
-        if self.connect_timeout:
-            task.set_info("connect_timeout", self.connect_timeout)
-        for host, script in scripts.items():
-            if host is None:
-                task.shell(script, key=LOCAL, stderr=True, timeout=timeout, stdin=False)
-            else:           # the login shell may be any: sh runs the script
-                task.shell("cd && exec sh -c %s" % shlex.quote(script), nodes=host,
-                           stderr=True, timeout=timeout, stdin=False, tree=False)
         try:
+            if self.ssh_options:
+                task.set_info("ssh_options", self.ssh_options)
+            if self.ssh_fanout:
+                task.set_info("fanout", self.ssh_fanout)
+            if self.connect_timeout:
+                task.set_info("connect_timeout", self.connect_timeout)
+            ssh = task.info("ssh_path") or "ssh"
+            if not ssh.startswith("setsid "):
+                task.set_info("ssh_path", "setsid " + ssh)
+            for host, script in scripts.items():
+                if host is None:
+                    task.shell("exec setsid sh -c %s" % shlex.quote(script), key=LOCAL,
+                               stderr=True, timeout=timeout, stdin=False)
+                else:           # the login shell may be any: sh runs the script
+                    task.shell("cd && exec sh -c %s" % shlex.quote(script), nodes=host,
+                               stderr=True, timeout=timeout, stdin=False, tree=False)
+            if interruptible:
+                task.timer(0.1, Interrupt(), interval=0.1, autoclose=True)
             task.resume()
         except BaseException:
             task.abort(kill=True)
@@ -293,6 +314,16 @@ class SshTree:
             out[host] = (rc, task.key_buffer(key).decode(errors="replace"),
                          task.key_error(key).decode(errors="replace"))
         return out
+
+    def interrupt(self):
+        """Ask start() or copy_key() to stop (from a signal handler: it only counts):
+        they raise KeyboardInterrupt at their next safe point, with every server that
+        started recorded, for down().  See _run."""
+        self.interrupted += 1
+
+    def _check(self):
+        if self.interrupted:
+            raise KeyboardInterrupt
 
     def _dir(self, host):
         """The shell word of host's directory of pid, log and address files."""
@@ -374,6 +405,7 @@ class SshTree:
             if not batch:
                 continue
             self._save()            # before: an interrupted start can be taken down
+            self._check()
             t0 = time.monotonic()
             self._start_batch(batch, addrs)
             log.info("launch: level %d: %d %s on %d hosts in %.3f s", level, len(batch),
@@ -385,6 +417,7 @@ class SshTree:
         else:
             self.address = root.address
         self._save()
+        self._check()
         self._wait_root()
         log.info("launch: the root answers after %.3f s more", time.monotonic() - t0)
         return self.address
@@ -394,7 +427,7 @@ class SshTree:
         for m in batch:
             scripts.setdefault(m.host, self._header(m.host))
             scripts[m.host] += self._start_script(m, addrs)
-        results = self._run(scripts, self.start_timeout)
+        results = self._run(scripts, self.start_timeout, interruptible=True)
         started, refused = {}, set()
         for host, (rc, out, err) in results.items():
             if rc == 255 and not out:       # ssh reached no host: nothing ran there
@@ -417,6 +450,9 @@ class SshTree:
             if m.host:              # (its files' paths name it)
                 why = why.replace("/%s/" % m.host, "/%h/")
             failed.setdefault(why, []).append(m.name)
+        if self.interrupted:
+            self._save()            # what started is recorded: down() stops it
+            raise KeyboardInterrupt
         if failed:
             from ClusterShell.NodeSet import NodeSet
             # what its starter says did not start, or what ssh did not reach, does not
@@ -450,6 +486,7 @@ class SshTree:
         from ..client import Client
         deadline = time.monotonic() + self.start_timeout
         while True:
+            self._check()
             try:
                 Client(self.address, connect_timeout=5).close()
                 return
@@ -488,7 +525,8 @@ class SshTree:
             digest = hashlib.sha256(f.read()).hexdigest()
         q = shlex.quote(path)
         have = self._run({h: "sha256sum %s 2>/dev/null" % q for h in self.hosts},
-                         self.start_timeout)
+                         self.start_timeout, interruptible=True)
+        self._check()
         bad = ["%s: %s" % (h, err.strip() or "no answer")
                for h, (rc, _, err) in have.items() if rc in (None, 255)]
         need = [h for h, (rc, out, _) in have.items()
