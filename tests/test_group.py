@@ -20,6 +20,7 @@ import gevent
 import pytest
 
 from nine.client import Client, NineError
+from nine.netwait import scaled
 from nine.group import aggregate as A
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -469,6 +470,41 @@ def test_nowait_stream_goes_on_after_a_leaf_restarts(world):
         more += [x for x in next(s).decode().splitlines() if not x.startswith("errors:")]
     assert sorted(more) == ["n1: after restart", "n1: while down", "n3: others go on"]
     assert time.monotonic() - t0 < 15
+    g.close()
+    c.close()
+
+
+def test_stream_reopens_a_member_as_soon_as_its_child_reconnects(world, monkeypatch):
+    """The member of a leaf that went away is opened again when the mux's link to the
+    leaf is up again (Remote.wait_up), not at the next repair interval: with that
+    interval made 120 s, the leaf's lines still come within seconds of its restart."""
+    import nine.group.execute as execute
+    monkeypatch.setattr(execute, "REPAIR_EVERY", 120.0)
+    logs = {i: bytearray(b"start %d\n" % i) for i in range(2)}
+
+    def files(i):
+        return [File("log", pread=lambda ctx, off, count, i=i: bytes(logs[i][off:off + count]),
+                     blocking=False)]
+    t = world(lambda: build_tree({"n%d" % i: files(i) for i in range(2)}, fanout=2))
+    c = Client(t["addr"])
+    g = c.gopen(None, "r", members=members(2, "log"), sync="nowait")
+    s = g.stream(timeout=60)
+    lines = []
+    while len(lines) < 2:
+        lines += next(s).decode().splitlines()
+    srv, addr = t["leaves"]["n1"]
+    world.last.call(srv.stop)
+    got = []
+    while not any(x.startswith("errors: n1") for x in got):
+        got += next(s).decode().splitlines()
+    logs[1] += b"while down\n"
+    t0 = time.monotonic()
+    world.last.call(lambda: srv.listen(addr))
+    more = []
+    while not more:
+        more += [x for x in next(s).decode().splitlines() if not x.startswith("errors:")]
+    assert more == ["n1: while down"]
+    assert time.monotonic() - t0 < min(scaled(10), 60)
     g.close()
     c.close()
 

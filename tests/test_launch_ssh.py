@@ -88,7 +88,10 @@ def test_automatic_placement():
     for m in ms:
         levels.setdefault(m.level, []).append(m)
     assert [len(levels[k]) for k in sorted(levels)] == [64, 16, 4, 1]
-    assert [m.host for m in levels[2]] == ["n0", "n16", "n32", "n48"]
+    # each mux on its own host: the first under it that runs no mux yet
+    assert [m.host for m in levels[1]] == ["n%d" % i for i in range(0, 64, 4)]
+    assert [m.host for m in levels[2]] == ["n1", "n17", "n33", "n49"]
+    assert len({m.host for m in ms if m.kind == "mux"}) == 20
     assert ms[-1].host == "n7" and ms[-1].children == [m.name for m in levels[2]]
     assert [m.kind for m in place(hosts[:3], 4)] == ["leaf"] * 3 + ["root"]
 

@@ -196,13 +196,7 @@ class GroupOpen(Placement):
             if not healable(e):
                 return
             node = held[0]
-            while True:
-                gevent.sleep(REPAIR_EVERY)
-                try:
-                    fresh = self.reopen(label)
-                    break
-                except Exception:
-                    continue
+            fresh = self._reopen_when_up(label, node)
             if self.local.get(label) is node:
                 self.local[label] = fresh
             try:
@@ -223,16 +217,29 @@ class GroupOpen(Placement):
             except Exception:
                 pass
 
+    def _reopen_when_up(self, label, node):
+        """The member opened again (Placement.reopen), once its child's link is up: at
+        once when the child reconnects (Remote.wait_up), else tried every REPAIR_EVERY s.
+        node: the member's node that failed (None: never opened), which names its
+        child."""
+        o = node.origin() if node is not None else None
+        remote = o[0] if o is not None else None
+        tried = False
+        while True:
+            if remote is not None and not remote.wait_up(0):
+                remote.wait_up(REPAIR_EVERY)
+            elif tried or remote is None:
+                gevent.sleep(REPAIR_EVERY)
+            tried = True
+            try:
+                return self.reopen(label)
+            except Exception:
+                continue
+
     def _follow_later(self, label, offset, agg, q):
         """A tail stream's member that could not be opened: opened every REPAIR_EVERY s
         until it opens, then followed."""
-        while True:
-            gevent.sleep(REPAIR_EVERY)
-            try:
-                node = self.reopen(label)
-                break
-            except Exception:
-                continue
+        node = self._reopen_when_up(label, None)
         self.openfail.pop(label, None)
         self.local[label] = node
         self._follow(label, node, offset, agg, q)

@@ -8,8 +8,8 @@ stop exactly that tree again, from the shell that started it or from another one
 Placement: one leaf server per host, named after it (/nodes/HOST at the root), with
 the topology's leaf arguments, exporting the host's own topo.leaf_export directory
 (the same path on every host; /nodes/HOST/files at the root).  Muxes
-go automatically on the first host of each group of `fanout` children (the local
-tree's grouping, nine.launch.local), or where a topology file's [muxes] section puts
+go automatically over groups of `fanout` children (the local tree's grouping,
+nine.launch.local), each on the first host under it that runs no other mux, or where a topology file's [muxes] section puts
 them (NAME = HOST: CHILDREN, nine.launch.topology).  The root runs in the calling
 process (start() builds it and listens on topo.listen), or as a daemon on this machine
 (root_daemon: `nine mux --daemon`, listening on topo.listen), or on root_host.
@@ -116,17 +116,25 @@ def place(hosts, fanout, muxes=(), root_host=None):
         raise ValueError("a host is named twice")
     leaves = [Member(h, "leaf", h) for h in hosts]
     if not muxes:
+        # a mux runs on the first host under it that runs no mux yet: a host's link
+        # then carries one mux's copies (a pcp block goes out once per child), not those
+        # of a mux at every level, as when each mux took its first child's host
         out = list(leaves)
-        level = leaves
+        level = [(m, [m.host]) for m in leaves]     # (member, the hosts under it)
+        busy = set()
         while len(level) > fanout:
             nxt = []
             for i in range(0, len(level), fanout):
                 group = level[i:i + fanout]
-                nxt.append(Member("mux%d-%d" % (group[0].level + 1, i // fanout), "mux",
-                                  group[0].host, group[0].level + 1,
-                                  [c.name for c in group]))
-            out += nxt
+                under = [h for _, hs in group for h in hs]
+                host = next((h for h in under if h not in busy), under[0])
+                busy.add(host)
+                nxt.append((Member("mux%d-%d" % (group[0][0].level + 1, i // fanout), "mux",
+                                   host, group[0][0].level + 1,
+                                   [c.name for c, _ in group]), under))
+            out += [m for m, _ in nxt]
             level = nxt
+        level = [m for m, _ in level]
         out.append(Member("root", "root", root_host, level[0].level + 1,
                           [c.name for c in level]))
         return out

@@ -23,7 +23,7 @@ Child (a nine.server.node.Remote; its failures ChildDown and StaleNode are Unrea
   - when the connection dies, every outstanding request fails at once with
     ChildDown(EHOSTDOWN, "child NAME (ADDR) is down: REASON"); while down, requests fail
     at once the same way (no connect attempt per request); a background greenlet
-    reconnects with backoff (0.2 s doubling to 1 s) and the child comes back by itself.
+    reconnects with backoff (0.2 s, then every 0.5 s) and the child comes back by itself.
     A child never reached yet is tried in the foreground by the first request (and its
     concurrent companions wait for that one attempt, at most connect_timeout).
   - a child that stops answering (a stopped process, a wedged host that keeps its TCP
@@ -80,8 +80,8 @@ __all__ = ["Child", "ChildDown", "StaleNode", "DEFAULT_QIDMAP"]
 
 XATTR_REPLACE = 2
 BACKOFF_MIN = 0.2
-BACKOFF_MAX = 1.0           # a restarted leaf is followed on within about a second; a
-                            # refused connect costs little, so retrying each second is cheap
+BACKOFF_MAX = 0.5           # a restarted leaf is reached within half a second; a refused
+                            # connect costs a SYN and a RST: retrying twice a second is cheap
 #: seconds of silence, with requests outstanding, before a child is probed; as long again
 #: without an answer to the probe and it is hung
 HANG_TIMEOUT = 10.0
@@ -194,6 +194,7 @@ class Child(Remote):
         self._retry = None           # greenlet of the background reconnect loop
         self._next_retry = None      # time of the next background attempt
         self._wake = None            # wakes the reconnect loop early (retry_now)
+        self._up = Event()           # set while the state is "up" (wait_up)
 
     def __repr__(self):
         return "<Child %s %s %s>" % (self.name, self.addr, self.state)
@@ -231,6 +232,10 @@ class Child(Remote):
     def _set_state(self, state, error=None):
         if (state == "up") != (self.state == "up"):
             self.since = time.time()    # when it last came up or went down
+            if state == "up":
+                self._up.set()
+            else:
+                self._up.clear()
         self.state = state
         if error is not None:
             self.last_error = error
@@ -397,6 +402,12 @@ class Child(Remote):
                 self._retry = None
             self._next_retry = None
             self._wake = None
+
+    def wait_up(self, timeout):
+        """See Remote.wait_up: returns as soon as a reconnect succeeds."""
+        if self.closed:
+            return False
+        return self._up.wait(timeout)
 
     def retry_now(self):
         """Make the reconnect loop try at once (e.g. from a ctl file)."""

@@ -169,6 +169,13 @@ class Remote:
         EOPNOTSUPP when the child offers none.  May block (a network round trip)."""
         raise error(errno.EOPNOTSUPP)
 
+    def wait_up(self, timeout):
+        """Wait until the link to this backend is up (at once if it is), at most timeout
+        seconds; returns whether it is.  Blocks (a greenlet's wait): the group floor
+        calls it before it opens again a member whose child went away, so that a
+        restarted host is followed on as soon as it is reached."""
+        return True
+
 
 class Node:
     """Base class: every method raises EOPNOTSUPP unless a backend overrides it.
