@@ -501,83 +501,86 @@ def hosts_main(a, env):
             print("load: %s" % subprocess.run(["uptime"], capture_output=True,
                                               text=True).stdout.strip(), flush=True)
             leaves = {m.host: m for m in tree.members if m.kind == "leaf"}
-            print("\n(a) tail -f of /srv/data/log on %d hosts: %g lines/s per host for "
-                  "%g s" % (k, a.rate, a.seconds), flush=True)
-            nine = [sys.executable, "-m", "nine", "ptail", "-a", addr, "-f", "-n", "0"]
-            runs = [("ptail --fold 1", nine + ["--fold", "1", "log"], "node%d" % (k // 2)),
-                    ("ptail", nine + ["log"], "node%d" % max(1, k // 2 - 1))]
-            if shutil.which("clush"):
-                runs.append(("clush", ["clush", "-f", str(k), "-o", ssh_opts, "-w", nodes,
-                                       "tail", "-n", "0", "-f", "/srv/data/log"], None))
-            results = []
-            for name, argv, victim in runs:
-                m = leaves.get(victim)
-                if m is not None:
-                    m.restarted_at = None
-                results.append(hosts_tail_run(name, argv, cluster, tree, env, a, m,
-                                              nine=name != "clush"))
-            print("%-15s %9s %9s %9s %17s %8s %8s %8s %10s" % (
-                "tool", "median s", "p95 s", "max s", "printed/written", "root", "hosts",
-                "tool", "rx B/s"))
-            for r in results:
-                print("%-15s %9.3f %9.3f %9.3f %17s %8.3f %8.3f %8.3f %10d" % (
-                    r["name"], r["median"], r["p95"], r["max"],
-                    "%d/%d" % (r["printed"], r["expected"]), r["root"], r["hosts"],
-                    r["tool"], r["rx_per_s"]))
-            print("(CPU seconds per second of run; root: nine's root daemon, or clush "
-                  "itself; hosts: every process on the hosts; tool: ptail, or clush and "
-                  "its ssh;\n latency leaves out the killed host's lines written while it "
-                  "was down: see below)")
-            for r in results:
-                if "victim" in r:
-                    f = lambda x: "%.2f s" % x if x is not None else "never"  # noqa: E731
-                    print("%s: leaf of %s killed, started again %s later; its lines "
-                          "printed again %s after the restart (%s after the kill); of the "
-                          "%d lines written while it was down %d printed; stderr: %s" % (
-                              r["name"], r["victim"], f(r["restart_took"]),
-                              f(r["back_after_restart"]), f(r["back_after_kill"]),
-                              r["down_lines"], r["down_lines_printed"], r["stderr"]))
-            by = {r["name"]: r for r in results}
-            if "clush" in by:
-                c = by["clush"]
-                for name in ("ptail --fold 1", "ptail"):
-                    n = by[name]
-                    print("ratio %s / clush: median latency %.2fx, root CPU %.2fx, hosts "
-                          "CPU %.2fx, tool CPU %.2fx" % (
-                              name, n["median"] / c["median"], n["root"] / max(c["root"], 1e-9),
-                              n["hosts"] / max(c["hosts"], 1e-9),
-                              n["tool"] / max(c["tool"], 1e-9)))
-            print("\n(b) nine ptop -b -d 1, %d refreshes, against %d rounds of clush -b "
-                  "'top -b -n1 | head -20'" % (a.refreshes, a.refreshes), flush=True)
-            r = hosts_ptop(cluster, tree, env, addr, a, ssh_opts, nodes)
-            p, x = r["ptop"], r["ptop"]["extra"]
-            n = a.refreshes
-            print("nine ptop: %d hosts up; per refresh %.3f s (median; first %.3f s), %d bytes "
-                  "to ptop (median; first %d); wall %.1f s for %d" % (
-                      int(x["up"]) if x["up"].isdigit() else -1,
-                      statistics.median(x["secs"][1:] or x["secs"]), x["secs"][0],
-                      statistics.median(x["bytes"][1:] or x["bytes"]), x["bytes"][0],
-                      p["took"], n))
-            print("  root daemon CPU %.1f%% of a core (%.3f s per refresh); ptop itself "
-                  "%.3f s per refresh; hosts %.3f s per refresh; bytes into the root %d "
-                  "per refresh" % (100 * p["nine_root"] / p["took"], p["nine_root"] / n,
-                                   p["here"] / n, p["hosts"] / n, p["rx"] / n))
-            c = r["clush"]
-            if c is not None:
-                y = c["extra"]
-                print("clush top: per round %.3f s (median), worst %.3f s; clush+ssh CPU "
-                      "%.1f%% of a core (%.3f s per round); hosts %.3f s per round; bytes "
-                      "in %d per round; %d lines of output" % (
-                          statistics.median(y["rounds"]), max(y["rounds"]),
-                          100 * c["here"] / c["took"], c["here"] / n, c["hosts"] / n,
-                          c["rx"] / n, y["lines"]))
-                print("ratio nine ptop / clush top: root CPU per refresh %.3fx (nine root "
-                      "vs clush+ssh), hosts CPU %.2fx, bytes in %.3fx, seconds per "
-                      "refresh %.2fx" % (
-                          (p["nine_root"] / n) / max(c["here"] / n, 1e-9),
-                          p["hosts"] / max(c["hosts"], 1e-9), p["rx"] / max(c["rx"], 1),
-                          statistics.median(x["secs"][1:] or x["secs"]) /
-                          statistics.median(y["rounds"])))
+            if a.only != "ptop":
+                print("\n(a) tail -f of /srv/data/log on %d hosts: %g lines/s per host for "
+                      "%g s" % (k, a.rate, a.seconds), flush=True)
+                nine = [sys.executable, "-m", "nine", "ptail", "-a", addr, "-f", "-n", "0"]
+                runs = [("ptail --fold 1", nine + ["--fold", "1", "log"], "node%d" % (k // 2)),
+                        ("ptail", nine + ["log"], "node%d" % max(1, k // 2 - 1))]
+                if shutil.which("clush"):
+                    runs.append(("clush", ["clush", "-f", str(k), "-o", ssh_opts, "-w", nodes,
+                                           "tail", "-n", "0", "-f", "/srv/data/log"], None))
+                results = []
+                for name, argv, victim in runs:
+                    m = leaves.get(victim)
+                    if m is not None:
+                        m.restarted_at = None
+                    results.append(hosts_tail_run(name, argv, cluster, tree, env, a, m,
+                                                  nine=name != "clush"))
+                print("%-15s %9s %9s %9s %17s %8s %8s %8s %10s" % (
+                    "tool", "median s", "p95 s", "max s", "printed/written", "root", "hosts",
+                    "tool", "rx B/s"))
+                for r in results:
+                    print("%-15s %9.3f %9.3f %9.3f %17s %8.3f %8.3f %8.3f %10d" % (
+                        r["name"], r["median"], r["p95"], r["max"],
+                        "%d/%d" % (r["printed"], r["expected"]), r["root"], r["hosts"],
+                        r["tool"], r["rx_per_s"]))
+                print("(CPU seconds per second of run; root: nine's root daemon, or clush "
+                      "itself; hosts: every process on the hosts; tool: ptail, or clush and "
+                      "its ssh;\n latency leaves out the killed host's lines written while it "
+                      "was down: see below)")
+                for r in results:
+                    if "victim" in r:
+                        f = lambda x: "%.2f s" % x if x is not None else "never"  # noqa: E731
+                        print("%s: leaf of %s killed, started again %s later; its lines "
+                              "printed again %s after the restart (%s after the kill); of the "
+                              "%d lines written while it was down %d printed; stderr: %s" % (
+                                  r["name"], r["victim"], f(r["restart_took"]),
+                                  f(r["back_after_restart"]), f(r["back_after_kill"]),
+                                  r["down_lines"], r["down_lines_printed"], r["stderr"]))
+                by = {r["name"]: r for r in results}
+                if "clush" in by:
+                    c = by["clush"]
+                    for name in ("ptail --fold 1", "ptail"):
+                        n = by[name]
+                        print("ratio %s / clush: median latency %.2fx, root CPU %.2fx, hosts "
+                              "CPU %.2fx, tool CPU %.2fx" % (
+                                  name, n["median"] / c["median"],
+                                  n["root"] / max(c["root"], 1e-9),
+                                  n["hosts"] / max(c["hosts"], 1e-9),
+                                  n["tool"] / max(c["tool"], 1e-9)))
+            if a.only != "ptail":
+                print("\n(b) nine ptop -b -d 1, %d refreshes, against %d rounds of clush -b "
+                      "'top -b -n1 | head -20'" % (a.refreshes, a.refreshes), flush=True)
+                r = hosts_ptop(cluster, tree, env, addr, a, ssh_opts, nodes)
+                p, x = r["ptop"], r["ptop"]["extra"]
+                n = a.refreshes
+                print("nine ptop: %d hosts up; per refresh %.3f s (median; first %.3f s), %d "
+                      "bytes to ptop (median; first %d); wall %.1f s for %d" % (
+                          int(x["up"]) if x["up"].isdigit() else -1,
+                          statistics.median(x["secs"][1:] or x["secs"]), x["secs"][0],
+                          statistics.median(x["bytes"][1:] or x["bytes"]), x["bytes"][0],
+                          p["took"], n))
+                print("  root daemon CPU %.1f%% of a core (%.3f s per refresh); ptop itself "
+                      "%.3f s per refresh; hosts %.3f s per refresh; bytes into the root %d "
+                      "per refresh" % (100 * p["nine_root"] / p["took"], p["nine_root"] / n,
+                                       p["here"] / n, p["hosts"] / n, p["rx"] / n))
+                c = r["clush"]
+                if c is not None:
+                    y = c["extra"]
+                    print("clush top: per round %.3f s (median), worst %.3f s; clush+ssh CPU "
+                          "%.1f%% of a core (%.3f s per round); hosts %.3f s per round; bytes "
+                          "in %d per round; %d lines of output" % (
+                              statistics.median(y["rounds"]), max(y["rounds"]),
+                              100 * c["here"] / c["took"], c["here"] / n, c["hosts"] / n,
+                              c["rx"] / n, y["lines"]))
+                    print("ratio nine ptop / clush top: root CPU per refresh %.3fx (nine root "
+                          "vs clush+ssh), hosts CPU %.2fx, bytes in %.3fx, seconds per "
+                          "refresh %.2fx" % (
+                              (p["nine_root"] / n) / max(c["here"] / n, 1e-9),
+                              p["hosts"] / max(c["hosts"], 1e-9), p["rx"] / max(c["rx"], 1),
+                              statistics.median(x["secs"][1:] or x["secs"]) /
+                              statistics.median(y["rounds"])))
             print("load: %s" % subprocess.run(["uptime"], capture_output=True,
                                               text=True).stdout.strip(), flush=True)
         finally:
@@ -593,6 +596,7 @@ def main():
     ap.add_argument("--rate", type=float, default=5.0, help="lines per second per host")
     ap.add_argument("--refreshes", type=int, default=10)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=("ptail", "ptop"), help="with --hosts: that part only")
     ap.add_argument("--hosts", type=int, nargs="?", const=64, metavar="K",
                     help="on K namespace hosts (default 64) against clush (module doc)")
     a = ap.parse_args()

@@ -241,14 +241,19 @@ def check_nothing_left(cluster, members, run_dir, lost=()):
 
 
 def test_daemon_tree_watched_apart(cluster, tmp_path):
-    """A --daemon tree placed automatically with fanout 2 (node1 runs leaf node1, mux1-0
-    over node1-2 and mux2-0 over mux1-0 and mux1-1) and `nine tree watch`: node1 is lost
-    with its leaf and both muxes; mux1-0 is started again on node2, then mux2-0 over it
-    on node5 (mux2-1's host); node1 stays named, down; `nine tree down` stops the watch
-    first, then every server, the replacements too."""
+    """A --daemon tree whose topology file puts two levels of muxes on node1 (leaf
+    node1, mux1-0 over node1-2 and mux2-0 over mux1-0 and mux1-1; fanout 2 elsewhere)
+    and `nine tree watch`: node1 is lost with its leaf and both muxes; mux1-0 is started
+    again on node2, then mux2-0 over it on node5 (mux2-1's host); node1 stays named,
+    down; `nine tree down` stops the watch first, then every server, the replacements
+    too."""
     state_file = tmp_path / "state.json"
+    topo = tmp_path / "tree.ini"
+    topo.write_text("[tree]\nleaf-export = /srv\n[muxes]\n" + "".join(
+        "mux1-%d = node%d: node[%d-%d]\n" % (i, 2 * i + 1, 2 * i + 1, 2 * i + 2)
+        for i in range(4)) + "mux2-0 = node1: mux1-0 mux1-1\nmux2-1 = node5: mux1-2 mux1-3\n")
     r = nine(*tree_args(cluster, tmp_path, "--listen", "127.0.0.1:0", "--daemon",
-                        "--fanout", "2"))
+                        "--topology", str(topo)))
     assert r.returncode == 0, r.stderr
     assert "nine tree watch --state" in r.stdout
     watch = subprocess.Popen([sys.executable, "-m", "nine", "tree", "watch", "--state",

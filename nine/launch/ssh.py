@@ -189,6 +189,9 @@ class SshTree:
     [muxes] placement (its leaves are ignored: the hosts are the leaves); without one,
     the defaults with `fanout`."""
 
+    #: interrupt()s while starting (a class default: from_state() makes trees too)
+    interrupted = 0
+
     def __init__(self, hosts, fanout=4, topology=None, *, ssh_options=None, ssh_fanout=None,
                  connect_timeout=None, remote_python="python3", remote_path=CHECKOUT,
                  remote_workdir=None, state_file=None, name="default", port=DEFAULT_PORT,
@@ -219,7 +222,6 @@ class SshTree:
         self.launcher = None        # this process's pid while it holds the root
         self.watcher = None         # the pid of the process that watches the tree
         self.recorded = False       # whether the state file is this tree's
-        self.interrupted = 0        # interrupt()s while starting
 
     # -- the state file ------------------------------------------------------------
 
