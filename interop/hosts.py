@@ -62,8 +62,12 @@ receives), and this machine's link, ``n9-ID`` (what the head sends to every host
 and its bridge port ``head`` (what the head receives).  As on a switched network, a
 host that sends to several hosts shares its one link's rate between them: the
 head's egress is the bottleneck of a copy from here to every host.  Each filter's
-burst is 5 ms of its rate (at least 16 KiB, well above a frame; from 105 Mbit/s up
-a whole 64 KiB GSO segment passes unsplit), its queue 50 ms of its rate (beyond that it drops, and TCP backs off).
+burst is 5 ms of its rate, and at least 68 KiB: a whole 64 KiB GSO segment passes
+unsplit at any rate, as a real NIC's segmentation offload sends it without costing the
+host's CPU (with a smaller burst tbf cuts every segment into frames in software: at
+50 Mbit/s a copy to 64 hosts cost three times the CPU it costs at 200 Mbit/s, which
+on this machine's few cores bounded the time more than the links did); its queue
+50 ms of its rate (beyond that it drops, and TCP backs off).
 Counted on the wire (Ethernet, IP and TCP headers included): a TCP stream gets
 about 95% of the rate.  Default None: unshaped veths (several Gbit/s, bounded by
 this machine's CPU).
@@ -117,7 +121,7 @@ _RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
                "bps": 8, "kbps": 8e3, "mbps": 8e6, "gbps": 8e9, "tbps": 8e12}
 #: a shaped link's burst (seconds of its rate; at least RATE_MIN_BURST bytes) and queue
 RATE_BURST_S = 0.005
-RATE_MIN_BURST = 16384
+RATE_MIN_BURST = 68 * 1024
 RATE_LATENCY_MS = 50
 
 #: the holder of a host's UTS and mount namespaces: $1 name, $2 host directory,

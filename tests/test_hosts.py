@@ -210,6 +210,8 @@ def test_arguments():
             H.Cluster(2, rate=bad)
     assert H.parse_rate("200mbit") == 200e6 and H.parse_rate("12.5MBps") == 100e6
     assert H.tbf_args(200e6) == "rate 200000000bit burst 125000 latency 50ms"
+    # a 64 KiB GSO segment (and its headers) fits the burst at any rate: never split
+    assert H.tbf_args(10e6) == "rate 10000000bit burst 69632 latency 50ms"
     with pytest.raises(ValueError):
         H.Cluster(names=["a", "a"])
     with pytest.raises(ValueError):
