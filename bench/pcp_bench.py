@@ -177,7 +177,8 @@ def main():
     ap.add_argument("--pcp-args", action="append", default=[],
                     help="one more nine pcp row with these options (\"-k 16\"); repeatable")
     ap.add_argument("--tools", help="comma-separated: only the rows whose name starts with "
-                                    "one of these (nine, clush, pdcp, parallel, rsync)")
+                                    "one of these (nine, clush, pdcp, parallel, rsync; "
+                                    "'nine pcp$': that row only)")
     args = ap.parse_args()
     from interop.hosts import available, parse_rate
     why = available()
@@ -348,11 +349,14 @@ def run(args, rate, work):
 
 
 def _chosen(tools, wanted):
-    """The tools whose name starts with one of wanted (a comma list), or all."""
+    """The tools whose name starts with one of wanted (a comma list; NAME$: that name
+    only), or all."""
     if not wanted:
         return tools
-    prefixes = tuple(w.strip() for w in wanted.split(",") if w.strip())
-    return {n: t for n, t in tools.items() if n.startswith(prefixes)}
+    words = [w.strip() for w in wanted.split(",") if w.strip()]
+    exact = {w[:-1] for w in words if w.endswith("$")}
+    prefixes = tuple(w for w in words if not w.endswith("$"))
+    return {n: t for n, t in tools.items() if n in exact or n.startswith(prefixes)}
 
 
 def _root_children(k, fanout):
