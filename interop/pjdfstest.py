@@ -19,12 +19,14 @@ and reused after.
     python3 -m interop.pjdfstest --server nine --server diod          # both, reuse build
     python3 -m interop.pjdfstest --tests chmod,open --log /tmp/pjd.txt
     python3 -m interop.pjdfstest --tests quick                        # QUICK below
+    python3 -m interop.pjdfstest --tests chown --serve-opt=--trust-client-groups
 
 ``--tests`` takes directories of pjdfstest's tests/ (``chmod``), single files
 (``chmod/00.t``), ``all`` (default), or ``quick``.  Each server gets one boot
 and a fresh export directory; the server under test runs as the invoking user
 (root, for the chown/mknod tests) with the options of interop/servers.py
-(nine: ``--no-auth --allow-devices``; diod: ``-n``, aname = the export).
+(nine: ``--no-auth --allow-devices``, and each ``--serve-opt``; diod: ``-n``,
+aname = the export).
 It prints each failed test (file, number, pjdfstest's message) and a summary
 per directory and per server.  Under TCG the whole suite takes a long time
 (about a second per test file plus ~0.1 s per test on an idle machine):
@@ -196,9 +198,9 @@ def parse(lines: list[str]) -> dict:
     return res
 
 
-def _nine_from(root: Path):
-    """Make kind "custom" run ``nine serve`` (the options of kind "nine") with the
-    nine package of ``root``, e.g. a snapshot made with
+def _nine_from(root: Path, serve_opts: list[str] = ()):
+    """Make kind "custom" run ``nine serve`` (the options of kind "nine", and
+    serve_opts) with the nine package of ``root``, e.g. a snapshot made with
     ``git archive HEAD nine | tar -x -C DIR`` while the work tree is in flux."""
     argv, _ = servers._command("nine", 0, Path("/x"))
     i = argv.index("--listen")
@@ -206,17 +208,19 @@ def _nine_from(root: Path):
     argv[i + 1] = "127.0.0.1:{port}"
     argv[j + 1] = "{export}"
     os.environ["NINE_VM_SERVER_CMD"] = ("sh -c " + shlex.quote(
-        f"cd {shlex.quote(str(root.resolve()))} && exec " + " ".join(argv[:1] + ["-m", "nine"] + argv[3:])
+        f"cd {shlex.quote(str(root.resolve()))} && exec " + " ".join(argv[:1] + ["-m", "nine"] + argv[3:]
+                                                      + [shlex.quote(o) for o in serve_opts])
         + " \"$@\"") + " sh")
     os.environ["NINE_VM_SERVER_ANAME"] = ""
 
 
 def run_server(kind: str, build: Path, tests: list[str], work: Path, timeout: float,
-               memory_mb: int, opts: str, nine_root: Path | None = None) -> tuple[dict, str, float]:
+               memory_mb: int, opts: str, nine_root: Path | None = None,
+               serve_opts: list[str] = ()) -> tuple[dict, str, float]:
     export = work / f"export-{kind}"
     export.mkdir(mode=0o755)
-    if kind == "nine" and nine_root:
-        _nine_from(nine_root)
+    if kind == "nine" and (nine_root or serve_opts):
+        _nine_from(nine_root or Path(__file__).resolve().parent.parent, serve_opts)
         kind_run = "custom"
     else:
         kind_run = kind
@@ -278,6 +282,9 @@ def main(argv=None) -> int:
     ap.add_argument("--log", type=Path, help="write the prove output and the report here too")
     ap.add_argument("--nine-root", type=Path,
                     help="run nine from the nine package under this directory (default: this repo)")
+    ap.add_argument("--serve-opt", action="append", default=[], metavar="OPT",
+                    help="one more `nine serve` option for server nine (repeat; "
+                         "e.g. --serve-opt=--trust-client-groups)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (exports, consoles, logs)")
     a = ap.parse_args(argv)
     build = ensure_build(a.build or default_build(), a.source)
@@ -289,7 +296,7 @@ def main(argv=None) -> int:
         for kind in a.server or ["nine"]:
             print(f"running {len(tests)} test paths against {kind} ...", flush=True)
             res, text, wall = run_server(kind, build, tests, work, a.timeout, a.memory, a.opts,
-                                          a.nine_root)
+                                          a.nine_root, a.serve_opt)
             rep = report(kind, res, wall)
             print(rep, flush=True)
             logs.append(f"######## {kind} (prove output)\n{text}\n")

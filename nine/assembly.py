@@ -39,6 +39,10 @@ class LeafConfig:
     allow_devices: bool = False
     #: act as this user for everyone (a user name or uid)
     squash: str = None
+    #: take the group a create or a chown names as one of the user's (the client's
+    #: kernel checked it): as believable as the attach's uid, so with auth "none" and
+    #: no squash only (trust_groups_refusal; docs/security.md)
+    trust_client_groups: bool = False
     proc: bool = False          # aname proc: Plan 9-style process control
     host: bool = False          # aname host: host information
     exec: bool = False          # aname exec: Xcpu-style execution
@@ -144,10 +148,31 @@ def _own_user_only(attach, what):
     return guarded
 
 
+def trust_groups_refusal(cfg):
+    """Why cfg's trust_client_groups cannot be served (a message), or None."""
+    if not cfg.trust_client_groups:
+        return None
+    if cfg.auth != "none":
+        return ("--trust-client-groups needs --no-auth (not --auth %s): it believes the "
+                "groups a client names, which is only as safe as believing the uid it "
+                "attaches as; an authenticated attach proves the uid, not the groups"
+                % cfg.auth)
+    if cfg.squash:
+        return ("--trust-client-groups cannot go with --squash: a squashed server acts "
+                "as one user for everyone, and a client's groups are not that user's")
+    return None
+
+
 def build_leaf(cfg):
     """A leaf Server (not yet listening) for cfg."""
     from .server.core import Server
     from .synth.files import Dir, File, Mount, SynthFS
+    why = trust_groups_refusal(cfg)
+    if why:
+        raise ConfigError(why)
+    if cfg.trust_client_groups and os.geteuid() != 0:
+        log.warning("--trust-client-groups has no effect: this server is not root, so it "
+                    "does not act as each user")
     gate = make_gate(cfg.auth, "this server")
 
     exports = {}
@@ -155,7 +180,8 @@ def build_leaf(cfg):
         if not os.path.isdir(path):
             raise ConfigError("export %r: not a directory" % path)
         from .server.realfs import RealFS
-        fs = RealFS(path, read_only=cfg.read_only, allow_devices=cfg.allow_devices)
+        fs = RealFS(path, read_only=cfg.read_only, allow_devices=cfg.allow_devices,
+                    trust_client_groups=cfg.trust_client_groups)
         if name is None:
             exports[None] = fs.attach
             exports.setdefault(os.path.abspath(path), fs.attach)

@@ -78,6 +78,7 @@ MARKS = {
     "test_monitor": "process",
     "test_pgrep": "process",
     "test_pcp": "process",
+    "test_trust_groups": "process",
     "test_psync": "process",
     "test_proc": "process",
     "test_ptail": "process",

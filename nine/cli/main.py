@@ -126,6 +126,11 @@ def make_parser():
                    help="file mode of unix!PATH sockets (octal; default 0666 when clients "
                         "must authenticate, 0600 with --no-auth)")
     s.add_argument("--squash", metavar="USER", help="act as USER for everyone")
+    s.add_argument("--trust-client-groups", action="store_true",
+                   help="take the group a create or a chown names as one of the user's "
+                        "(the client's kernel checked it; for kernel mounts of users this "
+                        "server's passwd does not know); with --no-auth only, not with "
+                        "--squash (docs/security.md)")
     s.add_argument("--msize", type=int, default=1024 * 1024 + 24, help="largest msize")
     s.add_argument("--quiet", "-q", action="store_true")
     s.add_argument("--address-file", help=argparse.SUPPRESS)

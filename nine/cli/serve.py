@@ -4,7 +4,8 @@ import os
 import sys
 
 from .. import __version__
-from ..assembly import ConfigError, LeafConfig, MuxConfig, build_leaf, build_mux
+from ..assembly import (ConfigError, LeafConfig, MuxConfig, build_leaf, build_mux,
+                        trust_groups_refusal)
 from .common import (DEFAULT_ADDR, _die, _errtext, _fmt_listen, _serve_forever,
                      _serve_until_done, _write_address)
 
@@ -19,7 +20,7 @@ def leaf_config(args):
                       proc=args.proc, host=args.host, exec=args.exec_, ctl=args.ctl,
                       msize=args.msize, auth=args.auth, allow_devices=args.allow_devices,
                       tls_cert=args.tls_cert, tls_key=args.tls_key, tls_ca=args.tls_ca,
-                      limits=_limits(args))
+                      trust_client_groups=args.trust_client_groups, limits=_limits(args))
 
 
 def _limits(args):
@@ -47,9 +48,13 @@ def _detach(args):
 
 
 def cmd_serve(args):
+    cfg = leaf_config(args)
+    why = trust_groups_refusal(cfg)      # a usage error, said before --daemon detaches
+    if why:
+        _die(why, 2)
     ready = _detach(args)
     try:
-        server = build_leaf(leaf_config(args))
+        server = build_leaf(cfg)
     except ConfigError as ex:
         _die(str(ex))
     addrs = args.listen or [DEFAULT_ADDR]

@@ -171,15 +171,21 @@ _DENTS_MAX = 65536                       # bytes of getdents64 records read at o
 _YIELD_EVERY = 32                        # readdir entries between two yields
 
 
-def _as_user(method, gid_at=None):
+def _as_user(method, gid_at=None, setattr_at=None):
     """Run a node method as the identity its ctx asks for (with args[gid_at] as the
-    fsgid where the user may act in that group), and restore the identity in force
-    before it (so nested calls and the rest of the process are unaffected)."""
+    fsgid where the user may act in that group; with trust_client_groups, the group a
+    chown in the Setattr args[setattr_at] names is one of the user's for the call), and
+    restore the identity in force before it (so nested calls and the rest of the process
+    are unaffected)."""
     @functools.wraps(method)
     def wrapper(self, ctx, *args):
         fs = self.fs
         if fs._switch:
             want = fs._want(ctx, None if gid_at is None else args[gid_at])
+            if setattr_at is not None and fs.trust_client_groups:
+                g = args[setattr_at].gid      # the client's kernel checked the caller is in it
+                if g not in _NOID and g != want[1] and g not in want[2]:
+                    want = (want[0], want[1], want[2] + (g,))
             cur = identity.current()
             if want != cur:
                 if not fs.restore_identity:
@@ -261,7 +267,10 @@ class RealFS:
     """A directory of the host exported as a 9P file tree."""
 
     def __init__(self, root_dir, read_only=False, squash=None, *, use_openat2=None,
-                 restore_identity=True, allow_devices=False, idle_fds=1024):
+                 restore_identity=True, allow_devices=False, idle_fds=1024,
+                 trust_client_groups=False):
+        if trust_client_groups and squash is not None:
+            raise ValueError("trust_client_groups: a squashed export acts as one user")
         self.root_dir = os.path.abspath(root_dir)
         self.read_only = bool(read_only)
         self.allow_devices = bool(allow_devices)
@@ -293,6 +302,10 @@ class RealFS:
             suid, sgid = squash
             self._squash_id = (int(suid), int(sgid), (int(sgid),))
         self._idcache = {}
+        #: take the group a create or a chown names as one of the user's for that call
+        #: (the client's kernel checked it against the caller's groups: believed as far
+        #: as the attach's uid is, docs/security.md)
+        self.trust_client_groups = bool(trust_client_groups)
 
     @property
     def root_fd(self):
@@ -320,8 +333,11 @@ class RealFS:
                 if len(self._idcache) > 4096:
                     self._idcache.clear()
                 self._idcache[key] = ident
-        if gid not in _NOID and gid != ident[1] and (ident[0] == 0 or gid in ident[2]):
-            return (ident[0], gid, ident[2])       # make the new file in that group
+        if gid not in _NOID and gid != ident[1]:
+            if ident[0] == 0 or gid in ident[2]:
+                return (ident[0], gid, ident[2])   # make the new file in that group
+            if self.trust_client_groups:
+                return (ident[0], gid, ident[2] + (gid,))
         return ident
 
     def _acting_uid(self, ctx):
@@ -475,7 +491,7 @@ class RealNode(Node):
         self.fs._check_rw()
         self._setattr(ctx, sa)
 
-    @_as_user
+    @functools.partial(_as_user, setattr_at=0)
     def _setattr(self, ctx, sa):
         fs = self.fs
         uid = -1 if sa.uid in _NOID else sa.uid
