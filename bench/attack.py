@@ -201,14 +201,20 @@ def header_flood(srv, n, after_version=False):
     return "%d of %d connections closed by the server" % (closed, n)
 
 
-def blocked_reads(srv, n):
-    c = Raw(srv.port)
+def open_fifo(port, src=None):
+    """A Raw connection, attached, with the FIFO open for reading on fid 1."""
+    c = Raw(port, src) if src is not None else Raw(port)
     c.version()
     c.attach()
     c.rpc(P.Twalk(fid=0, newfid=1, wnames=["fifo"], tag=1))
     r = c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=1))
     if not isinstance(r, P.Rlopen):
         raise RuntimeError("cannot open the FIFO: %r" % r)
+    return c
+
+
+def blocked_reads(srv, n):
+    c = open_fifo(srv.port)
     tags = list(range(2, n + 2))
     for i in range(0, n, 5000):
         c.send([P.Tread(fid=1, offset=0, count=64, tag=t) for t in tags[i:i + 5000]])
@@ -230,13 +236,7 @@ def requests_total(srv, n, per=1000):
     (backpressure)."""
     conns = []
     for i, src in enumerate(sources((n + per - 1) // per)):
-        c = Raw(srv.port, src)
-        c.version()
-        c.attach()
-        c.rpc(P.Twalk(fid=0, newfid=1, wnames=["fifo"], tag=1))
-        r = c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=1))
-        if not isinstance(r, P.Rlopen):
-            raise RuntimeError("cannot open the FIFO: %r" % r)
+        c = open_fifo(srv.port, src)
         k = min(per, n - i * per)
         c.send([P.Tread(fid=1, offset=0, count=64, tag=t) for t in range(2, k + 2)])
         conns.append(c)

@@ -871,11 +871,8 @@ class Tail(Equiv):
             if len(data) > k:
                 data = data[:k]
             i = k - 1 if pos + k == size and data[-1] == 10 else k   # its own newline
-            while found < n:
-                i = data.rfind(b"\n", 0, i)
-                if i < 0:
-                    break
-                found += 1
+            got, i = _newlines_back(data, i, n - found)
+            found += got
             if found == n:
                 blocks.append(data[i + 1:])
                 held += k - i - 1
@@ -896,12 +893,7 @@ class Tail(Equiv):
         for c in f.chunks(WINDOW):
             buf += c
             i = len(buf) - 1 if buf[-1] == 10 else len(buf)
-            found = 0
-            while found < n:
-                i = buf.rfind(b"\n", 0, i)
-                if i < 0:
-                    break
-                found += 1
+            found, i = _newlines_back(buf, i, n)
             if found == n:
                 buf = buf[i + 1:]
                 capped = False                 # n whole lines are held
@@ -988,3 +980,15 @@ class TopK(Aggregator):
                 and isinstance(r[1], str) and isinstance(r[2], str) for r in w):
             raise AggregatorError("bad topk value")
         return w
+
+
+def _newlines_back(data, i, want):
+    """(how many, where the last found is) of up to `want` newlines of data before
+    index i, counted backwards; where is -1 when fewer were found."""
+    found = 0
+    while found < want:
+        i = data.rfind(b"\n", 0, i)
+        if i < 0:
+            break
+        found += 1
+    return found, i
