@@ -64,6 +64,7 @@ MARKS = {
     "test_exec": "process",
     "test_fuzz": "process",
     "test_group": "process",
+    "test_relay": "loopback",
     "test_hosts": "process",
     "test_holes": "process",
     "test_limits": "process",

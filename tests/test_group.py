@@ -524,7 +524,7 @@ def test_group_directory_interface(world):
             c.symlink("/mnt/nine/nodes/n%d/v" % i, "/groups/g/n%d" % i)  # a mount point's
     c.symlink("../../nodes/n9/v", "/groups/g/ghost")
     assert sorted(c.listdir("/groups/g")) == sorted(
-        ["ctl", "data", "errors", "partial", "status", "ghost"] + ["n%d" % i for i in range(n)])
+        ["ctl", "data", "errors", "partial", "relay", "status", "ghost"] + ["n%d" % i for i in range(n)])
     assert c.readlink("/groups/g/n1") == "../../nodes/n1/v"
     c.write_file("/groups/g/ctl", b"agg equiv\n")
     out = c.read_file("/groups/g/data").decode()

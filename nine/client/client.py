@@ -126,12 +126,14 @@ class Client:
         return "<Client %s aname=%r>" % (self.conn, self.aname)
 
     def gopen(self, path, mode="r", aggregator="concat", sync="all", timeout=None,
-              members=None, use_server=True, **params):
+              members=None, use_server=True, sources=None, **params):
         """A group descriptor (nine.client.group.GroupFile) on the files of directory
-        `path` (or the targets of its symlinks), or on `members` [(name, path)]."""
+        `path` (or the targets of its symlinks), or on `members` [(name, path)];
+        `sources`: the paths of files a relay() copies from."""
         from .group import GroupFile
         return GroupFile(self, path, mode, members=members, aggregator=aggregator,
-                         sync=sync, timeout=timeout, use_server=use_server, **params)
+                         sync=sync, timeout=timeout, use_server=use_server,
+                         sources=sources, **params)
 
     # ------------------------------------------------------------------ helpers
 

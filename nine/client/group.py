@@ -30,7 +30,7 @@ from ..group.handle import GroupHandle, offers_groups, settings
 from .errors import NineError, nine_error
 from .fid import attach as _attach
 
-GROUP_FILES = ("ctl", "data", "partial", "status", "errors")
+GROUP_FILES = ("ctl", "data", "partial", "relay", "status", "errors")
 READ, WRITE = "read", "write"
 
 # the seed's C-style names: gfd = gopen(client, "dir", os.O_RDWR);
@@ -99,9 +99,10 @@ class GroupFile:
     """A group descriptor (see the module's doc).  Made by Client.gopen."""
 
     def __init__(self, client, path=None, mode="r", members=None, aggregator="concat",
-                 sync="all", timeout=None, use_server=True, **params):
+                 sync="all", timeout=None, use_server=True, sources=None, **params):
         self.client = client
         self.flags = _flags(mode)
+        self.sources = list(sources or ())
         self.members = list(members) if members is not None else members_of(client, path)
         self.labels = [m for m, _ in self.members]
         if len(set(self.labels)) != len(self.labels):
@@ -232,6 +233,23 @@ class GroupFile:
             raise nine_error(errno.EIO, "every member failed: %s" % reason)
         return len(data)
 
+    def relay(self, count):
+        """Every member gets `count` bytes at the group offset of one of the group's
+        sources (gopen's `sources`), copied by the server as low in the tree as a
+        source lies (without a group service: read and written by this client).  The
+        offset moves on; status names the members that failed (all failed: OSError)."""
+        self._check()
+        if not self.sources:
+            raise ValueError("relay() needs the group's sources (gopen sources=)")
+        impl = self._remote or self._local
+        errors = impl.relay(self.offset, count)
+        p = self._done(A.Partial(None, errors), "relay")
+        self.offset += count
+        if p.errors and set(p.members_failed()) >= set(self.labels):
+            reason = max(p.errors.items(), key=lambda rm: len(rm[1]))[0]
+            raise nine_error(errno.EIO, "every member failed: %s" % reason)
+        return count
+
     def stream(self, timeout=None):
         """sync nowait: yield rendered batches as members produce data (tail -f over a
         group), until timeout seconds pass without data (None: forever)."""
@@ -285,7 +303,7 @@ class _RemoteGroup:
         try:
             if not offers_groups(self.root):
                 raise nine_error(errno.EOPNOTSUPP, "no group service")
-            self.h = GroupHandle(self.root, g.members, g.flags)
+            self.h = GroupHandle(self.root, g.members, g.flags, g.sources)
         except BaseException:
             self.root.clunk_nowait()
             raise
@@ -304,6 +322,10 @@ class _RemoteGroup:
     def write(self, offset, data):
         self._configure(None)
         return self.h.write(offset, data, self._rpc_timeout())
+
+    def relay(self, offset, count):
+        self._configure(None)
+        return self.h.relay(offset, count, self._rpc_timeout())
 
     def next_batch(self, timeout):
         self._configure(None)

@@ -17,6 +17,7 @@ class LocalGroup:
 
     def __init__(self, client, g):
         self.g = g
+        self.client = client
         self.files = {}
         self.fail = {}
 
@@ -75,6 +76,28 @@ class LocalGroup:
                 errors.setdefault("short write (%d of %d bytes)" % (n, len(data)),
                                   set()).add(m)
         return errors
+
+    def relay(self, offset, count):
+        """Read count bytes at offset from the first source that has them all, and
+        write them to every member."""
+        last = None
+        for path in self.g.sources:
+            try:
+                with self.client.walk(path) as f:
+                    if self.client.dialect.endswith(".L"):
+                        f.lopen(os.O_RDONLY)
+                    else:
+                        f.open(0)
+                    data = read_whole(f.read, offset, count, min(max(1, count),
+                                                                  f._iou() or CHUNK))
+            except (NineError, OSError) as e:
+                last = "relay source: " + (getattr(e, "strerror", None) or str(e))
+                continue
+            if len(data) == count:
+                return self.write(offset, data)
+            last = "relay source: %s holds %d bytes at %d, not %d" % (
+                path, len(data), offset, count)
+        return {last or "relay source: none": set(self.g.labels)}
 
     def next_batch(self, timeout):
         g = self.g

@@ -16,6 +16,8 @@ The ctl language, one command per line (a write is all or nothing)::
     seek OFFSET [count N|all]
     count N | all
     root PREFIX
+    source PATH ...     sources of relays (the `relay` file): files holding the bytes
+                        the members should get; `source` alone forgets them
 
 A read of ctl gives the settings in force (Group.settings()).
 """
@@ -30,6 +32,7 @@ from . import aggregate as A
 from .handle import MAX_WHOLE, format_agg, parse_agg
 
 MAX_MEMBERS = 1 << 20
+MAX_SOURCES = 4096
 
 
 def new_qpath():
@@ -52,9 +55,10 @@ class Group:
         self.offset = 0
         self.count = None          # None = whole member (up to MAX_WHOLE)
         self.root = None
+        self.sources = ()          # relay sources (paths, as member targets are)
         self.qpath = new_qpath()
         self.files = {n: new_qpath()
-                      for n in ("ctl", "data", "partial", "status", "errors")}
+                      for n in ("ctl", "data", "partial", "relay", "status", "errors")}
         self.mqpaths = {}
         self.version = 0
         self.mtime = time.time_ns()
@@ -92,7 +96,7 @@ class Group:
             self._undo.append(("del", label, target, qp))
         self.changed()
 
-    _SETTINGS = ("agg", "sync", "timeout", "offset", "count", "root")
+    _SETTINGS = ("agg", "sync", "timeout", "offset", "count", "root", "sources")
 
     def ctl(self, text):
         """Run the ctl lines of one write, all or nothing: if a line fails, the
@@ -174,8 +178,17 @@ class Group:
         elif cmd == "root":
             self.root = args[0].rstrip("/") if args else None
             self.changed()
+        elif cmd == "source":
+            if not args:
+                self.sources = ()
+            elif len(self.sources) + len(args) > MAX_SOURCES:
+                raise ValueError("more than %d sources" % MAX_SOURCES)
+            else:
+                self.sources = tuple(self.sources) + tuple(args)
+            self.changed()
         else:
-            raise ValueError("unknown command (add, del, agg, sync, seek, count, root)")
+            raise ValueError("unknown command (add, del, agg, sync, seek, count, root, "
+                             "source)")
 
     def settings(self):
         sync = self.sync if self.sync != "timeout" else "timeout %g" % self.timeout
@@ -185,6 +198,8 @@ class Group:
                  "members %d" % len(self.members)]
         if self.root:
             lines.append("root %s" % self.root)
+        if self.sources:
+            lines.append("sources %d" % len(self.sources))
         return ("\n".join(lines) + "\n").encode()
 
     def status_text(self):

@@ -11,6 +11,11 @@ members, with the group's settings:
   with its `merge`; the caller renders (data) or encodes (partial) the merged result.
 - write(): every member is written at the same offset with the same bytes, the same
   way (post_write, a greenlet, or one write per child group).
+- relay(): every member gets bytes of a relay source (the group's `source` lines) at
+  the same offset: a child group with a source on its child is asked to relay (the
+  bytes never come up to this level); for the other members, the bytes are read here
+  from one source (the first that answers with all of them) and written as write()
+  writes them.
 - `sync timeout T`: a member (or a whole child) that has not answered by T is named as
   timed out and its request flushed; children get 0.8 T - 20 ms so that their partial
   result arrives in time.
@@ -28,6 +33,7 @@ the next operation (Placement.repair).
 """
 
 import errno
+import os
 import time
 
 import gevent
@@ -309,37 +315,117 @@ class GroupOpen(Placement):
                 errors.setdefault("open: " + r, set()).add(m)
             jobs = []
             gather = Gather()    # members on a remote child: no greenlet each
-            for label, node in self.local.items():
-                if node.can_post:
-                    gather.add_write(label, node.post_write, offset, data)
-                else:
-                    gather.spawn(label, self._write_member, node, offset, data)
-            for c in self.children:
-                jobs.append((gevent.spawn(c.write, offset, data), c))
-            late = _wait_all(jobs, gather, timeout, t0)
-            if late:
-                errors.setdefault(_late(timeout), set()).update(late)
-            for label, v in gather.results.items():
-                if isinstance(v, BaseException):
-                    errors.setdefault(reason(v), set()).add(label)
-                    if healable(v):
-                        self.broken.add(label)
-            for j, who in jobs:                       # the child groups
-                labels = set(who.labels)
-                if not j.ready():
-                    j.kill(block=False)
-                    errors.setdefault(_late(timeout), set()).update(labels)
-                elif not j.successful():
-                    self.broken_children.add(who)
-                    errors.setdefault("%s: %s" % (who.child.name, reason(j.exception)),
-                                      set()).update(labels)
-                else:
-                    for r, ms in j.value.items():
-                        errors.setdefault(r, set()).update(ms)
+            self._post_writes(gather, jobs, self.local, self.children, offset, data)
+            self._collect(jobs, gather, timeout, t0, errors)
             p = A.Partial(None, errors)
             g.last = ("write %d bytes at %d" % (len(data), offset), self.members(), p,
                       time.monotonic() - t0)
             return p
+
+    def _post_writes(self, gather, jobs, local, children, offset, data):
+        """Start the writes of data at offset to local members and child groups."""
+        for label, node in local.items():
+            if node.can_post:
+                gather.add_write(label, node.post_write, offset, data)
+            else:
+                gather.spawn(label, self._write_member, node, offset, data)
+        for c in children:
+            jobs.append((gevent.spawn(c.write, offset, data), c))
+
+    def _collect(self, jobs, gather, timeout, t0, errors):
+        """Wait for the writes (or relays) of the Gather and the child groups' jobs;
+        their failures go into errors {reason: members}."""
+        late = _wait_all(jobs, gather, timeout, t0)
+        if late:
+            errors.setdefault(_late(timeout), set()).update(late)
+        for label, v in gather.results.items():
+            if isinstance(v, BaseException):
+                errors.setdefault(reason(v), set()).add(label)
+                if healable(v):
+                    self.broken.add(label)
+        for j, who in jobs:                       # the child groups
+            labels = set(who.labels)
+            if not j.ready():
+                j.kill(block=False)
+                errors.setdefault(_late(timeout), set()).update(labels)
+            elif not j.successful():
+                self.broken_children.add(who)
+                errors.setdefault("%s: %s" % (who.child.name, reason(j.exception)),
+                                  set()).update(labels)
+            else:
+                for r, ms in j.value.items():
+                    errors.setdefault(r, set()).update(ms)
+
+    # -- relays -------------------------------------------------------------------------
+    def relay(self, offset, count):
+        """Bytes [offset, offset + count) of a relay source written to every member: a
+        Partial of the failed members."""
+        with self.lock:
+            self.refresh()
+            self.repair()
+            g = self.group
+            t0 = time.monotonic()
+            timeout = g.timeout if g.sync == "timeout" else None
+            errors = {}
+            for m, r in self.openfail.items():
+                errors.setdefault("open: " + r, set()).add(m)
+            jobs = []
+            gather = Gather()
+            there = [c for c in self.children if c.sources]      # relayed below
+            here = [c for c in self.children if not c.sources]
+            for c in there:
+                jobs.append((gevent.spawn(c.relay, offset, count), c))
+            if self.local or here:
+                try:
+                    data = self._read_source(offset, count)
+                except Exception as e:
+                    why = "relay source: " + reason(e)
+                    errors.setdefault(why, set()).update(self.local)
+                    for c in here:
+                        errors.setdefault(why, set()).update(c.labels)
+                else:
+                    self._post_writes(gather, jobs, self.local, here, offset, data)
+            self._collect(jobs, gather, timeout, t0, errors)
+            p = A.Partial(None, errors)
+            g.last = ("relay %d bytes at %d" % (count, offset), self.members(), p,
+                      time.monotonic() - t0)
+            return p
+
+    def _read_source(self, offset, count):
+        """count bytes at offset of the first relay source that has them all."""
+        if not self.sources:
+            raise error(errno.EINVAL, "the group has no relay source")
+        now = time.monotonic()
+        failed = self.source_failed
+        # those that lie here first, those that failed lately last
+        order = sorted(range(len(self.sources)), key=lambda i: (
+            now - failed.get(i, -REPAIR_EVERY) < REPAIR_EVERY,
+            self.sources[i][1] is not None))
+        last = None
+        for i in order:
+            node = self.source_nodes.get(i)
+            try:
+                if node is None:
+                    node = self.reopen_target(self.sources[i][0], os.O_RDONLY)
+                    self.source_nodes[i] = node
+                chunk = min(max(1, count), node.iounit or CHUNK)
+                data = read_whole(lambda off, n: node.read(self.ctx, off, n), offset,
+                                  count, chunk)
+                if len(data) != count:
+                    raise error(errno.EIO, "%s holds %d bytes at %d, not %d" %
+                                (self.sources[i][0], len(data), offset, count))
+                failed.pop(i, None)
+                return data
+            except Exception as e:
+                last = e
+                failed[i] = time.monotonic()
+                n = self.source_nodes.pop(i, None)
+                if n is not None:
+                    try:
+                        n.close(self.ctx)
+                    except Exception:
+                        pass
+        raise last
 
     def _write_member(self, node, offset, data):
         """All of data written to one member's node, in a greenlet of its own."""

@@ -18,6 +18,11 @@ directory /groups (GroupsOverlay)::
         partial       the same operations for a parent mux: a read gives the encoded
                       partial result (nine.group.aggregate); a write returns a short
                       count when some member failed (then read `errors`)
+        relay         write "OFFSET COUNT": every member gets those bytes of a relay
+                      source (`source` lines of ctl), read as low in the tree as a
+                      source lies, so that they do not pass through this server when
+                      a source is near the members; a short count when some member
+                      failed (then read `errors`), as `partial` gives
         status        per-member status of the last operation (text)
         errors        the failed members of the last operation (encoded, JSON)
         <member>      a symlink per member: `ln -s ../../proc/1/node3/mem g/n3` adds one;
@@ -28,7 +33,7 @@ directory /groups (GroupsOverlay)::
 
 The groups directory is sticky (mode 1777): anyone makes a group, and only a group's
 owner (or root) changes it, removes it or writes its data.  Each open of `data` or
-`partial` is a GroupOpen (nine.group.execute) of its own.
+`partial` (or `relay`) is a GroupOpen (nine.group.execute) of its own.
 """
 
 import errno
@@ -37,7 +42,7 @@ import stat as S
 from ..protocol import Qid, QTDIR, QTFILE, QTSYMLINK, L_O_ACCMODE, L_O_RDONLY, L_O_TRUNC
 from ..server.node import Node, Attr, Dirent, StatFS, error
 from .execute import GroupOpen
-from .handle import FEATURES
+from .handle import FEATURES, MAX_WHOLE
 
 
 def _check_owner(g, ctx, eno=errno.EACCES):
@@ -166,6 +171,8 @@ class GroupNode(Node):
             mode = S.S_IFREG | 0o666
         elif k in ("ctl", "data"):
             mode = S.S_IFREG | 0o644      # the owner changes and drives the group
+        elif k == "relay":
+            mode = S.S_IFREG | 0o200
         else:
             mode = S.S_IFREG | 0o666      # partial: the protocol between muxes
         return Attr(qid=self.qid, mode=mode, uid=uid, gid=gid,
@@ -191,7 +198,7 @@ class GroupNode(Node):
         else:
             g = self.group
             ents = [(n, QTFILE, 8, g.files[n]) for n in ("ctl", "data", "errors",
-                                                         "partial", "status")]
+                                                         "partial", "relay", "status")]
             ents += [(m, QTSYMLINK, 10, g.mqpaths[m]) for m in sorted(g.members)]
         out = []
         for i in range(offset, len(ents)):
@@ -272,12 +279,14 @@ class GroupNode(Node):
         elif k == "clone":
             self.state = self.svc.new_group(None, private=True, uid=_uid(ctx),
                                             gid=_gid(ctx, None))
-        elif k in ("data", "partial", "ctl"):
+        elif k in ("data", "partial", "ctl", "relay"):
             if self.svc.groups.get(self.group.name) is not self.group:
                 raise error(errno.ENOENT, "the group is gone")
+            if k == "relay" and acc == L_O_RDONLY:
+                raise error(errno.EACCES, "relay is written, not read")
             if acc != L_O_RDONLY or flags & L_O_TRUNC:
                 self._owner(ctx)
-        if k in ("data", "partial"):
+        if k in ("data", "partial", "relay"):
             self.state = GroupOpen(self.svc, self.group, ctx, flags)
         self.opened = True
 
@@ -285,6 +294,8 @@ class GroupNode(Node):
         k = self.kind
         if k in ("data", "partial"):
             return self._read_op(offset, count, k == "data")
+        if k == "relay":
+            raise error(errno.EACCES)
         if self.snapshot is None or offset == 0:
             if k == "features":
                 data = FEATURES
@@ -338,6 +349,9 @@ class GroupNode(Node):
         if k == "ctl":
             self.group.ctl(data.decode("utf-8", "surrogateescape"))
             return len(data)
+        if k == "relay":
+            p = self.state.relay(*_relay_request(data))
+            return len(data) if not p.members_failed() else max(0, len(data) - 1)
         if k in ("data", "partial"):
             p = self.state.write(offset, data)
             failed = p.members_failed()
@@ -367,6 +381,19 @@ class GroupNode(Node):
 
     def getxattr(self, ctx, name):
         raise error(errno.ENODATA)
+
+
+def _relay_request(data):
+    """(offset, count) of a write to `relay`: ``OFFSET COUNT``."""
+    words = data.decode("ascii", "replace").split()
+    try:
+        offset, count = (int(w, 0) for w in words)
+    except ValueError:
+        raise error(errno.EINVAL, "relay: write OFFSET COUNT") from None
+    if not (0 <= offset < 1 << 63 and 0 <= count <= MAX_WHOLE):
+        raise error(errno.EINVAL, "relay: offset or count out of range (count %d at "
+                    "most)" % MAX_WHOLE)
+    return offset, count
 
 
 # ---------------------------------------------------------------------------------------

@@ -109,14 +109,18 @@ def read_whole(read, offset, count, chunk=CHUNK):
 
 class GroupHandle:
     """A private group on a group service: `clone` kept open (the group lives as long),
-    its ctl, partial and errors files open, the members added.  root: a client Fid of
-    the service's root (not owned)."""
+    its ctl, partial and errors files open, the members added (and the relay sources,
+    whose `relay` file is opened at the first relay).  root: a client Fid of the
+    service's root (not owned)."""
 
-    def __init__(self, root, members, flags):
+    def __init__(self, root, members, flags, sources=()):
         self.conn = root.conn
         self.labels = [m for m, _ in members]
+        self.sources = list(sources)
         self.sent = None                  # the settings last written to its ctl
         self.fids = []
+        self.root = root
+        self.relay_fid = None
         try:
             clone, _ = root.twalk(["clone"])
             self.fids.append(clone)
@@ -125,7 +129,8 @@ class GroupHandle:
             self.ctl = self._open(root, [self.gid, "ctl"], os.O_WRONLY)
             self.partial = self._open(root, [self.gid, "partial"], flags & os.O_ACCMODE)
             self.errors = self._open(root, [self.gid, "errors"], os.O_RDONLY)
-            self.send(["add %s %s" % (m, p) for m, p in members])
+            self.send(["add %s %s" % (m, p) for m, p in members] +
+                      ["source %s" % p for p in self.sources])
         except BaseException:
             self.close()
             raise
@@ -197,6 +202,18 @@ class GroupHandle:
         else:
             n = self.partial.write(offset, data, timeout=timeout)
         if n == len(data):
+            return {}
+        return decode_errors(self.errors.read(0, self.iounit, timeout=timeout))
+
+    def relay(self, offset, count, timeout=None):
+        """Relay: every member gets bytes [offset, offset + count) of a source file
+        (the service reads one near them; nothing passes through this connection);
+        {reason: members} of those that failed."""
+        if self.relay_fid is None:
+            self.relay_fid = self._open(self.root, [self.gid, "relay"], os.O_WRONLY)
+        req = b"%d %d\n" % (offset, count)
+        n = self.relay_fid.write(0, req, timeout=timeout)
+        if n == len(req):
             return {}
         return decode_errors(self.errors.read(0, self.iounit, timeout=timeout))
 

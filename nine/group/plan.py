@@ -14,6 +14,11 @@ Opening `data`/`partial` places the group's members once (the MRNet filter model
   results;
 - every other member is opened here, and read or written here (nine.group.execute).
 
+Relay sources (the group's `source` lines: files that hold the bytes a relay writes to
+the members) are placed too: each ChildGroup gets the sources that lie on its child
+(at most CHILD_SOURCES), so that a relay is done as low in the tree as a source is;
+the others are opened here when a relay needs them (nine.group.execute).
+
 A Placement keeps the plan healed: members that could not be opened, or whose child's
 connection failed (a restarted leaf or mux), are resolved again at most every
 REPAIR_EVERY seconds, at the next operation; a change of the member set plans anew.
@@ -32,6 +37,7 @@ from .resolve import locate, prime, resolve
 
 PRIME_BATCH = 256            # members resolved per listing of their shared directories
 REPAIR_EVERY = 1.0           # failed members are resolved again at most this often (s)
+CHILD_SOURCES = 64           # relay sources handed to one child group at most
 
 
 def reason(e):
@@ -56,10 +62,10 @@ class ChildGroup(GroupHandle):
     """A private group on a Remote child (its group service, Remote.group_root): one
     per child per open here; `labels` are the members handed to it."""
 
-    def __init__(self, child, ctx, members, flags):
+    def __init__(self, child, ctx, members, flags, sources=()):
         self.child = child
         self.ln, root = child.group_root(ctx)
-        super().__init__(root, members, flags)
+        super().__init__(root, members, flags, sources)
 
     def configure_for(self, group, timeout):
         """The settings of a read of `group` with a child's timeout."""
@@ -80,6 +86,10 @@ class Placement:
         self.local = {}            # label -> open Node
         self.children = []         # ChildGroup
         self.openfail = {}         # label -> reason
+        self.sources = []          # relay sources: [(target, child Remote or None,
+                                   # its path on that child or None)]
+        self.source_nodes = {}     # index in sources -> open Node (read here)
+        self.source_failed = {}    # index in sources -> when it last failed
         self.gen = None
         self.broken = set()        # labels whose child connection failed: resolve again
         self.broken_children = set()   # ChildGroups that failed: make them again
@@ -92,7 +102,47 @@ class Placement:
         self.release()
         self.gen = self.group.gen
         self.repair_at = time.monotonic() + REPAIR_EVERY
+        self._place_sources()
         self._place(list(self.group.members))
+
+    def _place_sources(self):
+        """Where each relay source is: on which child (and its path there), or here."""
+        g, ctx = self.group, self.ctx
+        self.sources = []
+        if not g.sources:
+            return
+        try:
+            root = self.svc.ns_attach(ctx)
+        except OSError:
+            self.sources = [(t, None, None) for t in g.sources]
+            return
+        found = [None] * len(g.sources)
+
+        def one(i, target):
+            try:
+                node, _ = resolve(ctx, root, self.svc.base, g, target)
+            except Exception:
+                found[i] = (target, None, None)       # tried here, and named then
+                return
+            try:
+                where = node.origin()
+            finally:
+                node.close(ctx)
+            found[i] = (target, where[0], "/" + "/".join(where[1])) if where else \
+                (target, None, None)
+        pool = Pool(64)
+        try:
+            for i, t in enumerate(g.sources):
+                pool.spawn(one, i, t)
+            pool.join()
+        finally:
+            pool.kill()
+            root.close(ctx)
+        self.sources = [f for f in found if f is not None]
+
+    def sources_on(self, child):
+        """The paths on child of the sources that lie there (CHILD_SOURCES at most)."""
+        return [p for _, c, p in self.sources if c is child][:CHILD_SOURCES]
 
     def _place(self, labels):
         """Resolve these members: open the local ones, hand the others on to their
@@ -148,7 +198,8 @@ class Placement:
             for label, (child, path) in located.items():
                 per.setdefault(child, []).append(label)
             for child, labels in per.items():
-                if len(labels) >= fewest and child_offers_groups(child, ctx):
+                if len(labels) >= self._fewest(child, fewest) and \
+                        child_offers_groups(child, ctx):
                     by_child[child] = [(label, "/" + "/".join(located[label][1]))
                                        for label in labels]
                 else:
@@ -170,7 +221,8 @@ class Placement:
             else:
                 self._open_local(label, node)
         for child, items in delegable.items():
-            if len(items) >= fewest and child_offers_groups(child, ctx):
+            if len(items) >= self._fewest(child, fewest) and \
+                    child_offers_groups(child, ctx):
                 by_child.setdefault(child, []).extend(
                     (label, "/" + "/".join(path)) for label, _, path in items)
                 for _, node, _ in items:
@@ -181,12 +233,18 @@ class Placement:
 
         def mk(child, members):
             try:
-                self.children.append(ChildGroup(child, ctx, members, self.flags))
+                self.children.append(ChildGroup(child, ctx, members, self.flags,
+                                                self.sources_on(child)))
             except Exception as e:
                 why = "%s: %s" % (child.name, reason(e))
                 for label, _ in members:
                     self.openfail[label] = why
         gevent.joinall([gevent.spawn(mk, c, ms) for c, ms in by_child.items()])
+
+    def _fewest(self, child, fewest):
+        """The members a child needs to get a child group: one where a relay source
+        lies on it too (the relay is then done there, not here)."""
+        return 1 if fewest > 1 and self.sources_on(child) else fewest
 
     def _open_local(self, label, node):
         """Open a member's node here (open failures go to openfail)."""
@@ -202,12 +260,14 @@ class Placement:
 
     def release(self):
         """Close every member (the open here, the child groups) and forget the plan."""
-        for node in self.local.values():
+        for node in list(self.local.values()) + list(self.source_nodes.values()):
             try:
                 node.close(self.ctx)
             except Exception:
                 pass
         self.local = {}
+        self.source_nodes = {}
+        self.source_failed = {}
         for c in self.children:
             c.close()
         self.children = []
@@ -244,7 +304,8 @@ class Placement:
     def refresh(self):
         """Plan anew when the group's member set changed since the plan was made."""
         if self.gen != self.group.gen:
-            if set(self.group.members) != set(self.members()):
+            if set(self.group.members) != set(self.members()) or \
+                    tuple(self.group.sources) != tuple(t for t, _, _ in self.sources):
                 self.plan()
             self.gen = self.group.gen
 
@@ -257,17 +318,22 @@ class Placement:
 
     def reopen(self, label):
         """A new open node of a member (walked again from the name space's root)."""
-        g, ctx = self.group, self.ctx
-        target = g.members.get(label)
+        target = self.group.members.get(label)
         if target is None:
             raise error(errno.ENOENT, "%s is no longer a member" % label)
+        return self.reopen_target(target, self.flags & ~(os.O_CREAT | os.O_EXCL))
+
+    def reopen_target(self, target, flags):
+        """A member's (or a relay source's) target walked from the name space's root,
+        and opened with flags."""
+        g, ctx = self.group, self.ctx
         root = self.svc.ns_attach(ctx)
         try:
             node, _ = resolve(ctx, root, self.svc.base, g, target)
         finally:
             root.close(ctx)
         try:
-            node.open(ctx, self.flags & ~(os.O_CREAT | os.O_EXCL))
+            node.open(ctx, flags)
         except BaseException:
             node.close(ctx)
             raise
