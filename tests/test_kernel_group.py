@@ -17,7 +17,7 @@ root of the tree (aname "", the merged name space with /groups) on /mnt/tree,
 
 - groups: mkdir /mnt/tree/groups/dbg-{ctl,mem,wait,regs}, one `ln -s
   ../../nodes/LEAF/proc/PID/KIND pK` per process in each; `ls` of a group lists the
-  32 symlinks and ctl data errors partial status;
+  32 symlinks and ctl data errors partial relay status;
 - stop: echo stop > dbg-ctl/data (every process's ctl says state=stopped);
 - breakpoint: the byte at step() read as one class (equiv format=u8 at `seek STEP
   count 1`), then an int3 written with dd at file offset STEP of dbg-mem/data;
@@ -123,7 +123,7 @@ check_groups() {
     g=$DBG_G/$DBG_P-mem
     ls "$g" | tr '\n' ' '
     echo
-    want=$( (for f in ctl data errors partial status; do echo $f; done
+    want=$( (for f in ctl data errors partial relay status; do echo $f; done
              i=0; while [ $i -lt $DBG_N ]; do echo p$i; i=$((i + 1)); done) | sort | tr '\n' ' ')
     expect_eq "ls $g" "$(ls "$g" | sort | tr '\n' ' ')" "$want"
     expect_eq "symlinks in $g" "$(find "$g" -type l | wc -l)" "$DBG_N"
