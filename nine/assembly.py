@@ -16,7 +16,6 @@ Configuration errors raise ConfigError with a message meant for the user.
 import errno
 import logging
 import os
-from dataclasses import dataclass, field
 
 log = logging.getLogger("nine")
 
@@ -27,10 +26,55 @@ class ConfigError(ValueError):
     """A configuration that cannot be served (a missing directory, an unknown user)."""
 
 
-@dataclass
-class LeafConfig:
+class _Config:
+    """A configuration record, as @dataclass would make it: its fields are the class's
+    annotated names, in order, given by position or keyword; a field left out takes the
+    class's value (a list default: a new copy, as a default_factory), one without a value
+    must be given.  Compared and shown field by field.  (Not a dataclass: importing
+    dataclasses, and the inspect module it needs, is a tenth of a leaf's start.)"""
+
+    def __init__(self, *args, **kw):
+        names = list(type(self).__annotations__)
+        if len(args) > len(names):
+            raise TypeError("%s takes at most %d positional arguments (%d given)"
+                            % (type(self).__name__, len(names), len(args)))
+        for name, value in zip(names, args):
+            if name in kw:
+                raise TypeError("%s got multiple values for argument %r"
+                                % (type(self).__name__, name))
+            kw[name] = value
+        for name in names:
+            if name in kw:
+                value = kw.pop(name)
+            elif hasattr(type(self), name):
+                value = getattr(type(self), name)
+                if isinstance(value, list):
+                    value = list(value)
+            else:
+                raise TypeError("%s missing required argument %r" % (type(self).__name__, name))
+            setattr(self, name, value)
+        if kw:
+            raise TypeError("%s got an unexpected keyword argument %r"
+                            % (type(self).__name__, next(iter(kw))))
+
+    def _values(self):
+        return tuple(getattr(self, name) for name in type(self).__annotations__)
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    __hash__ = None             # (mutable, as a dataclass without frozen=True)
+
+    def __repr__(self):
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (name, getattr(self, name)) for name in type(self).__annotations__))
+
+
+class LeafConfig(_Config):
     #: [(aname or None, directory)]: None serves the directory to any aname not listed
-    exports: list = field(default_factory=list)
+    exports: list = []
     #: refuse every change: writes to the exports (EROFS), and exec and proc control
     #: (no command runs, no process is changed; reads still work)
     read_only: bool = False
@@ -65,8 +109,7 @@ class LeafConfig:
     limits: object = None
 
 
-@dataclass
-class MuxConfig:
+class MuxConfig(_Config):
     #: [(child name, address)]
     children: list
     final_text: str = None      # FiNAL rules (None: one directory per child)
@@ -125,6 +168,8 @@ def make_gate(spec, what):
 def tls_contexts(cfg):
     """(server context, client context) of cfg's TLS set (nine.auth.tls), or (None,
     None) when it has none."""
+    if not (cfg.tls_cert or cfg.tls_key or cfg.tls_ca):
+        return None, None       # (ssl is loaded for TLS only: a tenth of a leaf's start)
     from .auth import tls
     try:
         return tuple(tls.from_files(cfg.tls_cert, cfg.tls_key, cfg.tls_ca, side)

@@ -57,16 +57,59 @@ def test_one_delta_per_version(tree, tmp_path):
     assert [l.split(": ")[1] for l in deltas if l.endswith("(2)")] == ["node[1,4] (2)"]
     for n, data in olds.items():                          # a dry run changes nothing
         assert (tree.exp / n / "app.bin").read_bytes() == data
+    assert sent_kib(out) < 1024                           # the 3 deltas, no whole file
     rc, out, err = psync(tree, "--stats", str(src), "app.bin")
     assert rc == 0 and err == "", err
     assert out.splitlines()[-1] == "ok node[1-6] (6)"
-    sent = [l for l in out.splitlines() if l.startswith("sent to the root: ")][0]
-    assert "MiB" in sent and float(sent.split()[4]) < 6.7    # whole file once + 3 deltas
+    # node5 and node6 got the file from the patched hosts, inside the tree: only the
+    # deltas left this machine
+    assert sent_kib(out) < 1024, out
+    assert "copied inside the tree from hosts that have it: 6 MiB to node[5-6] (2)" in \
+        out.splitlines(), out
     for n in NAMES:
         assert (tree.exp / n / "app.bin").read_bytes() == new, n
         assert tmpfiles(tree.exp / n) == [], n
     rc, out, err = psync(tree, "--stats", str(src), "app.bin")
     assert out.splitlines()[0] == "up to date: node[1-6] (6)"
+    # --no-relay: the whole file is sent from here
+    for n in ("node5", "node6"):
+        (tree.exp / n / "app.bin").unlink()
+    rc, out, err = psync(tree, "--stats", "--no-relay", str(src), "app.bin")
+    assert rc == 0 and err == "", err
+    assert sent_kib(out) >= 6 * 1024 and "copied inside" not in out, out
+    for n in NAMES:
+        assert (tree.exp / n / "app.bin").read_bytes() == new, n
+
+
+def sent_kib(out):
+    """The KiB of psync --stats' `sent to the root` line."""
+    words = [l for l in out.splitlines() if l.startswith("sent to the root: ")][0].split()
+    return float(words[4]) * {"B": 1 / 1024, "KiB": 1, "MiB": 1024, "GiB": 1 << 20}[words[5]]
+
+
+def test_a_copy_from_a_host_is_checked_before_it_is_renamed(tree, tmp_path):
+    """A host found up to date by size and time (rsync's quick check) may hold other
+    bytes: a copy made from it inside the tree fails the sha256 check, and the host
+    that lacked the file is sent it from here instead; nothing else changes."""
+    new = random.Random(21).randbytes(300_000)
+    src = tmp_path / "q.bin"
+    src.write_bytes(new)
+    st = src.stat()
+    wrong = bytearray(new)
+    wrong[1000:1010] = b"X" * 10                  # the same size and time, other bytes
+    for n in NAMES:
+        p = tree.exp / n / "q.bin"
+        if n == "node2":
+            continue                              # node2 lacks it
+        p.write_bytes(new if n != "node1" else bytes(wrong))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    # node1 is the only source in node2's subtree: its copy is refused by the check
+    rc, out, err = psync(tree, "--stats", str(src), "q.bin")
+    assert rc == 0 and err == "", err
+    assert (tree.exp / "node2" / "q.bin").read_bytes() == new
+    assert "copied inside" not in out and sent_kib(out) >= len(new) / 1024, out
+    assert (tree.exp / "node1" / "q.bin").read_bytes() == bytes(wrong)  # quick check
+    assert tmpfiles(tree.exp / "node2") == []
 
 
 def test_checksum_whole_file_and_times(tree, tmp_path):

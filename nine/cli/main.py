@@ -80,7 +80,7 @@ def _add_limit_opts(p):
              "attached by then is closed (with authentication only)"),
             ("--frame-timeout", "frame_timeout", "SECONDS", "a connection whose frame has "
              "begun but not arrived whole by then is closed")):
-        default = getattr(Limits, field)
+        default = Limits._field_defaults[field]
         g.add_argument(opt, dest="limit_" + field, metavar=metavar, type=type(default),
                        default=default, help=hlp + " (default %(default)s)")
 

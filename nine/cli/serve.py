@@ -25,10 +25,9 @@ def leaf_config(args):
 
 def _limits(args):
     """The Limits (nine.server.limits) that --max-* and --*-timeout ask for."""
-    from dataclasses import fields
     from ..server.limits import Limits
     try:
-        return Limits(**{f.name: getattr(args, "limit_" + f.name) for f in fields(Limits)})
+        return Limits(**{name: getattr(args, "limit_" + name) for name in Limits._fields})
     except ValueError as ex:
         _die(str(ex), 2)
 

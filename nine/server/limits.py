@@ -26,7 +26,7 @@ the bytes actually received, never to the size a frame header claims, and connec
 never take the descriptors that open files need (nine.server.guard).
 """
 
-from dataclasses import dataclass
+from collections import namedtuple
 
 #: the largest frame a connection may send before its Tversion (a Tversion is a few
 #: dozen bytes): a peer that has proven nothing gets nothing msize-sized
@@ -40,31 +40,42 @@ REQUESTS_RESERVE = 8
 REQUESTS_LOW = 0.875
 
 
-@dataclass(frozen=True)
-class Limits:
+#: (field, default) of Limits, in order; the comments say what each one bounds
+_FIELDS = (
     #: connections at once, from everyone
-    connections: int = 4096
+    ("connections", 4096),
     #: connections at once from one peer address (TCP; unix sockets are not counted)
-    per_peer: int = 256
+    ("per_peer", 256),
     #: fids of one connection
-    fids: int = 65536
+    ("fids", 65536),
     #: requests in flight on one connection; at the limit the connection is not read
     #: until one ends
-    requests: int = 1024
+    ("requests", 1024),
     #: requests in flight on all connections together (a blocked request holds its
     #: greenlet, ~10 KB: the default bounds them to ~100 MB); at the limit the
     #: connections that hold REQUESTS_RESERVE or more are not read until many end
-    requests_total: int = 8192
+    ("requests_total", 8192),
     #: seconds a connection has to attach (its first successful Tattach), where the
     #: server requires authentication (without it an attach proves nothing, and a
     #: mux's links to its children attach only once a user comes)
-    attach_timeout: float = 30.0
+    ("attach_timeout", 30.0),
     #: seconds a frame may take to arrive whole once its first byte has
-    frame_timeout: float = 30.0
+    ("frame_timeout", 30.0),
+)
 
-    def __post_init__(self):
-        for name in ("connections", "per_peer", "fids", "requests", "requests_total",
-                     "attach_timeout", "frame_timeout"):
+
+class Limits(namedtuple("Limits", [n for n, _ in _FIELDS], defaults=[d for _, d in _FIELDS])):
+    """The limits of one server: Limits(fids=1024), each field by keyword (or in the
+    order of _FIELDS); a field left out has its default (Limits._field_defaults).  Read
+    only, compared and shown field by field.  (A named tuple rather than a frozen
+    dataclass: importing dataclasses, and the inspect module it needs, is a tenth of the
+    start of a `nine` command.)"""
+    __slots__ = ()
+
+    def __new__(cls, *args, **kw):
+        self = super().__new__(cls, *args, **kw)
+        for name in self._fields:
             if getattr(self, name) < 0:
                 raise ValueError("limit %s: %r is negative (0: no limit)"
                                  % (name, getattr(self, name)))
+        return self

@@ -27,7 +27,9 @@ plain word is written ``~`` and the base64url of its bytes (path_word()).
                               else) and its path_word() from PATH, parents first
     mkdir PATH MODE           the directory and its missing parents (mkdir -p)
     create PATH MODE          a new file (an existing one is EEXIST)
-    fsync PATH SIZE           flush the file to disk; EIO unless it holds SIZE bytes
+    fsync PATH SIZE [SHA256]  flush the file to disk; EIO unless it holds SIZE bytes
+                              (and, given SHA256, bytes of that sha256: a copy made
+                              inside the tree from another host's file is checked so)
     attr PATH [mode=OCTAL] [mtime=NS]
     rename OLD NEW            rename(2): the new name replaces a file, never a directory
                               (EISDIR); the directory is flushed after
@@ -309,15 +311,19 @@ class FileCtl:
             parent.close(ctx)
         return ()
 
-    def cmd_fsync(self, ctx, root, path, size):
+    def cmd_fsync(self, ctx, root, path, size, sha256=None):
         node = self._open_file(ctx, root, word_path(path), L_O_RDONLY)
         try:
             node.fsync(ctx)
             have = node.getattr(ctx).size
+            if have != int(size):
+                raise error(errno.EIO, "holds %d bytes of %d" % (have, int(size)))
+            if sha256 is not None:
+                got = _sha256_of(ctx, node, have)
+                if got != sha256.lower():
+                    raise error(errno.EIO, "differs from the source (sha256 %s)" % got)
         finally:
             node.close(ctx)
-        if have != int(size):
-            raise error(errno.EIO, "holds %d bytes of %d" % (have, int(size)))
         return ()
 
     def cmd_attr(self, ctx, root, path, *settings):
@@ -481,6 +487,22 @@ class FileCtl:
         if sha256 is not None and got != sha256:
             raise error(errno.EIO, "patched file differs from the source (sha256 %s)" % got)
         return files[2].pos, got
+
+
+def _sha256_of(ctx, node, size):
+    """The sha256 of an open node's size bytes (read by READ_CHUNK, yielding to other
+    clients between reads)."""
+    import gevent
+    h = hashlib.sha256()
+    off = 0
+    while off < size:
+        data = node.read(ctx, off, min(READ_CHUNK * 16, size - off))
+        if not data:
+            break
+        h.update(data)
+        off += len(data)
+        gevent.sleep(0)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------

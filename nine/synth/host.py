@@ -55,7 +55,6 @@ import socket
 import time
 
 import gevent
-import psutil
 
 from .files import Dir, File
 from .metrics import Metrics
@@ -132,6 +131,7 @@ class _CpuSampler:
 
     @staticmethod
     def _sample():
+        import psutil     # (on first use: a tenth of a leaf's start, for a file read)
         return time.monotonic(), psutil.cpu_times(percpu=True)
 
     @staticmethod
@@ -163,6 +163,7 @@ class _CpuSampler:
             sb += db
             st += dt
         ncpu = len(now[1])
+        import psutil
         ncore = psutil.cpu_count(logical=False) or ncpu
         pairs = [("ncpu", ncpu), ("ncore", ncore), ("total", _f1(100.0 * sb / st if st else 0.0))]
         pairs += [("cpu%d" % i, _f1(min(p, 100.0))) for i, p in enumerate(per)]
@@ -173,6 +174,7 @@ class _CpuSampler:
 
 
 def _mem():
+    import psutil
     v = psutil.virtual_memory()
     s = psutil.swap_memory()
     return _fmt([("total", v.total), ("available", v.available), ("used", v.used),
@@ -183,6 +185,7 @@ def _mem():
 
 
 def _net():
+    import psutil
     pairs = []
     counters = psutil.net_io_counters(pernic=True) or {}
     for name in sorted(counters):
@@ -196,6 +199,7 @@ def _net():
 
 
 def _disk():
+    import psutil
     pairs = []
     try:
         counters = psutil.disk_io_counters(perdisk=True) or {}
@@ -227,6 +231,7 @@ def _disk():
 
 
 def _uptime():
+    import psutil
     with open("/proc/uptime") as fp:
         up, idle = (float(x) for x in fp.read().split()[:2])
     return _fmt([("uptime", _f2(up)), ("boot_time", int(psutil.boot_time())),
@@ -234,6 +239,7 @@ def _uptime():
 
 
 def _users():
+    import psutil
     try:
         us = psutil.users()
     except OSError:

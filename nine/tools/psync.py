@@ -24,7 +24,14 @@ For each file (nine.tools.transfer):
    applied to a temporary copy, checked against the source's sha256, renamed into
    place); a delta no smaller than the file, or a patch that fails, sends the whole
    file (nine pcp's way);
-4. -p/-t fix the mode/time of up-to-date copies; --delete removes what the source does
+4. the hosts that lack the file (or whose delta would be as large as it) get it
+   whole, copied inside the tree from hosts that hold the source's bytes now (those
+   patched or found up to date: the group's relay sources, nine.group.execute), so
+   that the bytes cross each edge once and do not leave the root when every subtree
+   has such a host; each copy is checked against the source's sha256 before it is
+   renamed into place, and a host whose copy failed is sent the file from here (as
+   nine pcp sends it; --no-relay: always so);
+5. -p/-t fix the mode/time of up-to-date copies; --delete removes what the source does
    not have.
 
 --dry-run and --stats print the classes of hosts per file::
@@ -80,6 +87,8 @@ def make_parser(prog="nine psync"):
                    "not have from the destination directories")
     p.add_argument("-W", "--whole-file", action="store_true",
                    help="send whole files, no deltas")
+    p.add_argument("--no-relay", action="store_true", help="send whole files from "
+                   "here, not copied inside the tree from hosts that have them")
     p.add_argument("--stats", action="store_true", help="the classes of hosts and what "
                    "was sent")
     p.add_argument("--progress", action="store_true", help="a progress bar")
@@ -162,8 +171,17 @@ class Sync:
         self.progress = progress
         self.classes = {}
         self.sent = 0                 # bytes written to the root (deltas, whole files)
+        self.relayed = {}             # item rel -> hosts given it inside the tree
         self.token = new_token()
         self.old = {}                 # (item rel, host) -> (mode, mtime) of its copy
+        self.have = {}                # item rel -> [hosts that hold the source's bytes:
+                                      # checked (patched, same signature) first]
+        self.fresh = {}               # item rel -> [hosts up to date by size and time]
+        self.umask = _umask()
+        self._sha = {}
+
+    def items_size(self, rel):
+        return next((it.st.st_size for it in self.items if it.rel == rel), 0)
 
     def dest(self, h, it):
         return join(self.places[h][1], it.rel)
@@ -219,6 +237,7 @@ class Sync:
                 if not opts.checksum and size == f.st.st_size and \
                         mtime == f.st.st_mtime_ns:
                     cls.setdefault("up to date", set()).add(h)
+                    self.fresh.setdefault(f.rel, []).append(h)
                 elif opts.whole_file and not opts.checksum:
                     whole.setdefault(f.rel, []).append(h)
                 else:
@@ -232,7 +251,8 @@ class Sync:
             hs = whole.get(f.rel, [])
             if hs:
                 self.classes[f.rel].setdefault("whole file", set()).update(hs)
-                self.sent += f.st.st_size
+                if opts.dry_run and (opts.no_relay or not self.sources_of(f)):
+                    self.sent += f.st.st_size
         if not opts.dry_run:
             self.send_whole(files, whole)
             if opts.delete:
@@ -263,6 +283,7 @@ class Sync:
             for sig, hs in by_version.items():
                 if sig == mine and all(sizes[h] == f.st.st_size for h in hs):
                     cls.setdefault("up to date", set()).update(hs)
+                    self.have.setdefault(f.rel, []).extend(hs)
                     continue
                 if opts.whole_file:
                     whole.setdefault(f.rel, []).extend(hs)
@@ -279,7 +300,9 @@ class Sync:
                     label += " #%d" % sum(1 for k in cls if k.startswith(label))
                 cls[label] = set(hs)
                 self.sent += len(delta)
-                if not opts.dry_run:
+                if opts.dry_run:                  # they would hold the bytes after
+                    self.have.setdefault(f.rel, []).extend(hs)
+                else:
                     for h in self.patch(f, hs, delta):
                         whole.setdefault(f.rel, []).append(h)
         finally:
@@ -290,7 +313,7 @@ class Sync:
         (they get the whole file)."""
         opts = self.opts
         places = self.place(hosts)
-        sha = _sha256(f.src)
+        sha = self.sha(f)
 
         def tmp(h, kind):
             return tmp_name(self.dest(h, f), self.token, kind)
@@ -329,6 +352,8 @@ class Sync:
                 retry.append(h)               # a patch that failed: the whole file
             elif step_error(rs[1]):
                 per.fail([h], step_error(rs[1]))
+            else:                             # checked against the source's sha256
+                self.have.setdefault(f.rel, []).append(h)
         for h, r in per.failed.items():
             self.fail(h, f, r)
         # the temporary files left, removed where the host answers
@@ -364,7 +389,20 @@ class Sync:
                 if step_error(rs[0]):
                     self.fail(h, f, step_error(rs[0]))
 
+    def sha(self, f):
+        if f.rel not in self._sha:
+            self._sha[f.rel] = _sha256(f.src)
+        return self._sha[f.rel]
+
     # -- whole files and deletions ---------------------------------------------------
+    def sources_of(self, f):
+        """The hosts whose copy of f holds the source's bytes (the checked ones first)."""
+        out = []
+        for h in self.have.get(f.rel, []) + self.fresh.get(f.rel, []):
+            if h not in out and h not in self.outcome.failed:
+                out.append(h)
+        return out
+
     def send_whole(self, files, whole):
         from types import SimpleNamespace
         o = self.opts
@@ -373,9 +411,69 @@ class Sync:
                                verify=False, preserve=o.perms)
         for f in files:
             hs = [h for h in whole.get(f.rel, []) if h not in self.outcome.failed]
+            srcs = self.sources_of(f)
+            if hs and srcs and not o.no_relay:
+                hs = self.relay(f, hs, srcs)
             if hs:
-                Copy(self.client, self.places, [f], opts, self.outcome,
-                     self.progress).run(hs)
+                copy = Copy(self.client, self.places, [f], opts, self.outcome,
+                            self.progress)
+                copy.run(hs)
+                self.sent += copy.sent
+
+    def relay(self, f, hosts, sources):
+        """f to hosts, copied inside the tree from the hosts that hold its bytes
+        (sources): each host's copy is written to a temporary file, checked against
+        the source's sha256, then renamed into place.  Returns the hosts whose copy
+        failed (the whole file is then sent from here)."""
+        opts = self.opts
+        places = self.place(hosts)
+        sha = self.sha(f)
+
+        def tmp(h):
+            return tmp_name(self.dest(h, f), self.token)
+        steps = {h: [[command("sweep", ("p", self.dest(h, f)), SWEEP_AGE),
+                      command("create", ("p", tmp(h)), "600")]] for h in hosts}
+        replies, failed = transact(self.client, places, steps, opts.timeout)
+        per = Outcome(hosts)
+        for h, r in failed.items():
+            self.fail(h, f, r)                # the host does not answer: no retry
+        made = []
+        for h, rs in replies.items():
+            if step_error(rs[0]):
+                per.fail([h], step_error(rs[0]))
+            else:
+                made.append(h)
+        src = Source(data=b"")
+        src.size = f.st.st_size
+        Streamer(self.client, {h: places[h].ns(tmp(h)) for h in made}, per, BLOCK,
+                 opts.inflight, opts.timeout,
+                 self.progress.add if self.progress else None,
+                 sources=[self.places[s][0].ns(self.dest(s, f)) for s in sources]).run(src)
+        steps = {}
+        for h in per.alive(made):
+            mode = self.attrs_of(f, h)[0] if (f.rel, h) in self.old else (
+                f.mode() if opts.perms else f.mode() & ~self.umask)
+            attr = ["mode=%o" % mode] + (["mtime=%d" % f.st.st_mtime_ns] if opts.times
+                                         else [])
+            steps[h] = [[command("fsync", ("p", tmp(h)), f.st.st_size, sha),
+                         command("attr", ("p", tmp(h)), *attr),
+                         command("rename", ("p", tmp(h)), ("p", self.dest(h, f)))]]
+        replies, failed2 = transact(self.client, places, steps, opts.timeout)
+        for h, r in failed2.items():
+            per.fail([h], r)
+        done = []
+        for h, rs in replies.items():
+            if step_error(rs[0]):
+                per.fail([h], step_error(rs[0]))
+            else:
+                done.append(h)
+        self.relayed.setdefault(f.rel, set()).update(done)
+        # the temporary files of the copies that failed, removed where the host answers
+        clean = {h: [[command("remove", ("p", tmp(h)))]] for h in made
+                 if h not in done and h not in failed2}
+        if clean:
+            transact(self.client, places, clean, opts.timeout)
+        return [h for h in hosts if h not in done and h not in failed]
 
     def delete(self, hosts):
         """--delete: what is below the destination directories and not in the source."""
@@ -413,6 +511,12 @@ class Sync:
                     for s in rs:
                         if step_error(s):
                             self.outcome.fail([h], "delete: %s" % step_error(s))
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m
 
 
 def _sha256(path):
@@ -489,6 +593,11 @@ def main(argv=None, prog="nine psync"):
     if opts.stats:
         out.write("sent to the root: %s (it passes one copy to each child that needs "
                   "it)\n" % kib(sync.sent))
+        for rel, hs in sorted(sync.relayed.items()):
+            if hs:
+                out.write("copied inside the tree from hosts that have it: %s%s to %s\n"
+                          % ("%s, " % rel if len(sync.classes) > 1 else "",
+                             kib(sync.items_size(rel)), fold_classes({"": hs})[0][2:]))
     if opts.dry_run:
         out.flush()
         for line in outcome.lines():

@@ -330,10 +330,15 @@ class Streamer:
     codec (``zstd``, ``lz4``): the members are unpack/ names (Place.ns_unpack), and each
     block travels as frames (FrameEncoder, packed in a thread of gevent's pool); each
     group writes its own frame stream, from offset 0.  `sent` counts the bytes written
-    to the groups (once per block, whatever the number of hosts)."""
+    to the groups (once per block, whatever the number of hosts).
+
+    sources (name-space paths of files that hold the bytes already: other hosts'
+    copies): each block is a relay (GroupFile.relay), copied inside the tree from a
+    source near the members, and nothing is read or sent from here; run() then needs
+    only the size (Source(data=...) or any object with `size`)."""
 
     def __init__(self, client, members, outcome, block=BLOCK, inflight=INFLIGHT,
-                 timeout=None, progress=None, codec=None):
+                 timeout=None, progress=None, codec=None, sources=None):
         self.client = client
         self.members = dict(members)      # host -> name-space path
         self.outcome = outcome
@@ -342,6 +347,7 @@ class Streamer:
         self.timeout = timeout
         self.progress = progress
         self.codec = codec
+        self.sources = sources
         self.sent = 0
 
     def run(self, source):
@@ -373,7 +379,7 @@ class Streamer:
 
     def _open(self, hosts):
         return self.client.gopen(None, "w", members=[(h, self.members[h]) for h in hosts],
-                                 timeout=self.timeout)
+                                 timeout=self.timeout, sources=self.sources)
 
     def _stream(self, source, first, step, nblocks):
         g, hosts = None, None
@@ -386,8 +392,13 @@ class Streamer:
         try:
             for k in range(first, nblocks, step):
                 off = k * self.block
-                data = source.read(off, self.block)
-                payload = data if enc is None else pool.apply(enc.frame, (off, data))
+                if self.sources is not None:          # copied inside the tree
+                    data = payload = None
+                    n = min(self.block, source.size - off)
+                else:
+                    data = source.read(off, self.block)
+                    n = len(data)
+                    payload = data if enc is None else pool.apply(enc.frame, (off, data))
                 while True:
                     alive = self.outcome.alive(list(self.members))
                     if not alive:
@@ -403,11 +414,15 @@ class Streamer:
                             return
                     g.lseek(off if enc is None else at)
                     try:
-                        g.write(payload)
+                        if payload is None:
+                            g.relay(n)
+                        else:
+                            g.write(payload)
                     except OSError:
                         pass              # every member failed: the status names them
-                    self.sent += len(payload)
-                    at += len(payload)
+                    if payload is not None:
+                        self.sent += len(payload)
+                        at += len(payload)
                     bad = [h for h, r in g.status.items() if r]
                     for h in bad:
                         self.outcome.fail([h], self._reason(g.status[h]))
@@ -416,7 +431,7 @@ class Streamer:
                     # a member failed: a write longer than a message stops at the first
                     # short count, so the others may lack its end: again, without it
                 if self.progress is not None:
-                    self.progress(len(data))
+                    self.progress(n)
         finally:
             if g is not None:
                 g.close()
