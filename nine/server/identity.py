@@ -29,7 +29,6 @@ CAP_SETFCAP (the backend accounts for that in its xattr rules).
 import ctypes
 import errno
 import os
-import platform
 import pwd
 import _thread
 
@@ -45,7 +44,7 @@ by_thread = {}                           # native thread id -> identity (None: u
 
 _SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "riscv64": 159, "loongarch64": 159,
                   "ppc64le": 81, "ppc64": 81, "s390x": 206,
-                  "i386": 206, "i686": 206, "armv7l": 206}.get(platform.machine())
+                  "i386": 206, "i686": 206, "armv7l": 206}.get(os.uname().machine)
 
 _verified = set()                        # identities known to switch successfully
 _setfsuid = ctypes.CDLL(None, use_errno=True).setfsuid

@@ -39,7 +39,6 @@ import ctypes
 import errno
 import logging
 import os
-import platform
 import queue
 import signal
 import struct
@@ -118,7 +117,7 @@ class _iovec(ctypes.Structure):
 
 # --- registers (NT_PRSTATUS layout per architecture) ----------------------------------
 
-_MACHINE = platform.machine()
+_MACHINE = os.uname().machine      # (what platform.machine() says, without importing it)
 if _MACHINE == "x86_64":
     REGNAMES = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs "
                 "eflags rsp ss fs_base gs_base ds es fs gs").split()
