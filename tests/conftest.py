@@ -39,6 +39,18 @@ def _session_key():
 
 _session_key()
 
+
+def _main_hub():
+    """The main thread's gevent hub is made first, so that it holds libev's default
+    loop (the only one with child watchers, which gevent.subprocess needs): a test
+    module that starts a server in a thread of its own before any test of this thread
+    touched gevent would otherwise take it."""
+    import gevent
+    gevent.get_hub()
+
+
+_main_hub()
+
 MARKS = {
     "test_aggregate": "unit",
     "test_auth_key": "unit",

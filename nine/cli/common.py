@@ -2,10 +2,30 @@
 server loop until Ctrl-C, the client options."""
 
 import errno
+import gc
 import os
 import sys
 
 DEFAULT_ADDR = "127.0.0.1:5640"
+_gc_held = False
+
+
+def hold_gc():
+    """Turn the cyclic garbage collector off while the command starts (main(), for the
+    verbs of nine.cli.main._GC_OFF), unless it is off already."""
+    global _gc_held
+    if gc.isenabled():
+        gc.disable()
+        _gc_held = True
+
+
+def release_gc():
+    """Turn it on again, if hold_gc() turned it off: once the verb serves, or is
+    connected, or has parsed its command line (the other verbs)."""
+    global _gc_held
+    if _gc_held:
+        _gc_held = False
+        gc.enable()
 
 
 def _die(msg, code=1):
@@ -32,8 +52,10 @@ def _client(args, blocking=True):
         except ValueError as ex:
             _die(str(ex), 2)
     try:
-        return Client(args.addr, aname=args.aname, version=args.version,
-                      uname=args.uname, msize=args.msize, tls=tls, blocking=blocking)
+        client = Client(args.addr, aname=args.aname, version=args.version,
+                        uname=args.uname, msize=args.msize, tls=tls, blocking=blocking)
+        release_gc()            # (connected: its modules are loaded, the verb's work begins)
+        return client
     except (OSError, ValueError) as ex:
         if getattr(ex, "errno", None) in (errno.ENOENT, errno.EACCES, errno.EPERM) and \
                 not args.addr.startswith("unix!"):     # the server refused the attach
@@ -58,6 +80,7 @@ def _serve_forever(announce=None):
     import gevent.event
     from ..server.guard import settle
     settle()                    # (what is there now lives as long: out of the GC's way)
+    release_gc()                # (off while the server started: nine.cli.main._GC_OFF)
     done = gevent.event.Event()
     handlers = [gevent.signal_handler(sig, done.set) for sig in (signal.SIGINT, signal.SIGTERM)]
     if announce:                # only now: a Ctrl-C right after it is handled as above

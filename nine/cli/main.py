@@ -4,9 +4,10 @@ The parser is built here without importing the verbs; each verb's module (and wh
 needs of nine) is imported only when that verb runs, so that a client verb starts fast."""
 
 import argparse
+import sys
 
 from .. import __version__
-from .common import DEFAULT_ADDR, _add_client_opts, _add_tls_opts, _die
+from .common import DEFAULT_ADDR, _add_client_opts, _add_tls_opts, _die, hold_gc, release_gc
 
 
 def _verb(module, name):
@@ -38,6 +39,12 @@ cmd_pgrep = _verb("nine.tools.pgrep", "verb")
 cmd_monitor = _verb("nine.monitor.main", "verb")
 # the client verbs log nothing: they do not load logging (a one-shot verb starts faster)
 _SILENT = ("ls", "read", "write", "stat", "gread", "gwrite")
+# verbs that start with the cyclic garbage collector off, until they serve (serve, mux:
+# nine.cli.common._serve_forever) or are connected (the client verbs: _client): their
+# start is mostly imports, which make few cycles and many objects, and the collections
+# that walk those again and again were an eighth of a leaf's start
+_GC_OFF = ("serve", "mux", "ls", "read", "write", "stat", "gread", "gwrite", "mkdir", "ln",
+           "rm", "rmdir")
 
 
 def _add_auth_opts(p, who="this server"):
@@ -96,11 +103,40 @@ def _socket_mode(text):
     return mode
 
 
-def make_parser():
+class _Unbuilt:
+    """Another verb's parser, under make_parser(verb): not built (every call on it
+    returns it)."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kw: self
+
+
+class _OneVerb:
+    """The subparsers of make_parser(verb): only that verb's parser is built (the
+    twenty others' arguments and help were a tenth of a client verb's start)."""
+
+    def __init__(self, sub, verb):
+        self.sub = sub
+        self.verb = verb
+        self.built = False
+
+    def add_parser(self, name, **kw):
+        if name != self.verb:
+            return _Unbuilt()
+        self.built = True
+        return self.sub.add_parser(name, **kw)
+
+
+def make_parser(verb=None):
+    """The parser of the `nine` command; verb: only that verb's parser under it (what
+    parses a command line that starts with that verb as the whole parser would), or
+    None when no verb has that name."""
     p = argparse.ArgumentParser(prog="nine", description="nine: a 9P file-server network")
     p.add_argument("--version", action="version", version="nine %s" % __version__)
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    if verb is not None:
+        sub = _OneVerb(sub, verb)
 
     s = sub.add_parser("serve", help="serve directories and synthetic trees over 9P")
     s.add_argument("--listen", "-l", action="append",
@@ -299,6 +335,8 @@ def make_parser():
     c.add_argument("argv", nargs=argparse.REMAINDER)
     c.set_defaults(func=cmd_monitor)
     _add_edit_verbs(sub)
+    if verb is not None and not sub.built:
+        return None
     return p
 
 
@@ -356,8 +394,23 @@ def _add_edit_verbs(sub):
 
 
 def main(argv=None):
-    p = make_parser()
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    hold_gc()
+    try:
+        p = None
+        if argv and not argv[0].startswith("-"):    # a verb first: only its parser is built
+            p = make_parser(argv[0])
+        if p is None:
+            p = make_parser()
+        args = p.parse_args(argv)
+        if args.cmd not in _GC_OFF:
+            release_gc()
+        return _run(p, args)
+    finally:
+        release_gc()
+
+
+def _run(p, args):
     if args.cmd not in _SILENT:
         import logging
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
