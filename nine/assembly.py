@@ -315,7 +315,7 @@ def _mux_groups(mux):
     """Offer the group service over a mux's merged name space: aname `groups`, /groups
     inside the merged root, and `groups:PATH` (the service over the subtree an aname path
     names: how a parent mux that attached with a path aname reaches it)."""
-    from .group.service import GroupService, GroupsOverlay
+    from .group.service import GroupService
     from .server.node import Context
 
     groups = GroupService(mux.root_attach)
@@ -337,6 +337,7 @@ def _mux_groups(mux):
         if aname.startswith("groups:"):
             return service_for(aname[7:]).attach(ctx)
         if not [p for p in aname.split("/") if p]:
+            from .group.files import GroupsOverlay      # (on the first attach)
             return GroupsOverlay(mux.root_attach(ctx), groups)
         return mux.attach(ctx)
 

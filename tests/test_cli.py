@@ -184,3 +184,65 @@ def test_gread_gwrite_over_a_tree(tmp_path):
         c.close()
     finally:
         tree.stop()
+
+
+def test_one_verb_parser_is_the_whole_parsers():
+    """main() builds only the parser of the verb its command line starts with: each
+    verb's help and parsing are the same as under the whole parser, and a name that is
+    no verb gets the whole parser (whose error lists the verbs)."""
+    from nine.cli.main import make_parser
+    full = make_parser()
+    verbs = full._subparsers._group_actions[0].choices
+    assert {"serve", "mux", "read", "group", "pgrep"} <= set(verbs)
+    for name, whole in verbs.items():
+        one = make_parser(name)
+        assert list(one._subparsers._group_actions[0].choices) == [name]
+        assert one._subparsers._group_actions[0].choices[name].format_help() == \
+            whole.format_help(), name
+    argv = ["serve", "--proc", "--max-fids", "7", "--listen", "127.0.0.1:0"]
+    a, b = make_parser("serve").parse_args(argv), full.parse_args(argv)
+    assert {k: v for k, v in vars(a).items() if k != "func"} == \
+        {k: v for k, v in vars(b).items() if k != "func"}
+    assert make_parser("nosuch") is None
+    p = nine("nosuch")
+    assert p.returncode == 2 and b"invalid choice: 'nosuch' (choose from 'serve'" in p.stderr
+
+
+def test_a_leaf_starts_without_what_it_does_not_use(tmp_path):
+    """A leaf's start (proc, host, exec; no TLS) loads neither ssl, nor psutil (host/
+    loads it when read), subprocess (exec: when a command runs), dataclasses and
+    inspect, nor pprint (gevent's hub: when it reports an error): together a third of
+    what the start cost.  Its garbage collector, off while it started, is on again
+    once it serves, and what it serves works (host/mem, exec's clone)."""
+    from nine.netwait import scaled
+    code = r"""
+import gc, os, signal, sys, threading, time
+from nine.cli.main import main
+seen = []
+def check(deadline=time.monotonic() + %r):
+    while not (gc.get_freeze_count() and gc.isenabled()) and time.monotonic() < deadline:
+        time.sleep(0.01)                    # (settle(): serving)
+    seen.append(sorted(m for m in ("ssl", "psutil", "subprocess", "dataclasses", "inspect",
+                                   "pprint") if m in sys.modules))
+    seen.append(gc.isenabled())
+    with open(%r, "w") as f:
+        f.write(repr(seen))
+threading.Thread(target=check, daemon=True).start()
+sys.exit(main(["serve", "--proc", "--host", "--exec", "--no-auth", "-q",
+               "--address-file", %r, "--listen", "127.0.0.1:0"]))
+""" % (scaled(30), str(tmp_path / "seen"), str(tmp_path / "addr"))
+    p = subprocess.Popen([sys.executable, "-c", code], env=ENV, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: (tmp_path / "seen").exists() or p.poll() is not None, 60,
+                 "the leaf serving")
+        assert (tmp_path / "seen").exists(), p.stderr.read()
+        wait_for(lambda: (tmp_path / "seen").read_text(), 10, "its modules written")
+        assert (tmp_path / "seen").read_text() == "[[], True]"
+        addr = (tmp_path / "addr").read_text().strip()
+        r = nine("read", "-A", "host", "-a", addr, "/mem")
+        assert r.returncode == 0 and r.stdout.startswith(b"total "), r.stderr
+        r = nine("read", "-A", "exec", "-a", addr, "/clone")
+        assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stderr
+    finally:
+        p.terminate()
+        p.wait(30)

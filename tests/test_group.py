@@ -289,6 +289,35 @@ def test_root_bytes_follow_classes_not_members(world, k):
     assert cat[256] > 10 * got[256], (cat, got)
 
 
+def test_hash_and_signature_map_on_the_leaf(world):
+    """hash and signature map each member where it is read: a leaf-level mux hands
+    even a single member to the leaf's group service, so the leaves send hashes and
+    signatures up, not the windows they read."""
+    n, size = 8, 256 * 1024
+    blob = bytes(range(256)) * (size // 256)
+    t = world(lambda: build_tree({"n%d" % i: [File("f", read=lambda ctx: blob)]
+                                  for i in range(n)}))
+    c = Client(t["addr"])
+    for agg, params in (("hash", {}), ("signature", {"block": 2048, "strong": 16}),
+                        ("concat", {})):
+        g = c.gopen(None, "r", members=members(n, "f"), aggregator=agg, **params)
+        g.read_partial(size)                  # the links to the leaves are up now
+        leaf_conns = [ch.link().conn for _, m, _ in t["mids"]
+                      for ch in m.children.values()]
+        b0 = sum(x.bytes_in for x in leaf_conns)
+        g.lseek(0)
+        p = g.read_partial(size)
+        moved = sum(x.bytes_in for x in leaf_conns) - b0
+        g.close()
+        if agg == "concat":
+            assert moved > n * size, moved              # the bytes came up
+            continue
+        assert p.errors == {} and len(p.value) == 1, (agg, p.errors)
+        assert set(next(iter(p.value.values()))) == {"n%d" % i for i in range(n)}
+        assert moved < n * size // 10, (agg, moved)
+    c.close()
+
+
 def test_the_seeds_c_style_calls(world):
     """gfd = gopen(dir, flags); gbindaggr(gfd, OP_READ, EQUIV_CLASS_AGG); lseek; read."""
     from nine.client.group import gopen, gbindaggr, OP_READ, OP_WRITE, EQUIV_CLASS_AGG

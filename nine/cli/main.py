@@ -343,7 +343,6 @@ def make_parser(verb=None):
 def _add_edit_verbs(sub):
     """mkdir, ln, rm, rmdir (nine.cli.edit), group (nine.cli.group), pgrep, ptail, ptop
     (their own parsers: nine.tools)."""
-    from ..tools.common import add_host_options, add_root_options
     for name, fn, hlp, flags in (
             ("mkdir", cmd_mkdir, "make directories", (("-p", "parents as needed"),)),
             ("rm", cmd_rm, "remove files", (("-r", "directories and their contents"),
@@ -366,6 +365,10 @@ def _add_edit_verbs(sub):
     c.add_argument("link", metavar="LINK")
     c.set_defaults(func=cmd_ln)
     g = sub.add_parser("group", help="make, list and remove groups (/groups)")
+    if isinstance(g, _Unbuilt):                 # (another verb runs)
+        add_host_options = add_root_options = g.add_argument
+    else:
+        from ..tools.common import add_host_options, add_root_options
     gs = g.add_subparsers(dest="action", metavar="ACTION", required=True)
     c = gs.add_parser("make", help="a group of a path on each host: NAME/HOST -> its file")
     add_root_options(c)

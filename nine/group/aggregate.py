@@ -222,6 +222,11 @@ class Aggregator:
     #: -r).  Streams (``sync nowait``), ``count N`` reads and the client's own groups
     #: still call leaf() with bytes, so such an aggregator implements both.
     reads_files = False
+    #: True: the map makes a member's bytes much smaller (a hash, a signature), so each
+    #: member is mapped on the server that holds it: a child's single member is handed
+    #: to that child's group service too, and only the mapped value crosses the link
+    #: (a read of 1 MiB windows of 64 hosts' files moves signatures, not 64 MiB).
+    maps_where_read = False
 
     def __init__(self, **params):
         if params:

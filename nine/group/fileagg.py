@@ -96,6 +96,7 @@ class _Classes(Aggregator):
 class Hash(_Classes):
     """The sha256 of each member's bytes; renders ``SIZE SHA256: members (n)`` lines."""
     name = "hash"
+    maps_where_read = True
 
     def map(self, member, data):
         return {b"%d %s" % (len(data), hashlib.sha256(data).hexdigest().encode()): {member}}
@@ -108,6 +109,7 @@ class Hash(_Classes):
 class Signature(_Classes):
     """The librsync block signature of each member's bytes (see the module's doc)."""
     name = "signature"
+    maps_where_read = True
 
     def __init__(self, block=2048, strong=16):
         block, strong = int(block), int(strong)

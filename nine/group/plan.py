@@ -9,7 +9,8 @@ Opening `data`/`partial` places the group's members once (the MRNet filter model
 - the members that lie on one remote child (Node.origin / Node.locate name a Remote)
   are handed to a private group on that child's own group service (a ChildGroup: two
   or more members per child, or one when the group's aggregator reads its members
-  itself (Aggregator.reads_files: grep), and only when the child offers the service);
+  itself (Aggregator.reads_files: grep) or maps them to much less (maps_where_read:
+  hash, signature), and only when the child offers the service);
   each group operation is then one request to that child, which merges its members'
   results;
 - every other member is opened here, and read or written here (nine.group.execute).
@@ -158,10 +159,12 @@ class Placement:
             return
         base = self.svc.base
         by_child = {}
-        # an aggregator that reads members itself (grep of a large log) runs where the
-        # file is: even a child's single member is handed to the child's service
+        # an aggregator that reads members itself (grep of a large log), or whose map
+        # makes the bytes much smaller (hash, signature), runs where the file is: even
+        # a child's single member is handed to the child's service
         try:
-            fewest = 1 if g.aggregator().reads_files else 2
+            agg = g.aggregator()
+            fewest = 1 if agg.reads_files or agg.maps_where_read else 2
         except Exception:
             fewest = 2
         results = {}

@@ -481,28 +481,38 @@ BY_NAME = {}
 
 
 class _Lazy(dict):
-    """{type: function} of one dialect: a known type's encoder and decoder are generated
-    together on the first lookup of either (a KeyError for a type not in the dialect)."""
+    """{type: function} of one dialect, the encoders or the decoders: a known type's is
+    generated on its first lookup (a KeyError for a type not in the dialect).  (A client
+    only encodes T-messages and decodes R-messages, a server the other way round.)"""
 
-    def __init__(self, dialect):
+    def __init__(self, dialect, encoders):
         super().__init__()
         self.dialect = dialect
+        self.encoders = encoders
 
     def __missing__(self, num):
-        _generate(self.dialect, num)
+        _generate(self.dialect, num, self.encoders)
         return dict.__getitem__(self, num)
 
 
 # dialect -> {type: (class, the fields it carries in that dialect)}: the known types
 _DECODERS = {d: {} for d in DIALECTS}
-_DEC = {d: _Lazy(d) for d in DIALECTS}  # dialect -> {type: decoder function}
-_ENCODERS = {d: _Lazy(d) for d in DIALECTS}
+_DEC = {d: _Lazy(d, False) for d in DIALECTS}  # dialect -> {type: decoder function}
+_ENCODERS = {d: _Lazy(d, True) for d in DIALECTS}
 
 
 def _make_class(num, name, fields):
     slots = tuple(n for n, _ in fields)
-    defaults = {n: _DEFAULTS[k] for n, k in fields}
-    if name in ("Tauth", "Tattach"):
+    cls = type(name, (Message,), {"__slots__": slots, "mtype": num, "fields": tuple(fields),
+                                  "__init__": _first_init, "__module__": __name__})
+    return cls
+
+
+def _gen_init(cls):
+    """The __init__ of message class cls: its fields by keyword or in order, then tag."""
+    slots = cls.__slots__
+    defaults = {n: _DEFAULTS[k] for n, k in cls.fields}
+    if cls.__name__ in ("Tauth", "Tattach"):
         defaults["n_uname"] = 0xFFFFFFFF
     args = ", ".join("%s=%r" % (n, defaults[n]) if not isinstance(defaults[n], Qid)
                      else "%s=_Q0" % n for n in slots)
@@ -511,9 +521,17 @@ def _make_class(num, name, fields):
         args, ", " if args else "", body)
     ns = {"_Q0": Qid(0, 0, 0)}
     exec(src, ns)
-    cls = type(name, (Message,), {"__slots__": slots, "mtype": num, "fields": tuple(fields),
-                                  "__init__": ns["__init__"], "__module__": __name__})
-    return cls
+    return ns["__init__"]
+
+
+def _first_init(self, *args, **kw):
+    """A message class's __init__ until its first call, which generates the real one
+    (as the encoders and decoders are: the 67 classes' at import were a twentieth of a
+    one-shot command's start) and puts it in the class."""
+    cls = next(c for c in type(self).__mro__ if c.__dict__.get("__init__") is _first_init)
+    init = _gen_init(cls)
+    cls.__init__ = init
+    init(self, *args, **kw)
 
 
 def _build():
@@ -530,8 +548,8 @@ def _build():
             _DECODERS[dialect][num] = (cls, full if _IS_DOTU[dialect] else fields)
 
 
-def _generate(dialect, num):
-    """Generate the decoder and encoder of type num in dialect (KeyError: unknown)."""
+def _generate(dialect, num, encoder):
+    """Generate the encoder (or the decoder) of type num in dialect (KeyError: unknown)."""
     cls, f = _DECODERS[dialect][num]
     full = cls.fields
     ns = {"ProtocolError": ProtocolError, "Qid": Qid, "_unpack_from": _unpack_from,
@@ -543,10 +561,12 @@ def _generate(dialect, num):
     tag = "%s_%s" % (cls.__name__, dialect.replace(".", "_"))
     extra = [(fn, 0xFFFFFFFF if fn == "n_uname" else _DEFAULTS[k])
              for fn, k in full[len(f):]]
-    exec(_gen_decoder(f, "dec_" + tag, ns, extra), ns)
-    exec(_gen_encoder(f, "enc_" + tag, num, ns), ns)
-    dict.__setitem__(_DEC[dialect], num, ns["dec_" + tag])
-    dict.__setitem__(_ENCODERS[dialect], num, ns["enc_" + tag])
+    if encoder:
+        exec(_gen_encoder(f, "enc_" + tag, num, ns), ns)
+        dict.__setitem__(_ENCODERS[dialect], num, ns["enc_" + tag])
+    else:
+        exec(_gen_decoder(f, "dec_" + tag, ns, extra), ns)
+        dict.__setitem__(_DEC[dialect], num, ns["dec_" + tag])
 
 
 _build()

@@ -31,6 +31,18 @@ from .users import USERS
 
 log = logging.getLogger("nine.server")
 
+
+def _saferepr(obj):
+    """pprint.saferepr, imported when first called: gevent's hub formats the context of
+    an error in a greenlet with it (its format_context setting).  Named by its default,
+    "pprint.saferepr", it is imported when the hub is made, and pprint imports
+    dataclasses and inspect: a twentieth of a leaf's start."""
+    from pprint import saferepr
+    return saferepr(obj)
+
+
+gevent.config.format_context = __name__ + "._saferepr"
+
 DEFAULT_MSIZE = 1024 * 1024 + IOHDRSZ  # the largest the kernel client asks for, 1 MiB
 MIN_MSIZE = 256
 TLS_HANDSHAKE_TIMEOUT = 10.0   # seconds a client has to finish its TLS handshake

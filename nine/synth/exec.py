@@ -87,7 +87,6 @@ import os
 import pwd
 import shlex
 import signal
-import subprocess
 
 import gevent
 import gevent.event
@@ -414,6 +413,7 @@ class Session:
             kw = dict(user=self.uid, group=self.gid,
                       extra_groups=list(self.groups) if self.groups else [self.gid])
         try:
+            import subprocess   # (when a command first runs: not at the server's start)
             p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, bufsize=0, env=env, cwd=self.cwd,
                                  start_new_session=True, close_fds=True, **kw)

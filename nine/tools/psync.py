@@ -179,6 +179,21 @@ class Sync:
         self.fresh = {}               # item rel -> [hosts up to date by size and time]
         self.umask = _umask()
         self._sha = {}
+        self.times = {}               # phase -> seconds (--stats)
+
+    def timed(self, phase):
+        """A context that adds its duration to self.times[phase]."""
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def t():
+            t0 = time.monotonic()
+            try:
+                yield
+            finally:
+                self.times[phase] = self.times.get(phase, 0.0) + time.monotonic() - t0
+        return t()
 
     def items_size(self, rel):
         return next((it.st.st_size for it in self.items if it.rel == rel), 0)
@@ -201,7 +216,8 @@ class Sync:
         steps = {h: ([] if opts.dry_run else
                      [[command("mkdir", ("p", self.dest(h, d)), "755")] for d in dirs]) +
                  [[command("stat", ("p", self.dest(h, f)))] for f in files] for h in hosts}
-        replies, failed = transact(self.client, places, steps, opts.timeout)
+        with self.timed("look"):
+            replies, failed = transact(self.client, places, steps, opts.timeout)
         for h, r in failed.items():
             self.outcome.fail([h], r)
         nd = 0 if opts.dry_run else len(dirs)
@@ -267,10 +283,12 @@ class Sync:
         opts = self.opts
         block = sig_block(f.st.st_size, opts.block_size)
         params = {"block": block, "strong": STRONG}
-        got, failed = read_windows(self.client, {h: self.places[h][0].ns(self.dest(h, f))
-                                                 for h in hosts},
-                                   max(sizes.values()), "signature", params,
-                                   opts.inflight, opts.timeout)
+        with self.timed("signatures"):
+            got, failed = read_windows(self.client,
+                                       {h: self.places[h][0].ns(self.dest(h, f))
+                                        for h in hosts},
+                                       max(sizes.values()), "signature", params,
+                                       opts.inflight, opts.timeout)
         for h, r in failed.items():
             self.fail(h, f, r)
         src = Source(f.src)
@@ -289,7 +307,7 @@ class Sync:
                     whole.setdefault(f.rel, []).extend(hs)
                     continue
                 out = io.BytesIO()
-                with open(f.src, "rb") as fh:
+                with self.timed("deltas"), open(f.src, "rb") as fh:
                     pyrsync.delta(fh, io.BytesIO(header + sig), out)
                 delta = out.getvalue()
                 if len(delta) >= WORTH * f.st.st_size:
@@ -303,7 +321,9 @@ class Sync:
                 if opts.dry_run:                  # they would hold the bytes after
                     self.have.setdefault(f.rel, []).extend(hs)
                 else:
-                    for h in self.patch(f, hs, delta):
+                    with self.timed("patches"):
+                        retry = self.patch(f, hs, delta)
+                    for h in retry:
                         whole.setdefault(f.rel, []).append(h)
         finally:
             src.close()
@@ -413,11 +433,13 @@ class Sync:
             hs = [h for h in whole.get(f.rel, []) if h not in self.outcome.failed]
             srcs = self.sources_of(f)
             if hs and srcs and not o.no_relay:
-                hs = self.relay(f, hs, srcs)
+                with self.timed("copies inside the tree"):
+                    hs = self.relay(f, hs, srcs)
             if hs:
                 copy = Copy(self.client, self.places, [f], opts, self.outcome,
                             self.progress)
-                copy.run(hs)
+                with self.timed("whole files sent"):
+                    copy.run(hs)
                 self.sent += copy.sent
 
     def relay(self, f, hosts, sources):
@@ -593,6 +615,9 @@ def main(argv=None, prog="nine psync"):
     if opts.stats:
         out.write("sent to the root: %s (it passes one copy to each child that needs "
                   "it)\n" % kib(sync.sent))
+        if sync.times:
+            out.write("time: %s\n" % ", ".join("%s %.2f s" % (k, v)
+                                                for k, v in sync.times.items()))
         for rel, hs in sorted(sync.relayed.items()):
             if hs:
                 out.write("copied inside the tree from hosts that have it: %s%s to %s\n"
