@@ -291,7 +291,9 @@ class Sync:
                                        opts.inflight, opts.timeout)
         for h, r in failed.items():
             self.fail(h, f, r)
+        import gevent
         src = Source(f.src)
+        patches = []
         try:
             mine = b"".join(local_windows(src, A.get("signature", **params)))
             by_version = {}
@@ -308,7 +310,9 @@ class Sync:
                     continue
                 out = io.BytesIO()
                 with self.timed("deltas"), open(f.src, "rb") as fh:
-                    pyrsync.delta(fh, io.BytesIO(header + sig), out)
+                    # in a thread: the patches of the versions before go on meanwhile
+                    gevent.get_hub().threadpool.apply(
+                        pyrsync.delta, (fh, io.BytesIO(header + sig), out))
                 delta = out.getvalue()
                 if len(delta) >= WORTH * f.st.st_size:
                     whole.setdefault(f.rel, []).extend(hs)
@@ -320,12 +324,15 @@ class Sync:
                 self.sent += len(delta)
                 if opts.dry_run:                  # they would hold the bytes after
                     self.have.setdefault(f.rel, []).extend(hs)
-                else:
-                    with self.timed("patches"):
-                        retry = self.patch(f, hs, delta)
-                    for h in retry:
-                        whole.setdefault(f.rel, []).append(h)
+                else:       # each version's hosts patched while the next delta is made
+                    patches.append(gevent.spawn(self.patch, f, hs, delta))
+            with self.timed("patches (after the last delta)"):
+                gevent.joinall(patches, raise_error=True)
+            for j in patches:
+                for h in j.value:
+                    whole.setdefault(f.rel, []).append(h)
         finally:
+            gevent.killall(patches, block=False)
             src.close()
 
     def patch(self, f, hosts, delta):
