@@ -64,10 +64,7 @@ The client trusts the server's proof only as far as "this server holds the key".
 """
 
 import errno
-import hashlib
-import hmac
 import os
-import secrets
 import stat
 import struct
 
@@ -147,8 +144,9 @@ def make_key(path):
                               % path)
     directory = os.path.dirname(path)
     _make_private_dirs(directory)
-    key = secrets.token_bytes(KEY_BYTES)
+    import secrets
     import tempfile                     # (here: every client verb loads this module)
+    key = secrets.token_bytes(KEY_BYTES)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".key-")     # mode 0600
     try:
         with os.fdopen(fd, "w") as f:
@@ -198,6 +196,10 @@ def _transcript(ns, nc, uname, n_uname, aname):
 
 
 def _mac(key, label, t):
+    # (hashlib, hmac and secrets are imported where a conversation needs them: a leaf
+    # that loads its key at start does not pay for them until its first attach)
+    import hashlib
+    import hmac
     return hmac.new(key, label + t, hashlib.sha256).digest()
 
 
@@ -218,6 +220,7 @@ class KeyConversation(Conversation):
     def __init__(self, key, uname, n_uname, aname):
         self._key = key
         self._names = (uname, n_uname, aname)
+        import secrets
         self._ns = secrets.token_bytes(NONCE_BYTES)
         self._out = TAG + self._ns      # what reads return next
         self._answered = False
@@ -243,6 +246,7 @@ class KeyConversation(Conversation):
         data = bytes(data)
         nc, mc = data[:NONCE_BYTES], data[NONCE_BYTES:]
         t = _transcript(self._ns, nc, *self._names)
+        import hmac
         if not hmac.compare_digest(mc, _mac(self._key, CLIENT_LABEL, t)):
             self._failed = "nine-key-v1: the client does not hold this server's shared key"
             raise refused(self._failed)
@@ -267,6 +271,8 @@ class KeyClient(ClientMethod):
         challenge = _read_exactly(rw, CHALLENGE_BYTES)
         if len(challenge) != CHALLENGE_BYTES or not challenge.startswith(TAG):
             raise OSError(errno.EPROTO, "the server did not send a nine-key-v1 challenge")
+        import hmac
+        import secrets
         nc = secrets.token_bytes(NONCE_BYTES)
         t = _transcript(challenge[len(TAG):], nc, uname, n_uname, aname)
         response = nc + _mac(self._key, CLIENT_LABEL, t)

@@ -294,6 +294,19 @@ class Sync:
         import gevent
         src = Source(f.src)
         patches = []
+        early = []                    # the copy inside the tree started early
+
+        def start_copy(_=None):
+            """Fill the hosts that lack the file as soon as some host holds the bytes
+            (the first version patched), while the other versions are patched."""
+            if early or opts.dry_run or opts.no_relay:
+                return
+            hs = [h for h in whole.get(f.rel, []) if h not in self.outcome.failed]
+            srcs = self.sources_of(f)
+            if hs and srcs:
+                for h in hs:
+                    whole[f.rel].remove(h)
+                early.append(gevent.spawn(self.relay_timed, f, hs, srcs))
         try:
             mine = b"".join(local_windows(src, A.get("signature", **params)))
             by_version = {}
@@ -325,14 +338,20 @@ class Sync:
                 if opts.dry_run:                  # they would hold the bytes after
                     self.have.setdefault(f.rel, []).extend(hs)
                 else:       # each version's hosts patched while the next delta is made
-                    patches.append(gevent.spawn(self.patch, f, hs, delta))
+                    start_copy()
+                    j = gevent.spawn(self.patch, f, hs, delta)
+                    j.link_value(start_copy)
+                    patches.append(j)
             with self.timed("patches (after the last delta)"):
                 gevent.joinall(patches, raise_error=True)
             for j in patches:
                 for h in j.value:
                     whole.setdefault(f.rel, []).append(h)
+            gevent.joinall(early, raise_error=True)
+            for j in early:                   # those whose copy failed: from here
+                whole.setdefault(f.rel, []).extend(j.value)
         finally:
-            gevent.killall(patches, block=False)
+            gevent.killall(patches + early, block=False)
             src.close()
 
     def patch(self, f, hosts, delta):
@@ -440,14 +459,17 @@ class Sync:
             hs = [h for h in whole.get(f.rel, []) if h not in self.outcome.failed]
             srcs = self.sources_of(f)
             if hs and srcs and not o.no_relay:
-                with self.timed("copies inside the tree"):
-                    hs = self.relay(f, hs, srcs)
+                hs = self.relay_timed(f, hs, srcs)
             if hs:
                 copy = Copy(self.client, self.places, [f], opts, self.outcome,
                             self.progress)
                 with self.timed("whole files sent"):
                     copy.run(hs)
                 self.sent += copy.sent
+
+    def relay_timed(self, f, hosts, sources):
+        with self.timed("copies inside the tree"):
+            return self.relay(f, hosts, sources)
 
     def relay(self, f, hosts, sources):
         """f to hosts, copied inside the tree from the hosts that hold its bytes
