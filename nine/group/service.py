@@ -27,8 +27,18 @@ import errno
 import time
 
 from ..server.node import error
-from .ctl import Group, new_qpath
-from .files import GroupNode, GroupsOverlay
+from ..synth import files as _synth
+
+
+def new_qpath():
+    return next(_synth._qpaths)
+
+
+def __getattr__(name):
+    if name == "GroupsOverlay":
+        from .files import GroupsOverlay
+        return GroupsOverlay
+    raise AttributeError(name)
 
 __all__ = ["GroupService", "GroupsOverlay", "install"]
 
@@ -52,6 +62,7 @@ class GroupService:
 
     def attach(self, ctx):
         """The root of the /groups tree (an attach function of a Server export)."""
+        from .files import GroupNode
         return GroupNode(self, "root")
 
     def new_group(self, name, private=False, uid=0, gid=0):
@@ -66,6 +77,7 @@ class GroupService:
             raise error(errno.EINVAL, "bad group name %r" % name)
         elif name in self.groups:
             raise error(errno.EEXIST)
+        from .ctl import Group
         g = Group(name, private, uid, gid)
         self.groups[name] = g
         self.version = (self.version + 1) & 0xFFFFFFFF

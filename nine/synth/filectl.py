@@ -75,7 +75,6 @@ truncates it, O_APPEND is EINVAL); its directories walk as files/ does and list 
 import base64
 import binascii
 import errno
-import hashlib
 import itertools
 import os
 import stat as S
@@ -132,6 +131,8 @@ class _NodeFile:
 
     def __init__(self, ctx, node, digest=False):
         self.ctx, self.node, self.pos = ctx, node, 0
+        if digest:
+            import hashlib
         self.sha = hashlib.sha256() if digest else None
 
     def read(self, n=-1):
@@ -492,6 +493,7 @@ class FileCtl:
 def _sha256_of(ctx, node, size):
     """The sha256 of an open node's size bytes (read by READ_CHUNK, yielding to other
     clients between reads)."""
+    import hashlib
     import gevent
     h = hashlib.sha256()
     off = 0
