@@ -77,7 +77,9 @@ BIG = RECVBUF // 4          # frames over BIG get a buffer of their own
 #: Mbit/s links ran at 61% of the link rate (and 39% to 64 hosts, 3 levels), at 16 at
 #: 88%.  What it holds is bytes the peer sent (never what a header claims).
 HELD_MSIZES = 16
-KILL_BATCH = 128            # requests ended per turn of the hub
+KILL_BATCH = 128            # requests ended per turn of the hub, at most
+KILL_SLICE = 0.001          # seconds of ending requests per turn of the hub, at most
+                            # (many connections torn down at once take turns)
 FAIR = 64                   # frames taken in a row before the other connections' turn
 
 _RLERROR = struct.Struct("<IBHI")
@@ -740,20 +742,25 @@ class Transport:
             while done < len(mine):
                 if done and wait:
                     _pause()
-                batch = mine[done:done + KILL_BATCH]
-                for r in batch:
-                    cancel = r.cancel
-                    if cancel is not None:     # posted: no greenlet, its request stops
-                        r.cancel = None
-                        try:
-                            cancel()
-                        except Exception:
-                            pass
-                gs = [r.greenlet for r in batch if r.greenlet is not None and r.greenlet is not me]
-                if gs:
-                    gevent.killall(gs, block=wait)
-                done += len(batch)
-                self._ended(batch, ecode, text)
+                t0 = _now()
+                for k in range(done, min(len(mine), done + KILL_BATCH), 8):
+                    batch = mine[k:k + 8]
+                    for r in batch:
+                        cancel = r.cancel
+                        if cancel is not None:     # posted: no greenlet, it stops
+                            r.cancel = None
+                            try:
+                                cancel()
+                            except Exception:
+                                pass
+                    gs = [r.greenlet for r in batch
+                          if r.greenlet is not None and r.greenlet is not me]
+                    if gs:
+                        gevent.killall(gs, block=wait)
+                    done += len(batch)
+                    self._ended(batch, ecode, text)
+                    if wait and _now() - t0 > KILL_SLICE:
+                        break
         finally:
             self._ended(mine[done:], ecode, text)
             ending.set()
