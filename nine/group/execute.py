@@ -305,14 +305,7 @@ class GroupOpen(Placement):
     def write(self, offset, data):
         """A group write of data at offset: a Partial of the failed members."""
         with self.lock:
-            self.refresh()
-            self.repair()
-            g = self.group
-            t0 = time.monotonic()
-            timeout = g.timeout if g.sync == "timeout" else None
-            errors = {}
-            for m, r in self.openfail.items():
-                errors.setdefault("open: " + r, set()).add(m)
+            g, t0, timeout, errors = self._begin()
             jobs = []
             gather = Gather()    # members on a remote child: no greenlet each
             self._post_writes(gather, jobs, self.local, self.children, offset, data)
@@ -321,6 +314,18 @@ class GroupOpen(Placement):
             g.last = ("write %d bytes at %d" % (len(data), offset), self.members(), p,
                       time.monotonic() - t0)
             return p
+
+    def _begin(self):
+        """The start of a write or relay (under the lock): the plan healed; (group,
+        start time, timeout, errors {reason: members} holding the members that could
+        not be opened)."""
+        self.refresh()
+        self.repair()
+        g = self.group
+        errors = {}
+        for m, r in self.openfail.items():
+            errors.setdefault("open: " + r, set()).add(m)
+        return g, time.monotonic(), g.timeout if g.sync == "timeout" else None, errors
 
     def _post_writes(self, gather, jobs, local, children, offset, data):
         """Start the writes of data at offset to local members and child groups."""
@@ -361,14 +366,7 @@ class GroupOpen(Placement):
         """Bytes [offset, offset + count) of a relay source written to every member: a
         Partial of the failed members."""
         with self.lock:
-            self.refresh()
-            self.repair()
-            g = self.group
-            t0 = time.monotonic()
-            timeout = g.timeout if g.sync == "timeout" else None
-            errors = {}
-            for m, r in self.openfail.items():
-                errors.setdefault("open: " + r, set()).add(m)
+            g, t0, timeout, errors = self._begin()
             jobs = []
             gather = Gather()
             there = [c for c in self.children if c.sources]      # relayed below
