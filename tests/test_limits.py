@@ -478,3 +478,43 @@ def test_rate_log(caplog):
     assert caplog.records[-1].getMessage().startswith(
         "refused 49 (49 more suppressed in the last")
     assert not rl.held()
+
+
+def test_large_listings_take_turns_and_free_their_turn(export_dir):
+    """Large directory listings wait for one of a few slots (nine.server.realfs
+    _LISTINGS), a small one never does; a listing whose connection goes away frees its
+    slot: six concurrent whole listings of 3,000 entries, each begun and dropped
+    several times first, all come back whole, and a small listing meanwhile too."""
+    import gevent
+    from nine.client import Client
+    big = export_dir / "big"
+    big.mkdir()
+    for i in range(3000):
+        (big / ("f%05d" % i)).write_bytes(b"")
+    srv = NineProc(["--export", str(export_dir)], free_port())
+    try:
+        port = srv.port
+        # large Treaddirs begun on connections that close at once (more than the slots)
+        for _ in range(6):
+            c = RawConn(port)
+            c.rpc(P.Tversion(msize=1 << 20, version=P.V9P2000L, tag=P.NOTAG))
+            c.rpc(P.Tattach(fid=0, afid=P.NOFID, uname="", aname="", n_uname=0, tag=1))
+            c.rpc(P.Twalk(fid=0, newfid=1, wnames=["big"], tag=1))
+            c.rpc(P.Tlopen(fid=1, flags=P.L_O_RDONLY, tag=1))
+            c.send(P.Treaddir(fid=1, offset=0, count=128 * 1024, tag=2))
+            c.close()
+        want = sorted("f%05d" % i for i in range(3000))
+
+        def whole(path):
+            cl = Client(srv.addr)
+            try:
+                return sorted(cl.listdir(path))
+            finally:
+                cl.close()
+        jobs = [gevent.spawn(whole, "big") for _ in range(6)] + [gevent.spawn(whole, "sub")]
+        gevent.joinall(jobs, timeout=60 * load_factor(), raise_error=True)
+        assert all(j.ready() for j in jobs), "a listing never ended (a slot kept)"
+        assert [j.value for j in jobs[:6]] == [want] * 6
+        assert jobs[6].value == ["inner"]
+    finally:
+        srv.stop()

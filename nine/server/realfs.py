@@ -168,7 +168,10 @@ _NOID = (None, -1, 0xFFFFFFFF)           # "no gid" in create-type requests
 _OFF_MAX = (1 << 63) - 1                 # a larger offset is negative to pread (EINVAL)
 _EMPTY = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
 _DENTS_MAX = 65536                       # bytes of getdents64 records read at once
+_DENTS_SLICE = 16384                      # bytes of one getdents of a listing
 _YIELD_EVERY = 32                        # readdir entries between two yields
+_LARGE = 256             # entries of one readdir reply that make it a large listing
+_LISTINGS = 2            # large listings built at once (per hub): the others wait
 
 
 def _as_user(method, gid_at=None, setattr_at=None):
@@ -241,6 +244,21 @@ def _wait1(fd, write):
 
 def _sleep(t):
     identity.as_own(_sleep1, t)
+
+
+_slots = {}
+
+
+def _listing_slot():
+    """The semaphore of large listings of this thread's hub (nine.server's hubs live
+    as long as their thread: one per hub, kept)."""
+    import gevent
+    from gevent.lock import Semaphore
+    hub = gevent.get_hub()
+    sem = _slots.get(id(hub))
+    if sem is None or sem[0] is not hub:
+        sem = _slots[id(hub)] = (hub, Semaphore(_LISTINGS))
+    return sem[1]
 
 
 def _sleep1(t):
@@ -675,7 +693,20 @@ class RealNode(Node):
             raise error(errno.ENOTDIR)
         if offset > _OFF_MAX:
             return []
-        size = min(max(count, 4096), _DENTS_MAX)
+        # getdents in slices: one of 128 KiB (and its parsing) held the hub 10-40 ms
+        size = min(max(count, 4096), _DENTS_MAX, _DENTS_SLICE)
+        # a reply past _LARGE entries waits for one of the _LISTINGS slots first
+        # (held[0]: the semaphore taken), so that many large listings at once take
+        # turns and leave the hub to the other clients between their slices, while a
+        # small listing never waits
+        held = [None]
+        try:
+            return self._readdir_run(fd, offset, count, size, held)
+        finally:
+            if held[0] is not None:
+                held[0].release()
+
+    def _readdir_run(self, fd, offset, count, size, held):
         out = []
         used = 0
         seen = 0
@@ -695,7 +726,11 @@ class RealNode(Node):
                     return out
                 seen += 1
                 if seen % _YIELD_EVERY == 0:
-                    _sleep(0)
+                    if seen >= _LARGE and held[0] is None:
+                        held[0] = _listing_slot()
+                        identity.as_own(held[0].acquire)
+                    else:
+                        _sleep(0)
                 d = self._dirent(fd, ino, off, dtype, bname)
                 if d is not None:
                     out.append(d)
