@@ -95,6 +95,7 @@ def _ls(args):
                 except OSError as ex:
                     rc = _die("%s: %s" % (gdir, errtext(ex)))
             return rc
+        from ..client.group import GROUP_FILES
         from ..group.aggregate import natural_key
         for e in sorted(c.readdir(GROUPS), key=lambda e: natural_key(e.name)):
             if not e.is_dir():
@@ -102,8 +103,7 @@ def _ls(args):
             gdir = posixpath.join(GROUPS, e.name)
             try:
                 s = _settings(c, gdir)
-                members = [m for m in c.listdir(gdir)
-                           if m not in ("ctl", "data", "partial", "status", "errors")]
+                members = [m for m in c.listdir(gdir) if m not in GROUP_FILES]
             except OSError as ex:
                 rc = _die("%s: %s" % (gdir, errtext(ex)))
                 continue
