@@ -481,8 +481,8 @@ def test_rate_log(caplog):
 
 
 def test_large_listings_take_turns_and_free_their_turn(export_dir):
-    """Large directory listings wait for one of a few slots (nine.server.realfs
-    _LISTINGS), a small one never does; a listing whose connection goes away frees its
+    """Large directory listings wait for one of a few slots (nine.server.listing
+    LISTINGS), a small one never does; a listing whose connection goes away frees its
     slot: six concurrent whole listings of 3,000 entries, each begun and dropped
     several times first, all come back whole, and a small listing meanwhile too."""
     import gevent

@@ -14,6 +14,7 @@ import nine.protocol as P
 from conftest import RawConn, ThreadServer
 from nine.protocol.const import (
     L_O_RDONLY, L_O_WRONLY, L_O_RDWR, L_O_CREAT, AT_REMOVEDIR)
+from nine.server import listing as listing_mod
 from nine.server import realfs as realfs_mod
 from nine.server.identity import reset as reset_identity
 from nine.server.node import Context, SetAttr
@@ -451,7 +452,7 @@ def test_listing_lets_others_run(fs, exp, monkeypatch):
     n.open(ROOT, L_O_RDONLY)
     assert n.may_block                                # its listing yields: not inline
     yields = []
-    monkeypatch.setattr(realfs_mod, "_sleep", yields.append)
+    monkeypatch.setattr(listing_mod, "_yield", lambda: yields.append(0))
     assert len(n.readdir(ROOT, 0, 1 << 20)) == 1002
     assert len(yields) >= 3
     n.close(ROOT)
@@ -478,8 +479,8 @@ def test_listing_never_splits_one_offset(fs, exp, monkeypatch):
         i = pos[fd]
         pos[fd] = min(i + 4, len(recs))
         return recs[i:i + 4]
-    monkeypatch.setattr(realfs_mod, "_seekdir", seek)
-    monkeypatch.setattr(realfs_mod, "_getdents", getdents)
+    monkeypatch.setattr(listing_mod, "_seekdir", seek)
+    monkeypatch.setattr(listing_mod, "_getdents", getdents)
     d = walk1(fs, "d")
     d.open(ROOT, L_O_RDONLY)
     out, off = [], 0

@@ -45,7 +45,7 @@ from . import aggregate as A
 from .gather import TAIL, Gather, follow, join
 from .handle import CHUNK, read_whole
 from .member import MemberFile
-from .plan import REPAIR_EVERY, Placement, reason
+from .plan import REPAIR_EVERY, Placement, close_quietly, reason
 from .resolve import healable
 
 
@@ -209,10 +209,7 @@ class GroupOpen(Placement):
                 old_path = node.qid.path
             except Exception:
                 old_path = None
-            try:
-                node.close(ctx)
-            except Exception:
-                pass
+            close_quietly(node, ctx)
             node = held[0] = fresh
             if offset >= TAIL:
                 continue              # where it starts is not known yet
@@ -268,10 +265,7 @@ class GroupOpen(Placement):
         held[0] = fresh
         if self.local.get(label) is node:
             self.local[label] = fresh
-        try:
-            node.close(ctx)
-        except Exception:
-            pass
+        close_quietly(node, ctx)
         return 0
 
     def stop_stream(self):
@@ -419,10 +413,7 @@ class GroupOpen(Placement):
                 failed[i] = time.monotonic()
                 n = self.source_nodes.pop(i, None)
                 if n is not None:
-                    try:
-                        n.close(self.ctx)
-                    except Exception:
-                        pass
+                    close_quietly(n, self.ctx)
         raise last
 
     def _write_member(self, node, offset, data):

@@ -50,6 +50,14 @@ def reason(e):
     return "%s: %s" % (type(e).__name__, e)
 
 
+def close_quietly(node, ctx):
+    """Close a member's (or a source's) node; a failure to close is not the caller's."""
+    try:
+        node.close(ctx)
+    except Exception:
+        pass
+
+
 def child_offers_groups(child, ctx):
     """Whether the Remote child offers a group service to ctx's user."""
     try:
@@ -256,18 +264,12 @@ class Placement:
             self.local[label] = node
         except Exception as e:
             self.openfail[label] = reason(e)
-            try:
-                node.close(self.ctx)
-            except Exception:
-                pass
+            close_quietly(node, self.ctx)
 
     def release(self):
         """Close every member (the open here, the child groups) and forget the plan."""
         for node in list(self.local.values()) + list(self.source_nodes.values()):
-            try:
-                node.close(self.ctx)
-            except Exception:
-                pass
+            close_quietly(node, self.ctx)
         self.local = {}
         self.source_nodes = {}
         self.source_failed = {}
@@ -292,10 +294,7 @@ class Placement:
             self.openfail.pop(label, None)
             node = self.local.pop(label, None)
             if node is not None:
-                try:
-                    node.close(self.ctx)
-                except Exception:
-                    pass
+                close_quietly(node, self.ctx)
         for c in self.broken_children:
             c.close()
             if c in self.children:

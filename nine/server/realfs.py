@@ -146,11 +146,12 @@ from ..protocol.const import (
     LOCK_BLOCKED, AT_REMOVEDIR)
 from . import identity
 from .handles import Handles
+from .listing import entries
 from .node import Node, Attr, StatFS, Dirent, error, dtype_of_mode
 from .syscalls import (
     O_CLOEXEC, O_DIRECTORY, O_NOFOLLOW, OPATH, ODIR, AT_FDCWD, AT_SYMLINK_NOFOLLOW,
     AT_EMPTY_PATH, FLOCK, LTYPE, LTYPE_BACK, F_OFD_GETLK, F_OFD_SETLK, fchownat, fstatfs,
-    lock_range, oflags, raise_nofile, utimens, openat2 as _openat2, getdents as _getdents)
+    lock_range, oflags, raise_nofile, utimens, openat2 as _openat2)
 
 __all__ = ["RealFS", "RealNode"]
 
@@ -167,11 +168,6 @@ _SUID_SGID = _stat.S_ISUID | _stat.S_ISGID
 _NOID = (None, -1, 0xFFFFFFFF)           # "no gid" in create-type requests
 _OFF_MAX = (1 << 63) - 1                 # a larger offset is negative to pread (EINVAL)
 _EMPTY = AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW
-_DENTS_MAX = 65536                       # bytes of getdents64 records read at once
-_DENTS_SLICE = 16384                      # bytes of one getdents of a listing
-_YIELD_EVERY = 32                        # readdir entries between two yields
-_LARGE = 256             # entries of one readdir reply that make it a large listing
-_LISTINGS = 2            # large listings built at once (per hub): the others wait
 
 
 def _as_user(method, gid_at=None, setattr_at=None):
@@ -246,21 +242,6 @@ def _sleep(t):
     identity.as_own(_sleep1, t)
 
 
-_slots = {}
-
-
-def _listing_slot():
-    """The semaphore of large listings of this thread's hub (nine.server's hubs live
-    as long as their thread: one per hub, kept)."""
-    import gevent
-    from gevent.lock import Semaphore
-    hub = gevent.get_hub()
-    sem = _slots.get(id(hub))
-    if sem is None or sem[0] is not hub:
-        sem = _slots[id(hub)] = (hub, Semaphore(_LISTINGS))
-    return sem[1]
-
-
 def _sleep1(t):
     try:
         import gevent
@@ -268,10 +249,6 @@ def _sleep1(t):
     except ImportError:                  # pragma: no cover
         import time
         time.sleep(t)
-
-
-def _seekdir(fd, offset):
-    os.lseek(fd, offset, os.SEEK_SET)
 
 
 def _openat(dirfd, name, flags, mode=0):
@@ -693,49 +670,7 @@ class RealNode(Node):
             raise error(errno.ENOTDIR)
         if offset > _OFF_MAX:
             return []
-        # getdents in slices: one of 128 KiB (and its parsing) held the hub 10-40 ms
-        size = min(max(count, 4096), _DENTS_MAX, _DENTS_SLICE)
-        # a reply past _LARGE entries waits for one of the _LISTINGS slots first
-        # (held[0]: the semaphore taken), so that many large listings at once take
-        # turns and leave the hub to the other clients between their slices, while a
-        # small listing never waits
-        held = [None]
-        try:
-            return self._readdir_run(fd, offset, count, size, held)
-        finally:
-            if held[0] is not None:
-                held[0].release()
-
-    def _readdir_run(self, fd, offset, count, size, held):
-        out = []
-        used = 0
-        seen = 0
-        pos = offset
-        while True:
-            _seekdir(fd, pos)           # (another batch on this fd may have moved it)
-            ents = _getdents(fd, size)
-            if not ents:
-                return out
-            for ino, off, dtype, bname in ents:
-                need = 24 + len(bname)
-                if out and used + need > count:
-                    # never split entries of one offset (a hash collision) across
-                    # replies: continuing after the last would repeat its mates
-                    while len(out) > 1 and out[-1].offset == out[-2].offset:
-                        out.pop()
-                    return out
-                seen += 1
-                if seen % _YIELD_EVERY == 0:
-                    if seen >= _LARGE and held[0] is None:
-                        held[0] = _listing_slot()
-                        identity.as_own(held[0].acquire)
-                    else:
-                        _sleep(0)
-                d = self._dirent(fd, ino, off, dtype, bname)
-                if d is not None:
-                    out.append(d)
-                    used += need
-            pos = ents[-1][1]
+        return entries(fd, offset, count, self._dirent)
 
     def _dirent(self, fd, ino, off, dtype, bname):
         """The Dirent of one getdents record (None when deleted since)."""

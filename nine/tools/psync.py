@@ -50,11 +50,12 @@ import math
 import os
 import stat as S
 import sys
+from types import SimpleNamespace
 
 from ..synth.filectl import word_path
 from .common import (DEFAULT_ADDR, ToolError, add_options, connect, errtext,
                      select_hosts)
-from .pcp import SWEEP_AGE, Copy, Item, join, report
+from .pcp import SWEEP_AGE, Copy, Item, _umask, join, report
 from .transfer import (BLOCK, INFLIGHT, WINDOW, Outcome, Progress, Source, Streamer,
                        command, fold_classes, local_windows, locate, new_token,
                        read_windows, step_error, tmp_name, transact)
@@ -450,7 +451,6 @@ class Sync:
         return out
 
     def send_whole(self, files, whole):
-        from types import SimpleNamespace
         o = self.opts
         opts = SimpleNamespace(force=o.force, perms=o.perms, times=o.times,
                                block_size=BLOCK, inflight=o.inflight, timeout=o.timeout,
@@ -494,12 +494,11 @@ class Sync:
                 per.fail([h], step_error(rs[0]))
             else:
                 made.append(h)
-        src = Source(data=b"")
-        src.size = f.st.st_size
         Streamer(self.client, {h: places[h].ns(tmp(h)) for h in made}, per, BLOCK,
                  opts.inflight, opts.timeout,
                  self.progress.add if self.progress else None,
-                 sources=[self.places[s][0].ns(self.dest(s, f)) for s in sources]).run(src)
+                 sources=[self.places[s][0].ns(self.dest(s, f)) for s in sources]).run(
+            SimpleNamespace(size=f.st.st_size))
         steps = {}
         for h in per.alive(made):
             mode = self.attrs_of(f, h)[0] if (f.rel, h) in self.old else (
@@ -562,12 +561,6 @@ class Sync:
                     for s in rs:
                         if step_error(s):
                             self.outcome.fail([h], "delete: %s" % step_error(s))
-
-
-def _umask():
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def _sha256(path):
