@@ -518,3 +518,37 @@ def test_large_listings_take_turns_and_free_their_turn(export_dir):
         assert jobs[6].value == ["inner"]
     finally:
         srv.stop()
+
+
+def test_background_work_lets_the_hub_poll_between_turns():
+    """Long work (a listing) takes its turns with guard.background: a socket that turns
+    readable is served within a few turns of two such loops, not after the hub has run
+    callbacks for its whole switch interval (with gevent.sleep(0) there were thousands
+    of turns before the hub polled)."""
+    import gevent
+    from gevent import socket as gsocket
+    from nine.server.guard import background
+    turns = [0]
+    done = []
+
+    def spin():
+        while not done:
+            turns[0] += 1
+            background()
+    a, b = gsocket.socketpair()
+    try:
+        spinners = [gevent.spawn(spin) for _ in range(2)]
+        gevent.sleep(0.01)           # both loops under way
+        reader = gevent.spawn(lambda: (a.recv(10), turns[0]))
+        gevent.sleep(0)              # the reader waits in recv
+        start = turns[0]
+        b.send(b"x")
+        data, at = reader.get(timeout=10 * load_factor())
+        done.append(1)
+        gevent.joinall(spinners, timeout=10)
+        assert data == b"x"
+        assert at - start < 50, "%d turns of background work before the hub polled" % (
+            at - start)
+    finally:
+        a.close()
+        b.close()

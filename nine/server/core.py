@@ -24,7 +24,7 @@ from .. import protocol as P
 from ..protocol import V9P2000, V9P2000U, V9P2000L, NOFID, MAXWELEM, IOHDRSZ
 from .conn import Transport
 from .dialect import Dialect9P2000
-from .guard import Acceptor, Guard
+from .guard import Acceptor, Guard, background
 from .limits import Limits
 from .node import Context, SetAttr, error
 from .users import USERS
@@ -660,7 +660,7 @@ class Connection(Dialect9P2000, Transport):
             parts.append(b)
             n += len(b)
             if slices and i & 255 == 255:
-                gevent.sleep(0)
+                background()
         if ents and not parts:
             raise error(errno.EINVAL, "readdir count too small for one entry")
         return [P.rreaddir_header(m.tag, n)] + parts

@@ -7,7 +7,8 @@ meanwhile:
 
 - getdents reads DENTS_SLICE bytes at a time (one of 128 KiB and its parsing held the
   hub 10-40 ms);
-- the others run every YIELD_EVERY entries;
+- the others run every YIELD_EVERY entries, whatever the hub has pending first
+  (guard.background);
 - a reply past LARGE entries first waits for one of LISTINGS slots of its hub: many
   large listings at once take turns, while a small listing never waits (and a listing
   whose request ends frees its slot).
@@ -20,6 +21,7 @@ import os
 import weakref
 
 from . import identity
+from .guard import background
 from .syscalls import getdents as _getdents
 
 DENTS_SLICE = 16384      # bytes of one getdents
@@ -46,8 +48,7 @@ def _seekdir(fd, offset):
 
 
 def _yield():
-    import gevent
-    gevent.sleep(0)
+    background()
 
 
 def entries(fd, offset, count, dirent):
