@@ -23,6 +23,49 @@ from test_launch_ssh import nine, read_until, tree_args
 
 # -- the mux's ctl file --------------------------------------------------------------
 
+
+def test_a_child_whose_address_comes_later(tmp_path):
+    """`nine mux --child a` (no address: how nine.launch.ssh starts a mux in the same
+    ssh round as its children): until its first `retarget`, the child is down and
+    says why, and a request to it fails at once with EHOSTDOWN; then it is served,
+    and its status line records no move."""
+    import errno
+    d = tmp_path / "a"
+    d.mkdir()
+    (d / "which").write_text("a\n")
+    leaf = NineProc(["--export", str(d)], free_port())
+    port = free_port()
+    mux = subprocess.Popen([sys.executable, "-m", "nine", "mux", "-q", "--listen",
+                            "127.0.0.1:%d" % port, "--child", "a"], env=ENV_ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc=mux)
+        addr = "127.0.0.1:%d" % port
+        with Client(addr) as c, Client(addr, aname="mux") as ctl:
+            status = ctl.read_file("status").decode()
+            view = parse_status(status)["a"]
+            assert (view.addr, view.state) == ("-", "down")
+            assert "no address yet" in status
+            t0 = time.monotonic()
+            with pytest.raises(OSError) as ei:
+                c.read_file("/a/which")
+            assert ei.value.errno == errno.EHOSTDOWN       # (.L carries no text)
+            assert time.monotonic() - t0 < scaled(2)       # no connect attempt
+            ctl.write_file("ctl", b"retarget a %s\n" % leaf.addr.encode())
+            assert c.read_file("/a/which") == b"a\n"
+            status = ctl.read_file("status").decode()
+            assert (parse_status(status)["a"].addr, parse_status(status)["a"].state) == (
+                leaf.addr, "up")
+            assert "retargeted" not in status and "no address" not in status
+    finally:
+        mux.terminate()
+        mux.wait(scaled(10))
+        leaf.stop()
+    r = subprocess.run([sys.executable, "-m", "nine", "mux", "--child", "a="], env=ENV_ROOT,
+                       capture_output=True, text=True, timeout=scaled(30))
+    assert r.returncode != 0 and "bad --child 'a='" in r.stderr
+
+
 def test_retarget_through_ctl(tmp_path):
     """`retarget a ADDR` moves child a of a mux to another server (status says where it
     was); bad commands, unknown children and other users are refused."""

@@ -178,8 +178,9 @@ def make_parser(verb=None):
 
     m = sub.add_parser("mux", help="merge children's trees into one (FiNAL rules)")
     m.add_argument("--listen", "-l", action="append", help="default %s" % DEFAULT_ADDR)
-    m.add_argument("--child", "-c", action="append", metavar="NAME=ADDR",
-                   help="a child server (repeatable)")
+    m.add_argument("--child", "-c", action="append", metavar="NAME[=ADDR]",
+                   help="a child server (repeatable); NAME alone: its address comes later, "
+                        "written to the mux's ctl (aname mux): `retarget NAME ADDR`")
     m.add_argument("--child-aname", default="", help="aname to attach at every child "
                    "(leaf servers: nine; muxes: empty)")
     m.add_argument("--aggregators", metavar="FILES", help="custom group aggregators: "

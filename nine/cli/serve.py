@@ -78,9 +78,9 @@ def _parse_children(specs):
     out = []
     for spec in specs or []:
         name, sep, addr = spec.partition("=")
-        if not sep or not name or not addr:
-            _die("bad --child %r (want NAME=ADDR)" % spec)
-        out.append((name, addr))
+        if not name or sep and not addr:
+            _die("bad --child %r (want NAME=ADDR, or NAME: its address comes later)" % spec)
+        out.append((name, addr or None))
     return out
 
 

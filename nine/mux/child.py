@@ -17,6 +17,9 @@ Child (a nine.server.node.Remote; its failures ChildDown and StaleNode are Unrea
   - one Tattach per distinct user (n_uname = ctx.uid, uname = the mux's name for it;
     ctx.uid None -> the mux's own identity); root fids are cached for the link's life;
   - state 'up' / 'down' / 'connecting' / 'hung', last_error, since, status_line();
+  - addr None: a child whose address comes later, by its first retarget (a launcher
+    that starts a mux in the same round as its children, nine.launch.ssh); until then
+    it is down, and says why;
   - retarget(addr): the child is reached at another address from now on (a replacement
     the launcher started on another host when this one's was lost: nine.launch.watch);
     the reconnect loop dials it at once, and status_line() says where it was;
@@ -85,6 +88,8 @@ BACKOFF_MAX = 0.5           # a restarted leaf is reached within half a second; 
 #: seconds of silence, with requests outstanding, before a child is probed; as long again
 #: without an answer to the probe and it is hung
 HANG_TIMEOUT = 10.0
+#: why a child made without an address (None) is down until its first retarget
+NO_ADDRESS = "no address yet (a launcher gives it: `retarget NAME ADDR` in mux/ctl)"
 
 #: the QidMap used by Children created without one: one qid space for the whole process
 DEFAULT_QIDMAP = QidMap()
@@ -183,7 +188,8 @@ class Child(Remote):
         self.own_n_uname = n_uname if n_uname is not None else euid
         self.backoff = backoff
         self.state = "down"
-        self.last_error = None       # text of the last failure, None if never failed
+        #: text of the last failure, None if never failed
+        self.last_error = None if addr is not None else NO_ADDRESS
         self.since = time.time()     # when state last changed
         self.closed = False
         self.connects = 0            # successful connections made
@@ -203,7 +209,7 @@ class Child(Remote):
     def status_line(self):
         """One line for a status file: name, address, state, since, reason, counters."""
         now = time.time()
-        parts = [self.name, str(self.addr)]
+        parts = [self.name, "-" if self.addr is None else str(self.addr)]
         if self.aname:
             parts.append("aname=%s" % self.aname)
         parts.append(self.state)
@@ -246,7 +252,7 @@ class Child(Remote):
         if self.closed:
             reason, word = "closed", "down"
         return ChildDown(errno.EHOSTDOWN, "child %s (%s) is %s: %s" % (
-            self.name, self.addr, word, reason))
+            self.name, "-" if self.addr is None else self.addr, word, reason))
 
     # --- the connection ------------------------------------------------------------
     def link(self):
@@ -256,7 +262,7 @@ class Child(Remote):
         ln = self._link
         if ln is not None and ln.conn._dead is None:
             return ln
-        if self.closed or self._retry is not None:
+        if self.closed or self._retry is not None or self.addr is None:
             raise self._down_error()
         g = self._pending
         if g is None:
@@ -427,6 +433,10 @@ class Child(Remote):
         old = self.addr
         self.addr = addr
         self.qkey = (self.name, str(addr), self.aname)
+        if old is None:             # its first address: nothing moved
+            if self.last_error == NO_ADDRESS:
+                self.last_error = None
+            return
         self.moved = (time.time(), old, note)
         ln = self._link
         if ln is not None and ln.conn._dead is None:
