@@ -2,7 +2,7 @@
 job (the way HPC tools start their daemons next to a job), and stop exactly those steps.
 
     tree = SlurmTree(fanout=8)      # the nodes of $SLURM_JOB_NODELIST, job $SLURM_JOB_ID
-    addr = tree.start()             # leaves, muxes level by level, the root; its address
+    addr = tree.start()             # leaves and muxes at once, the root; its address
     tree.down()                     # ends the steps; checks that squeue lists none
 
 Placement: one leaf server per node, named after it (/nodes/NODE at the root), all of
@@ -11,7 +11,9 @@ them one step:
     srun --jobid=J --nodes=N --ntasks=N --ntasks-per-node=1 --nodelist=NODES --overlap
          --label ... nine serve --listen 0.0.0.0:PORT ...
 
-then each mux a step of its own on one node (`--nodelist=NODE`), grouped and placed as
+and each mux a step of its own on one node (`--nodelist=NODE`), started at the same
+time (without its children's addresses, told over 9P once every step serves:
+nine.launch.ssh.tell_children), grouped and placed as
 over ssh (nine.launch.ssh.place: on the first node of each group of `fanout` children,
 or where a topology file's [muxes] puts them).  The root runs in the calling process
 (start() builds it and listens on topo.listen), or as a step on root_host, a node of
@@ -55,7 +57,7 @@ import tempfile
 import time
 
 from .local import _die_with_parent
-from .ssh import CHECKOUT, DEFAULT_PORT, LaunchError, node_list, place
+from .ssh import CHECKOUT, DEFAULT_PORT, LaunchError, node_list, place, tell_children
 from .topology import FINAL_LEAF_MUX, FINAL_UP, Topology
 
 #: what a task prints first: "nine-step NODE JOB.STEP"
@@ -291,8 +293,8 @@ class SlurmTree:
             final = (topo.final_leaf_mux or FINAL_LEAF_MUX) if first else \
                 (topo.final_mid or FINAL_UP)
         args = ["mux", "--final-text", final, "--child-aname", "nine" if first else ""]
-        for c in m.children:
-            args += ["--child", "%s=%s" % (c, addrs[c])]
+        for c in m.children:            # (NAME alone: told later, tell_children)
+            args += ["--child", "%s=%s" % (c, addrs[c]) if c in addrs else c]
         return args
 
     def _common_args(self, port):
@@ -316,21 +318,21 @@ class SlurmTree:
         args = ["serve"] + topo.leaf_args.split()
         if topo.leaf_export:
             args += ["--export", topo.leaf_export]
+        # every step at once: the muxes start without their children's addresses and
+        # are told them over 9P once all serve (one round of srun, whatever the depth)
         leaves = [m for m in self.members if m.kind == "leaf"]
-        step = self._launch("leaves", [m.host for m in leaves],
-                            args + self._common_args(self.port))
-        self._wait([step])
-        addrs = {}
-        self._settle(step, leaves, addrs)
         root = self.members[-1]
-        for level in sorted({m.level for m in self.members if m.level > 0}):
-            batch = [m for m in self.members if m.level == level and m.host is not None]
-            started = [(self._launch(m.name, [m.host], self._mux_args(m, addrs)
-                                     + self._common_args(self.root_port if m is root else 0)),
-                        m) for m in batch]
-            self._wait([s for s, _ in started])
-            for s, m in started:
-                self._settle(s, [m], addrs)
+        muxes = [m for m in self.members if m.kind != "leaf" and m.host is not None]
+        steps = [(self._launch("leaves", [m.host for m in leaves],
+                               args + self._common_args(self.port)), leaves)]
+        steps += [(self._launch(m.name, [m.host], self._mux_args(m, {})
+                                + self._common_args(self.root_port if m is root else 0)),
+                   [m]) for m in muxes]
+        self._wait([s for s, _ in steps])
+        addrs = {}
+        for s, ms in steps:
+            self._settle(s, ms, addrs)
+        tell_children(muxes, addrs, self.start_timeout)
         if root.host is None:
             self._build_root(root, addrs)
         else:

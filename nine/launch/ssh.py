@@ -77,6 +77,31 @@ class LaunchError(RuntimeError):
     """The tree could not be started or stopped; the message says where and why."""
 
 
+def tell_children(muxes, addrs, timeout):
+    """Write `retarget CHILD ADDR` for every child of each of muxes (Members started
+    with `--child NAME` alone) to its ctl (aname mux), all at once; LaunchError naming
+    the muxes that did not take it."""
+    import gevent
+    from ..client import Client
+
+    def tell(m):
+        text = "".join("retarget %s %s\n" % (c, addrs[c]) for c in m.children if c in addrs)
+        try:
+            with Client(m.address, aname="mux", connect_timeout=timeout,
+                        timeout=timeout) as c:
+                c.write_file("ctl", text.encode())
+            return None
+        except (OSError, ValueError) as ex:
+            return "%s (%s on %s): %s" % (m.name, m.address, m.host or "this machine",
+                                          getattr(ex, "strerror", None) or ex)
+    jobs = [gevent.spawn(tell, m) for m in muxes]
+    gevent.joinall(jobs)
+    failed = [j.value for j in jobs if j.value]
+    if failed:
+        raise LaunchError("could not tell muxes their children's addresses:\n" +
+                          "\n".join(failed))
+
+
 def state_path(name):
     """The default state file of tree `name`."""
     return os.path.join(os.path.expanduser("~"), ".cache", "nine", "tree-%s.json" % name)
@@ -481,29 +506,8 @@ class SshTree:
                 "%s: %s" % (NodeSet.fromlist(names), why) for why, names in failed.items()))
 
     def _tell_children(self, muxes, addrs):
-        """Write `retarget CHILD ADDR` for every child of each of muxes to its ctl (aname
-        mux), all at once; LaunchError naming the muxes that did not take it."""
-        import gevent
-        from ..client import Client
-
-        def tell(m):
-            text = "".join("retarget %s %s\n" % (c, addrs[c]) for c in m.children
-                           if c in addrs)
-            try:
-                with Client(m.address, aname="mux", connect_timeout=self.start_timeout,
-                            timeout=self.start_timeout) as c:
-                    c.write_file("ctl", text.encode())
-                return None
-            except (OSError, ValueError) as ex:
-                return "%s (%s on %s): %s" % (m.name, m.address, m.host or "this machine",
-                                              getattr(ex, "strerror", None) or ex)
-        jobs = [gevent.spawn(tell, m) for m in muxes]
-        gevent.joinall(jobs)
-        failed = [j.value for j in jobs if j.value]
+        tell_children(muxes, addrs, self.start_timeout)
         self._check()
-        if failed:
-            raise LaunchError("could not tell muxes their children's addresses:\n" +
-                              "\n".join(failed))
 
     def _build_root(self, root, addrs):
         from ..assembly import MuxConfig, build_mux
