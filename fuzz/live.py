@@ -277,7 +277,7 @@ class LiveCampaign:
                 return
         r = rng.random()
         if r < 0.003:           # a frame that lies about its size
-            c.queue(struct.pack("<I", rng.choice((3, 0xFFFFFFFF, s.msize + 1, 1 << 20,
+            c.queue(struct.pack("<I", rng.choice((3, 0xFFFFFFFF, min(s.msize + 1, 0xFFFFFFFF), 1 << 20,
                                                   100))) + rng.randbytes(rng.randint(3, 50)))
             c.desync = True
             self.stats["frames"] += 1
