@@ -277,8 +277,8 @@ class LiveCampaign:
                 return
         r = rng.random()
         if r < 0.003:           # a frame that lies about its size
-            c.queue(struct.pack("<I", rng.choice((3, 0xFFFFFFFF, min(s.msize + 1, 0xFFFFFFFF), 1 << 20,
-                                                  100))) + rng.randbytes(rng.randint(3, 50)))
+            lie = rng.choice((3, 0xFFFFFFFF, min(s.msize + 1, 0xFFFFFFFF), 1 << 20, 100))
+            c.queue(struct.pack("<I", lie) + rng.randbytes(rng.randint(3, 50)))
             c.desync = True
             self.stats["frames"] += 1
             return
