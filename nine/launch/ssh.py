@@ -446,8 +446,10 @@ class SshTree:
         t0 = time.monotonic()
         self._start_batch(batch, addrs)
         muxes = [m for m in batch if m.kind != "leaf"]
-        log.info("launch: %d leaves and %d muxes on %d hosts in %.3f s (one ssh round)",
-                 len(batch) - len(muxes), len(muxes), len({m.host for m in batch}),
+        log.info("launch: %d leaves and %d muxes on %d hosts%s in %.3f s (one ssh round)",
+                 len(batch) - len(muxes), len(muxes),
+                 len({m.host for m in batch if m.host is not None}),
+                 " and this machine" if any(m.host is None for m in batch) else "",
                  time.monotonic() - t0)
         t0 = time.monotonic()
         self._tell_children(muxes, addrs)
