@@ -26,8 +26,9 @@ The authentication gate (nine.auth.gate) logs its refusals through it too.
 
 Acceptor: the accept loop of one listening socket (a gevent StreamServer) that survives
 running out of file descriptors: it then closes the SHED oldest connections that have
-not attached after SHED_GRACE seconds to make room (peers that proved nothing give way
-to a new one, whose requests need descriptors too), and where there are none, pauses
+not attached after SHED_GRACE seconds (in a flood, where none is that old: SHED_GRACE_FLOOD)
+to make room (peers that proved nothing give way to a new one, whose requests need
+descriptors too), and where there are none, pauses
 accepting for ACCEPT_PAUSE seconds (no busy loop, no growing back-off: clients get in
 as soon as descriptors are free again), logging once.
 """
@@ -350,7 +351,7 @@ class Acceptor(StreamServer):
             if ex.errno not in _OUT_OF_FDS:
                 raise
             why = os.strerror(ex.errno)
-        shed = self.guard.shed()
+        shed = self.guard.shed() or self.guard.shed(grace=SHED_GRACE_FLOOD)
         if shed:
             # the listener is still readable: the loop accepts again at its next turn
             self.guard.log.hit("shed", "accept: %s: closed %d connections that had not "
