@@ -689,6 +689,8 @@ class SshTree:
 #: the pid file names is checked first (its /proc/PID/cmdline); only without one that
 #: names the file is the process table listed (`ps`, which on a loaded host with many
 #: processes costs far more than the stop itself), and once more to confirm at the end.
+#: A zombie is gone (it has exited: no port, no file; a daemon's parent is init, which
+#: may reap it a second later).
 _STOP = r'''ours() {
   q=$(cat "$d/$1.pid" 2>/dev/null)
   case "$q" in
@@ -699,7 +701,13 @@ _STOP = r'''ours() {
   ps -eo pid=,args= | F="--pid-file $d/$1.pid " awk 'index($0, ENVIRON["F"]) { print $1 }'
 }
 live() {
-  for q in "$@"; do kill -0 "$q" 2>/dev/null && return 0; done
+  for q in "$@"; do
+    kill -0 "$q" 2>/dev/null || continue
+    case "$(sed -n 's/^State:[[:space:]]*//p' "/proc/$q/status" 2>/dev/null)" in
+      Z*) ;;
+      *) return 0 ;;
+    esac
+  done
   return 1
 }
 stop() {
