@@ -159,10 +159,12 @@ def run(k, args, env):
         split = {kind: after[kind][2] - before[kind][2] for kind in after}
         split = {kind: v / n * 1e3 for kind, v in split.items()}
         system = sum(after[kind][1] - before[kind][1] for kind in after) / n * 1e3
+        sys_split = {kind: (after[kind][1] - before[kind][1]) / n * 1e3 for kind in after}
         g.close()
         c.close()
         return {"k": k, "processes": {kd: len(ps) for kd, ps in tree.kinds.items()},
                 "ms_per_member": sum(split.values()), "split": split, "system": system,
+                "sys_split": sys_split,
                 "wall_ms": wall / args.reads * 1e3, "bytes": len(out)}
     finally:
         tree.stop()
@@ -206,6 +208,9 @@ def main():
             print("%5d %-22s %9.4f %9.4f %9.4f %9.4f %9.4f %9.4f %9.2f" % (
                 k, "%d leaves %d muxes" % (p["leaves"], p["muxes"]), r["ms_per_member"],
                 r["system"], s["leaves"], s["muxes"], s["root"], s["client"], r["wall_ms"]))
+            print("%5s %-22s %9s %9s %9.4f %9.4f %9.4f %9.4f   (system, clock ticks)" % (
+                "", "", "", "", *(r["sys_split"][kd] for kd in ("leaves", "muxes", "root",
+                                                               "client"))))
             sys.stdout.flush()
     finally:
         if keydir:
