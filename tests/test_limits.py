@@ -430,6 +430,35 @@ def test_connections_leave_descriptors_for_files(tmp_path):
     assert len(err.splitlines()) < 10, err        # logged once, then "N such"
 
 
+def test_shed_takes_the_oldest_unattached_only():
+    """Guard.shed closes the oldest connections that have not attached and are old
+    enough, never an attached one, from the server's ordered `unattached` (no scan of
+    every connection per newcomer)."""
+    from nine.server.guard import Guard
+
+    class Conn:
+        def __init__(self, born, attached=False):
+            self.born, self.attached, self.closed = born, attached, False
+
+        def shutdown(self):
+            self.closed = True
+
+    class Srv:
+        pass
+    now = time.monotonic()
+    attached = Conn(now - 9, attached=True)     # (still listed: attached just now)
+    old = [Conn(now - 5 + i) for i in range(3)]
+    young = [Conn(now - 0.01) for _ in range(3)]
+    srv = Srv()
+    srv.unattached = dict.fromkeys([attached] + old + young)
+    g = Guard(srv)
+    assert g.shed(2, grace=0.5) == 2
+    assert [c.closed for c in old] == [True, True, False] and not attached.closed
+    assert g.shed(5, grace=0.5) == 1                # the young are spared
+    assert not any(c.closed for c in young)
+    assert g.shed(5, grace=0) == 3
+
+
 def test_accept_pauses_while_out_of_descriptors(tmp_path):
     """Files hold every descriptor: new connections wait (accept pauses briefly, logged
     once, no busy loop) and get in soon after files are closed."""

@@ -136,6 +136,9 @@ class Server:
         self.limits = limits or Limits()
         self.guard = Guard(self)
         self.conns = set()
+        #: the connections not attached yet, oldest first (a dict as an ordered set):
+        #: those that make room when descriptors run out (nine.server.guard.shed)
+        self.unattached = {}
         self._servers = []
 
     # --- attach ---------------------------------------------------------------
@@ -209,10 +212,12 @@ class Server:
                 return
         conn = self.connection_class(self, sock, address)
         self.conns.add(conn)
+        self.unattached[conn] = None
         try:
             conn.run()
         finally:
             self.conns.discard(conn)
+            self.unattached.pop(conn, None)
 
     def _tls_handshake(self, sock, address):
         """The TLS socket for an accepted one, or None (refused: logged, closed)."""
@@ -423,6 +428,7 @@ class Connection(Dialect9P2000, Transport):
             raise error(errno.EBADF, "fid %d already in use" % m.fid)
         self.fids[m.fid] = Fid(m.fid, node, ctx)
         self.attached = True        # no attach timeout for it now (nine.server.limits)
+        self.server.unattached.pop(self, None)
         return P.Rattach(qid=node.qid)
 
     # --- walk ----------------------------------------------------------------------

@@ -35,7 +35,6 @@ as soon as descriptors are free again), logging once.
 
 import errno
 import gc
-import heapq
 import logging
 import os
 import resource
@@ -328,9 +327,14 @@ class Guard:
         """Out of descriptors: shut the n connections that have gone longest without
         attaching, of those that have for `grace` seconds or more; how many."""
         old = time.monotonic() - grace
-        idle = [c for c in self.server.conns if not c.attached and not c.closed and
-                c.born <= old]
-        victims = heapq.nsmallest(n, idle, key=lambda c: c.born)
+        victims = []
+        for c in self.server.unattached:        # oldest first: no scan of them all
+            if c.born > old:
+                break
+            if not c.closed and not c.attached:
+                victims.append(c)
+                if len(victims) == n:
+                    break
         for c in victims:
             c.shutdown()
         return len(victims)
