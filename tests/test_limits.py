@@ -343,8 +343,14 @@ def test_header_flood_memory(tmp_path):
 
 def test_teardown_of_many_blocked_reads(servers):
     """Closing a connection with 10,000 reads blocked in the server: another
-    connection's requests are answered meanwhile without a long stall."""
+    connection's requests are answered meanwhile without a long stall.  While more
+    than GC_HOLD requests are in flight, the collector's full collections wait (each
+    would walk every blocked request's greenlet and frames); after, they come back."""
+    import gc
+    from nine.server.limits import GC_HOLD
     n = 10000
+    assert n > GC_HOLD
+    thresholds = gc.get_threshold()
     s = servers(requests=n + 10, requests_total=n + 10)
     c = RawConn(s.port, timeout=60)
     c.version()
@@ -354,6 +360,7 @@ def test_teardown_of_many_blocked_reads(servers):
     c.send_raw(b"".join(P.encode(P.Tread(fid=1, offset=0, count=64, tag=t))
                         for t in range(1, n + 1)))
     wait_for(lambda: s.state["reads"] == n, 60, "%d reads blocked" % n)
+    assert gc.get_threshold()[2] >= 1 << 30, gc.get_threshold()
     probe = RawConn(s.port)
     probe.version()
     probe.attach(fid=0)
@@ -382,6 +389,7 @@ def test_teardown_of_many_blocked_reads(servers):
           % (n, took, worst[0] * 1e3, bound * 1e3))
     assert worst[0] < bound
     assert serves(s.port)
+    assert gc.get_threshold() == thresholds
 
 
 class FewDescriptors:

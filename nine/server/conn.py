@@ -64,7 +64,7 @@ from gevent.event import Event
 
 from .. import protocol as P
 from ..protocol import ProtocolError, V9P2000U, V9P2000L, IOHDRSZ
-from .limits import PREVERSION_FRAME, REQUESTS_RESERVE
+from .limits import GC_HOLD, GC_RESUME, PREVERSION_FRAME, REQUESTS_RESERVE
 
 log = logging.getLogger("nine.server")
 
@@ -614,7 +614,10 @@ class Transport:
             size = 0
         req = Request(tag, msg, size)
         self.inflight[tag] = req
-        self._guard.requests += 1
+        g = self._guard
+        g.requests += 1
+        if g.requests > GC_HOLD and not g.gc_held:
+            g.hold_gc()
         if typ in self.POSTED and self._start_posted(req):
             return
         req.greenlet = gevent.spawn(self._run, req, handler)
@@ -630,6 +633,8 @@ class Transport:
         g.requests -= 1
         if g.full and g.requests <= g.low:
             g.drain()
+        if g.gc_held and g.requests < GC_RESUME:
+            g.resume_gc()
         room = self._room
         if room is not None:
             room.set()

@@ -77,6 +77,10 @@ def settle():
     gc.set_threshold(700, 10, 100)
 
 
+_gc_holders = 0                 # Guards holding full collections back (hold_gc)
+_gc_thresholds = None           # the thresholds to restore when the last lets go
+
+
 def overdue(slice=SLICE):
     """Has the hub's current turn run for `slice` seconds since it last polled?  Long
     loops ask every few items and, when so, gevent.sleep(NAP): the others' requests are
@@ -207,6 +211,33 @@ class Guard:
         self.log = RateLog(on_hold=self._wake)
         self._sweeper = None
         self._stopped = False
+        #: whether this server holds the garbage collector's full collections back
+        self.gc_held = False
+
+    def hold_gc(self):
+        """More than GC_HOLD requests are in flight (nine.server.conn counts them): the
+        garbage collector's full collections wait until fewer than GC_RESUME are.  A
+        full collection walks every live object, and each blocked request holds a
+        greenlet, its frames and its message: with 65,000 in flight each took 50-110
+        ms, every client waiting (a probe cycle took 110 ms).  The young generations
+        are still collected, and what the wait holds back is collected once the
+        requests end (the count of requests in flight is bounded by the limits)."""
+        global _gc_holders, _gc_thresholds
+        self.gc_held = True
+        if _gc_holders == 0:
+            _gc_thresholds = gc.get_threshold()
+            gc.set_threshold(_gc_thresholds[0], _gc_thresholds[1], 1 << 30)
+        _gc_holders += 1
+
+    def resume_gc(self):
+        """See hold_gc."""
+        global _gc_holders
+        if not self.gc_held:
+            return
+        self.gc_held = False
+        _gc_holders -= 1
+        if _gc_holders == 0 and _gc_thresholds is not None:
+            gc.set_threshold(*_gc_thresholds)
 
     def admit(self, sock, address):
         """Count in a connection just accepted, or refuse it (closed, logged): False."""
@@ -270,8 +301,9 @@ class Guard:
             room.set()
 
     def stop(self):
-        """The server stops: so does the sweeper."""
+        """The server stops: so does the sweeper (and its hold on the collector)."""
         self._stopped = True
+        self.resume_gc()
         if self._sweeper is not None:
             self._sweeper.kill()
 

@@ -38,6 +38,11 @@ PREVERSION_FRAME = 8192
 REQUESTS_RESERVE = 8
 #: ... and the others are read again once the total is back under this part of the limit
 REQUESTS_LOW = 0.875
+#: requests in flight on all connections of a server beyond which the garbage
+#: collector's full collections wait (nine.server.guard.Guard.hold_gc) ...
+GC_HOLD = 4096
+#: ... until fewer than this are
+GC_RESUME = 1024
 
 
 #: (field, default) of Limits, in order; the comments say what each one bounds
