@@ -52,7 +52,10 @@ LOG_EVERY = 10.0        # seconds between two log lines of one kind (and peer ad
 LOG_PEERS = 8           # addresses with log lines of their own, per kind (see RateLog)
 ACCEPT_PAUSE = 0.05     # seconds accept pauses when out of descriptors
 SHED_GRACE = 0.5        # seconds before an unattached connection may be closed to make room
-SHED_GRACE_FLOOD = 0.1  # the same when none is that old (a flood): the oldest still goes
+#: the same when none is that old (a flood): the oldest still goes, if it had this long
+#: for its handshake (at 0.1 s, a client that came in the first tenth of a second of
+#: 1,200 connections was refused in about one run of three of bench/attack.py)
+SHED_GRACE_FLOOD = 0.02
 SWEEP_BATCH = 32        # connections the sweeper closes between two turns of the hub
 SHED = 16               # connections closed at once to make room (the newcomer needs files too)
 FD_RESERVE = 64         # descriptors never taken by connections: at least this, or 1/8th
@@ -250,8 +253,7 @@ class Guard:
         elif peer is not None and lim.per_peer and self.peers.get(peer, 0) >= lim.per_peer:
             self.log.hit("per_peer", "refused a connection from %s: %d connections open from "
                          "there, the limit (--max-per-peer)", peer, lim.per_peer, peer=peer)
-        elif self.count >= _descriptor_room() and not self.shed(1) and \
-                not self.shed(1, SHED_GRACE_FLOOD):
+        elif self.count >= _descriptor_room() and not self._make_room(peer):
             self.log.hit("descriptors", "refused a connection from %s: %d connections open, "
                          "all that the descriptors leave room for (ulimit -n %d)",
                          peer or "a local peer", self.count,
@@ -354,6 +356,17 @@ class Guard:
                 c.shutdown()
                 shut += 1
         self.log.flush()
+
+    def _make_room(self, peer):
+        """No room for a newcomer from peer: shut the oldest connection that has not
+        attached (for SHED_GRACE, or in a flood SHED_GRACE_FLOOD), logged; whether one
+        was."""
+        if self.shed(1) or self.shed(1, SHED_GRACE_FLOOD):
+            self.log.hit("shed", "closed the oldest connection that had not attached, to "
+                         "make room for one from %s: %d connections open, all that the "
+                         "descriptors leave room for", peer or "a local peer", self.count)
+            return True
+        return False
 
     def shed(self, n=SHED, grace=SHED_GRACE):
         """Out of descriptors: shut the n connections that have gone longest without
