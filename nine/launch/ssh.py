@@ -405,8 +405,10 @@ class SshTree:
                        + [shlex.quote(a) for a in args]
                        + ["--daemon", "--pid-file", f + ".pid", "--log-file", f + ".log",
                           "--address-file", f + ".addr", "--listen", listen])
+        # (read, a shell builtin: no process per file read on a host of the round)
         return ('rm -f %(f)s.addr\n'
-                'if %(cmd)s; then echo "nine-started %(name)s $(cat %(f)s.pid) $(cat %(f)s.addr)"'
+                'if %(cmd)s; then read -r _p _ < %(f)s.pid; read -r _a < %(f)s.addr; '
+                'echo "nine-started %(name)s $_p $_a"'
                 '; else echo "nine-failed %(name)s"; fi\n' % {"f": f, "cmd": cmd, "name": m.name})
 
     def _header(self, host):
