@@ -57,7 +57,8 @@ import tempfile
 import time
 
 from .local import _die_with_parent
-from .ssh import CHECKOUT, DEFAULT_PORT, LaunchError, node_list, place, tell_children
+from .ssh import (CHECKOUT, DEFAULT_PORT, LaunchError, child_args, node_list, place,
+                  tell_children)
 from .topology import FINAL_LEAF_MUX, FINAL_UP, Topology
 
 #: what a task prints first: "nine-step NODE JOB.STEP"
@@ -293,9 +294,7 @@ class SlurmTree:
             final = (topo.final_leaf_mux or FINAL_LEAF_MUX) if first else \
                 (topo.final_mid or FINAL_UP)
         args = ["mux", "--final-text", final, "--child-aname", "nine" if first else ""]
-        for c in m.children:            # (NAME alone: told later, tell_children)
-            args += ["--child", "%s=%s" % (c, addrs[c]) if c in addrs else c]
-        return args
+        return args + child_args(m.children, addrs)
 
     def _common_args(self, port):
         args = ["--listen", "0.0.0.0:%d" % port, "--auth", self.topo.auth]

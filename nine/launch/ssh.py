@@ -77,6 +77,15 @@ class LaunchError(RuntimeError):
     """The tree could not be started or stopped; the message says where and why."""
 
 
+def child_args(children, addrs):
+    """`nine mux` arguments naming children: --child NAME=ADDR, or --child NAME for one
+    whose address is not known yet (tell_children gives it once the mux runs)."""
+    args = []
+    for c in children:
+        args += ["--child", "%s=%s" % (c, addrs[c]) if c in addrs else c]
+    return args
+
+
 def tell_children(muxes, addrs, timeout):
     """Write `retarget CHILD ADDR` for every child of each of muxes (Members started
     with `--child NAME` alone) to its ctl (aname mux), all at once; LaunchError naming
@@ -386,8 +395,7 @@ class SshTree:
                 final = (topo.final_leaf_mux or FINAL_LEAF_MUX) if first else \
                     (topo.final_mid or FINAL_UP)
             args = ["mux", "--final-text", final, "--child-aname", "nine" if first else ""]
-            for c in m.children:        # (NAME alone: told later, _tell_children)
-                args += ["--child", "%s=%s" % (c, addrs[c]) if c in addrs else c]
+            args += child_args(m.children, addrs)
             port = self.root_port if m.kind == "root" else 0
         args += ["--auth", topo.auth]
         if topo.aggregators:

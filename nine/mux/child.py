@@ -206,10 +206,14 @@ class Child(Remote):
         return "<Child %s %s %s>" % (self.name, self.addr, self.state)
 
     # --- status ------------------------------------------------------------------
+    def _where(self):
+        """Its address as status lines and errors show it ("-": none yet)."""
+        return "-" if self.addr is None else str(self.addr)
+
     def status_line(self):
         """One line for a status file: name, address, state, since, reason, counters."""
         now = time.time()
-        parts = [self.name, "-" if self.addr is None else str(self.addr)]
+        parts = [self.name, self._where()]
         if self.aname:
             parts.append("aname=%s" % self.aname)
         parts.append(self.state)
@@ -252,7 +256,7 @@ class Child(Remote):
         if self.closed:
             reason, word = "closed", "down"
         return ChildDown(errno.EHOSTDOWN, "child %s (%s) is %s: %s" % (
-            self.name, "-" if self.addr is None else self.addr, word, reason))
+            self.name, self._where(), word, reason))
 
     # --- the connection ------------------------------------------------------------
     def link(self):

@@ -361,12 +361,17 @@ class Guard:
         """No room for a newcomer from peer: shut the oldest connection that has not
         attached (for SHED_GRACE, or in a flood SHED_GRACE_FLOOD), logged; whether one
         was."""
-        if self.shed(1) or self.shed(1, SHED_GRACE_FLOOD):
+        if self.shed_for_room(1):
             self.log.hit("shed", "closed the oldest connection that had not attached, to "
                          "make room for one from %s: %d connections open, all that the "
                          "descriptors leave room for", peer or "a local peer", self.count)
             return True
         return False
+
+    def shed_for_room(self, n):
+        """shed(n) of those SHED_GRACE old, or when there are none (a flood) of those
+        SHED_GRACE_FLOOD old; how many."""
+        return self.shed(n) or self.shed(n, SHED_GRACE_FLOOD)
 
     def shed(self, n=SHED, grace=SHED_GRACE):
         """Out of descriptors: shut the n connections that have gone longest without
@@ -400,7 +405,7 @@ class Acceptor(StreamServer):
             if ex.errno not in _OUT_OF_FDS:
                 raise
             why = os.strerror(ex.errno)
-        shed = self.guard.shed() or self.guard.shed(grace=SHED_GRACE_FLOOD)
+        shed = self.guard.shed_for_room(SHED)
         if shed:
             # the listener is still readable: the loop accepts again at its next turn
             self.guard.log.hit("shed", "accept: %s: closed %d connections that had not "
