@@ -183,3 +183,23 @@ def test_posted_read_ended_by_clunk_and_version():
             assert time.monotonic() - t0 < 5 * load_factor(), st
             time.sleep(0.01)
         c.close()
+
+
+def test_reader_of_a_connection_shut_meanwhile_ends_quietly():
+    """A connection shut by another greenlet (its socket closed: fileno -1) while its
+    reader is about to receive a large frame: the reader ends, no ValueError from the
+    FIONREAD of a closed socket (the live fuzz slice found one in CI)."""
+    import socket
+    from nine.server.conn import Transport, _queued
+    a, b = socket.socketpair()
+    b.sendall(b"x" * 100)
+    assert _queued(a) == 100
+    a.close()
+    assert _queued(a) == 0
+    b.close()
+
+    class Shut:                 # (a stand-in for a Transport whose shutdown ran)
+        closed = True
+        sock = a
+        _raw = None
+    assert Transport._recv_big(Shut(), memoryview(b"\0" * 7), 1 << 20) is None

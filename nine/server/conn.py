@@ -101,10 +101,11 @@ def _pause(seconds=0.0005):
 
 
 def _queued(sock):
-    """Bytes received by the kernel on sock and not read yet (0 if it cannot say)."""
+    """Bytes received by the kernel on sock and not read yet (0 if it cannot say: also
+    when sock was closed meanwhile, fileno -1, by a shutdown from another greenlet)."""
     try:
         return _INT.unpack(fcntl.ioctl(sock.fileno(), termios.FIONREAD, _INT0))[0]
-    except OSError:
+    except (OSError, ValueError):
         return 0
 
 
@@ -406,6 +407,8 @@ class Transport:
         (received, or queued in the kernel), however large the size: allocated for
         what has come, doubled when full (a frame that has come whole is received in one
         buffer of its size, its payload not copied again)."""
+        if self.closed:                 # shut meanwhile (by another greenlet)
+            return None
         have = len(head)
         cap = min(size, 2 * (have if 2 * have >= size else have + _queued(self.sock)))
         buf = bytearray(cap)
